@@ -1,0 +1,1 @@
+"""The ``ersm-surgery`` command line: thin click commands over the library."""

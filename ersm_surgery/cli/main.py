@@ -1,0 +1,67 @@
+"""Root command group. Commands are imported only when invoked, so ``--help`` stays fast."""
+from __future__ import annotations
+
+import importlib
+import logging
+import sys
+
+import click
+
+from ..version import __version__
+
+# command name -> (module, attribute, one-line help shown by the root --help without importing it)
+COMMANDS: dict[str, tuple[str, str, str]] = {
+    "inspect": ("ersm_surgery.cli.inspect_cmd", "inspect", "Show where masks can go: stages and candidate nodes."),
+    "inject": ("ersm_surgery.cli.inject_cmd", "inject", "Insert Energy-Mask layers and save the masked model."),
+}
+
+
+class LazyGroup(click.Group):
+    """A group whose commands are imported on first use, and whose errors end in one line."""
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return sorted({*COMMANDS, *super().list_commands(ctx)})
+
+    def get_command(self, ctx: click.Context, name: str) -> click.Command | None:
+        if name in COMMANDS:
+            module, attr, _ = COMMANDS[name]
+            return getattr(importlib.import_module(module), attr)
+        return super().get_command(ctx, name)
+
+    def format_commands(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
+        rows = [(name, COMMANDS[name][2]) for name in sorted(COMMANDS)]
+        if rows:
+            with formatter.section("Commands"):
+                formatter.write_dl(rows)
+
+    def invoke(self, ctx: click.Context):
+        from ._errors import translate_errors
+
+        with translate_errors(ctx):
+            return super().invoke(ctx)
+
+
+@click.group(cls=LazyGroup, context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, prog_name="ersm-surgery")
+@click.option("--debug", is_flag=True, help="Show full tracebacks and debug logs.")
+@click.option("-q", "--quiet", is_flag=True, help="No progress bars or info messages.")
+@click.pass_context
+def cli(ctx: click.Context, debug: bool, quiet: bool) -> None:
+    """Energy-Regularized Spatial Masking (arXiv 2604.06893) for timm models.
+
+    \b
+      ersm-surgery inspect resnet50
+      ersm-surgery inject resnet50 --stages 2,3 -o r50-ersm/
+    """
+    ctx.ensure_object(dict)
+    ctx.obj["debug"] = debug
+    ctx.obj["quiet"] = quiet
+    logging.basicConfig(level=logging.DEBUG if debug else logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+
+
+def main() -> None:
+    cli(prog_name="ersm-surgery")
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,42 @@
+"""Energy-Mask layer and energy regularizer (pure torch: no timm, no CLI)."""
+from .config import EVAL_MODES, TRAIN_MODES, MaskConfig
+from .energy import mean_field, neighbour_kernel, neighbour_offsets, potts_energy, straight_through
+from .energy_mask import EnergyMask, MaskState
+from .heads import (
+    ConvUnaryHead,
+    PottsPairwise,
+    auto_hidden,
+    create_pairwise,
+    create_unary_head,
+    list_pairwise,
+    list_unary_heads,
+    register_pairwise,
+    register_unary_head,
+)
+from .loss import EnergyLoss, energy_regularizer, gamma_at, layer_regularizer
+
+__all__ = [
+    "EVAL_MODES",
+    "TRAIN_MODES",
+    "MaskConfig",
+    "mean_field",
+    "neighbour_kernel",
+    "neighbour_offsets",
+    "potts_energy",
+    "straight_through",
+    "EnergyMask",
+    "MaskState",
+    "ConvUnaryHead",
+    "PottsPairwise",
+    "auto_hidden",
+    "create_pairwise",
+    "create_unary_head",
+    "list_pairwise",
+    "list_unary_heads",
+    "register_pairwise",
+    "register_unary_head",
+    "EnergyLoss",
+    "energy_regularizer",
+    "gamma_at",
+    "layer_regularizer",
+]

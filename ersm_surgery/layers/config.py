@@ -1,0 +1,80 @@
+"""Hyper-parameters of one Energy-Mask layer (ERSM, arXiv 2604.06893, section 2 of DESIGN.md)."""
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, fields
+from typing import Any
+
+__all__ = ["MaskConfig", "TRAIN_MODES", "EVAL_MODES"]
+
+TRAIN_MODES = ("straight_through", "soft")
+EVAL_MODES = ("hard", "soft")
+
+
+@dataclass
+class MaskConfig:
+    """Settings of an Energy-Mask layer.
+
+    Attributes:
+        alpha: price of keeping a token (the intrinsic cost in u = alpha - s).
+        beta: strength of the Potts coherence term.
+        tau: temperature of the mean-field sigmoids.
+        steps: number of unrolled mean-field updates T.
+        neighbourhood: 4 or 8.
+        train_mode: "straight_through" (hard forward, soft gradient) or "soft" (X * q).
+        eval_mode: "hard" (X * 1[e < 0]) or "soft" (X * q).
+        hidden: width of the unary head; None picks it from the channel count and the 1% budget.
+        global_context: add a per-image term from globally pooled features to the importance.
+        init_logit: q0 = sigmoid(init_logit) at initialisation, so the mask starts open.
+        head: registered unary head ("conv" is built in).
+        pairwise: registered pairwise term ("potts" is built in: w_ij = 1).
+    """
+
+    alpha: float = 0.5
+    beta: float = 0.25
+    tau: float = 1.0
+    steps: int = 3
+    neighbourhood: int = 4
+    train_mode: str = "straight_through"
+    eval_mode: str = "hard"
+    hidden: int | None = None
+    global_context: bool = False
+    init_logit: float = 3.0
+    head: str = "conv"
+    pairwise: str = "potts"
+
+    def __post_init__(self) -> None:
+        problems = self.problems()
+        if problems:
+            raise ValueError("; ".join(problems))
+
+    def problems(self) -> list[str]:
+        """Every invalid setting, as 'mask.<key>: <reason>' strings (empty when valid)."""
+        out = []
+        if self.alpha < 0:
+            out.append(f"mask.alpha must be >= 0, got {self.alpha}")
+        if self.beta < 0:
+            out.append(f"mask.beta must be >= 0, got {self.beta}")
+        if not self.tau > 0:
+            out.append(f"mask.tau must be > 0, got {self.tau}")
+        if int(self.steps) != self.steps or self.steps < 0:
+            out.append(f"mask.steps must be an integer >= 0, got {self.steps}")
+        if self.neighbourhood not in (4, 8):
+            out.append(f"mask.neighbourhood must be 4 or 8, got {self.neighbourhood}")
+        if self.train_mode not in TRAIN_MODES:
+            out.append(f"mask.train_mode must be one of {', '.join(TRAIN_MODES)}, got {self.train_mode!r}")
+        if self.eval_mode not in EVAL_MODES:
+            out.append(f"mask.eval_mode must be one of {', '.join(EVAL_MODES)}, got {self.eval_mode!r}")
+        if self.hidden is not None and (int(self.hidden) != self.hidden or self.hidden < 1):
+            out.append(f"mask.hidden must be a positive integer or null, got {self.hidden}")
+        return out
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> MaskConfig:
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise ValueError(f"unknown mask setting(s) {', '.join(unknown)}; valid: {', '.join(sorted(known))}")
+        return cls(**data)

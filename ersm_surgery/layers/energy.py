@@ -1,0 +1,137 @@
+"""The mathematics of Energy-Regularized Spatial Masking (ERSM, arXiv 2604.06893), as plain functions.
+
+A binary mask ``m`` over the H x W tokens of a feature map has the energy
+
+    E(m) = sum_i u_i m_i + beta * sum_{i~j} [m_i != m_j]
+
+with unary energy ``u = alpha - s`` (``s`` the learned importance) and a Potts coherence term over
+the 4- or 8-neighbourhood. It is minimised approximately by T unrolled mean-field steps
+
+    q0 = sigmoid(-u / tau);  q(t+1)_i = sigmoid(-(u_i + beta * sum_j (1 - 2 q(t)_j)) / tau)
+
+whose argument ``e_i = u_i + beta * sum_j (1 - 2 q_j)`` is the token energy: the change in E when
+token i is switched on, so lower means more important and ``e_i < 0`` means "keep".
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+__all__ = [
+    "neighbour_kernel",
+    "neighbour_sum",
+    "mean_field",
+    "potts_energy",
+    "straight_through",
+    "neighbour_differences",
+    "neighbour_offsets",
+    "weighted_neighbour_sum",
+]
+
+
+def neighbour_kernel(neighbourhood: int, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+    """The fixed 3x3 kernel that sums a token's neighbours (shape (1, 1, 3, 3)).
+
+    Args:
+        neighbourhood: 4 (up, down, left, right) or 8 (adds the diagonals).
+        dtype: dtype of the kernel.
+    """
+    if neighbourhood == 4:
+        k = torch.tensor([[0.0, 1.0, 0.0], [1.0, 0.0, 1.0], [0.0, 1.0, 0.0]], dtype=dtype)
+    elif neighbourhood == 8:
+        k = torch.ones(3, 3, dtype=dtype)
+        k[1, 1] = 0.0
+    else:
+        raise ValueError(f"neighbourhood must be 4 or 8, got {neighbourhood}")
+    return k.view(1, 1, 3, 3)
+
+
+def neighbour_sum(x: torch.Tensor, kernel: torch.Tensor) -> torch.Tensor:
+    """Sum over each token's neighbours of a (B, 1, H, W) map; tokens past the border count as 0."""
+    return F.conv2d(x, kernel.to(dtype=x.dtype, device=x.device), padding=1)
+
+
+def neighbour_offsets(neighbourhood: int) -> list[tuple[int, int]]:
+    """(dy, dx) of each neighbour direction, in the order pairwise weight channels use."""
+    four = [(-1, 0), (1, 0), (0, -1), (0, 1)]
+    if neighbourhood == 4:
+        return four
+    if neighbourhood == 8:
+        return four + [(-1, -1), (-1, 1), (1, -1), (1, 1)]
+    raise ValueError(f"neighbourhood must be 4 or 8, got {neighbourhood}")
+
+
+def weighted_neighbour_sum(x: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
+    """sum_j w_ij x_j for a (B, 1, H, W) map and per-direction weights (B, K, H, W), K = 4 or 8.
+
+    ``weights[:, k]`` holds w between token i and its neighbour at ``neighbour_offsets(K)[k]``.
+    """
+    h, w = x.shape[-2:]
+    padded = F.pad(x, (1, 1, 1, 1))
+    total = torch.zeros_like(x)
+    for k, (dy, dx) in enumerate(neighbour_offsets(weights.shape[1])):
+        total = total + weights[:, k : k + 1] * padded[..., 1 + dy : 1 + dy + h, 1 + dx : 1 + dx + w]
+    return total
+
+
+def mean_field(
+    unary: torch.Tensor,
+    beta: float,
+    tau: float,
+    steps: int,
+    kernel: torch.Tensor,
+    pairwise_weights: torch.Tensor | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Unrolled mean-field minimisation of the Potts energy.
+
+    Args:
+        unary: unary energies u, shape (B, 1, H, W).
+        beta: strength of the pairwise term.
+        tau: temperature of the sigmoid.
+        steps: number of mean-field updates T after the initial q0.
+        kernel: the neighbour kernel from :func:`neighbour_kernel`.
+        pairwise_weights: optional w_ij per direction, shape (B, K, H, W) (see
+            :func:`weighted_neighbour_sum`); ``None`` means w_ij = 1 (the plain Potts term).
+
+    Returns:
+        ``(q, e)``: keep probabilities after T steps and the token energies computed from them.
+    """
+    def pull(q: torch.Tensor) -> torch.Tensor:
+        if pairwise_weights is None:
+            return neighbour_sum(1.0 - 2.0 * q, kernel)
+        return weighted_neighbour_sum(1.0 - 2.0 * q, pairwise_weights)
+
+    q = torch.sigmoid(-unary / tau)
+    for _ in range(steps):
+        q = torch.sigmoid(-(unary + beta * pull(q)) / tau)
+    energy = unary + beta * pull(q)
+    return q, energy
+
+
+def potts_energy(mask: torch.Tensor, unary: torch.Tensor, beta: float, neighbourhood: int = 4) -> torch.Tensor:
+    """Exact energy E(m) of binary masks, one value per batch element.
+
+    Args:
+        mask: binary masks, shape (B, 1, H, W).
+        unary: unary energies, shape (B, 1, H, W) or broadcastable.
+        beta: strength of the pairwise term.
+        neighbourhood: 4 or 8.
+    """
+    unary_term = (unary * mask).flatten(1).sum(1)
+    disagreements = sum(d.flatten(1).sum(1) for d in neighbour_differences(mask, neighbourhood))
+    return unary_term + beta * disagreements
+
+
+def neighbour_differences(q: torch.Tensor, neighbourhood: int = 4) -> list[torch.Tensor]:
+    """|q_i - q_j| for every unordered neighbour pair, grouped by direction."""
+    diffs = [(q[..., 1:, :] - q[..., :-1, :]).abs(), (q[..., :, 1:] - q[..., :, :-1]).abs()]
+    if neighbourhood == 8:
+        diffs.append((q[..., 1:, 1:] - q[..., :-1, :-1]).abs())
+        diffs.append((q[..., 1:, :-1] - q[..., :-1, 1:]).abs())
+    return diffs
+
+
+def straight_through(q: torch.Tensor) -> torch.Tensor:
+    """Hard mask 1[q >= 0.5] in the forward pass, gradient of q in the backward pass."""
+    hard = (q >= 0.5).to(q.dtype)
+    return hard + q - q.detach()

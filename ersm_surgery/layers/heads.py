@@ -1,0 +1,114 @@
+"""Unary importance heads s = h(X) and pairwise terms w_ij for the Energy-Mask layer.
+
+Both are looked up by name, so a plugin can add its own with :func:`register_unary_head` or
+:func:`register_pairwise`; the built-ins register the same way.
+"""
+from __future__ import annotations
+
+from typing import Callable
+
+import torch
+from torch import nn
+
+from .config import MaskConfig
+
+__all__ = [
+    "ConvUnaryHead",
+    "PottsPairwise",
+    "register_unary_head",
+    "register_pairwise",
+    "list_unary_heads",
+    "list_pairwise",
+    "create_unary_head",
+    "create_pairwise",
+    "auto_hidden",
+]
+
+UnaryHeadFactory = Callable[[int, int, MaskConfig], nn.Module]
+PairwiseFactory = Callable[[int, MaskConfig], nn.Module]
+
+_UNARY_HEADS: dict[str, UnaryHeadFactory] = {}
+_PAIRWISE: dict[str, PairwiseFactory] = {}
+
+
+def _register(table: dict, kind: str, name: str, factory: Callable) -> Callable:
+    if name in table and table[name] is not factory:
+        raise ValueError(f"{kind} {name!r} is already registered; choose another name")
+    table[name] = factory
+    return factory
+
+
+def register_unary_head(name: str) -> Callable[[UnaryHeadFactory], UnaryHeadFactory]:
+    """Decorator: register ``factory(channels, hidden, config) -> nn.Module`` mapping X to (B, 1, H, W)."""
+    return lambda factory: _register(_UNARY_HEADS, "unary head", name, factory)
+
+
+def register_pairwise(name: str) -> Callable[[PairwiseFactory], PairwiseFactory]:
+    """Decorator: register ``factory(channels, config) -> nn.Module`` mapping X to w (B, K, H, W) or None."""
+    return lambda factory: _register(_PAIRWISE, "pairwise term", name, factory)
+
+
+def list_unary_heads() -> list[str]:
+    return sorted(_UNARY_HEADS)
+
+
+def list_pairwise() -> list[str]:
+    return sorted(_PAIRWISE)
+
+
+def create_unary_head(name: str, channels: int, hidden: int, config: MaskConfig) -> nn.Module:
+    if name not in _UNARY_HEADS:
+        raise KeyError(f"unknown unary head {name!r}; registered: {', '.join(list_unary_heads())}")
+    return _UNARY_HEADS[name](channels, hidden, config)
+
+
+def create_pairwise(name: str, channels: int, config: MaskConfig) -> nn.Module:
+    if name not in _PAIRWISE:
+        raise KeyError(f"unknown pairwise term {name!r}; registered: {', '.join(list_pairwise())}")
+    return _PAIRWISE[name](channels, config)
+
+
+def auto_hidden(channels: int, param_budget: int | None = None) -> int:
+    """Width of the unary head: channels // 16 within [8, 64], shrunk to fit ``param_budget``."""
+    hidden = max(8, min(64, channels // 16))
+    if param_budget is not None:
+        # conv1 (C*h + h) + conv2 (h + 1) + optional context (C + 1) must fit the budget
+        fit = (param_budget - channels - 2) // (channels + 2)
+        hidden = min(hidden, fit)
+    return max(1, int(hidden))
+
+
+class ConvUnaryHead(nn.Module):
+    """Two 1x1 convolutions with a GELU, plus an optional global context term.
+
+    The last layer starts with tiny weights and a bias of ``alpha + init_logit * tau``, so that
+    u = alpha - s ~ -init_logit * tau and q0 = sigmoid(init_logit): the mask starts open.
+    """
+
+    def __init__(self, channels: int, hidden: int, config: MaskConfig) -> None:
+        super().__init__()
+        self.reduce = nn.Conv2d(channels, hidden, 1)
+        self.act = nn.GELU()
+        self.score = nn.Conv2d(hidden, 1, 1)
+        self.context = nn.Linear(channels, 1, bias=False) if config.global_context else None
+        nn.init.normal_(self.score.weight, std=1e-3)
+        nn.init.constant_(self.score.bias, config.alpha + config.init_logit * config.tau)
+        if self.context is not None:
+            nn.init.normal_(self.context.weight, std=1e-3)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        s = self.score(self.act(self.reduce(x)))
+        if self.context is not None:
+            s = s + self.context(x.mean(dim=(2, 3)))[:, :, None, None]
+        return s
+
+
+class PottsPairwise(nn.Module):
+    """The plain Potts term: w_ij = 1, signalled by returning None (the fast convolution path)."""
+
+    def forward(self, x: torch.Tensor) -> None:
+        return None
+
+
+register_unary_head("conv")(ConvUnaryHead)
+register_pairwise("potts")(lambda channels, config: PottsPairwise())

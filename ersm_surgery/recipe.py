@@ -1,0 +1,184 @@
+"""The Recipe: everything needed to rebuild a masked model from its base model and weights.
+
+A model is always rebuilt as ``timm.create_model(recipe.model, **kwargs)`` + the recipe's placements +
+the saved weights, loaded strictly; nothing is ever unpickled.
+"""
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from .errors import RecipeError
+from .layers.config import MaskConfig
+from .surgery.placement import Placement
+
+__all__ = ["Recipe", "RECIPE_VERSION", "load_recipe", "apply_overrides", "settable_keys"]
+
+RECIPE_VERSION = 1
+
+# top-level keys a user may set with --set (placements are set with --stages/--nodes)
+_TOP_SETTABLE = ("model", "num_classes", "input_size")
+
+
+@dataclass
+class Recipe:
+    """Base model, placements and layer settings of a masked model.
+
+    Attributes:
+        model: timm model name.
+        model_kwargs: extra keyword arguments of ``timm.create_model`` (drop_path_rate, ...).
+        num_classes: classifier size (None: the model's default).
+        input_size: (C, H, W) the model was checked at.
+        placements: where the masks sit.
+        mask: the Energy-Mask layers' settings.
+        finetune: fine-tuning settings (filled by ``finetune``; free-form here).
+        version: recipe schema version.
+    """
+
+    model: str
+    model_kwargs: dict[str, Any] = field(default_factory=dict)
+    num_classes: int | None = None
+    input_size: tuple[int, int, int] | None = None
+    placements: list[Placement] = field(default_factory=list)
+    mask: MaskConfig = field(default_factory=MaskConfig)
+    finetune: dict[str, Any] = field(default_factory=dict)
+    version: int = RECIPE_VERSION
+
+    def __post_init__(self) -> None:
+        problems = self.problems()
+        if problems:
+            raise RecipeError("invalid recipe: " + "; ".join(problems), "fix the recipe (see docs/recipe.md)")
+
+    def problems(self) -> list[str]:
+        out = []
+        if not isinstance(self.model, str) or not self.model:
+            out.append(f"model must be a timm model name, got {self.model!r}")
+        if self.num_classes is not None and (not isinstance(self.num_classes, int) or self.num_classes <= 0):
+            out.append(f"num_classes must be a positive integer, got {self.num_classes!r}")
+        if self.input_size is not None and (
+            len(self.input_size) != 3 or any(not isinstance(v, int) or v <= 0 for v in self.input_size)
+        ):
+            out.append(f"input_size must be three positive integers C,H,W, got {self.input_size!r}")
+        if self.version > RECIPE_VERSION:
+            out.append(f"recipe version {self.version} is newer than this ersm-surgery understands ({RECIPE_VERSION})")
+        if not isinstance(self.model_kwargs, dict):
+            out.append("model_kwargs must be a mapping")
+        return out + self.mask.problems()
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "version": self.version,
+            "model": self.model,
+            "model_kwargs": dict(self.model_kwargs),
+            "num_classes": self.num_classes,
+            "input_size": list(self.input_size) if self.input_size else None,
+            "placements": [p.to_dict() for p in self.placements],
+            "mask": self.mask.to_dict(),
+            "finetune": dict(self.finetune),
+        }
+
+    @classmethod
+    def from_dict(cls, data: Any) -> Recipe:
+        if not isinstance(data, dict):
+            raise RecipeError(f"a recipe must be a mapping, got {type(data).__name__}", "see docs/recipe.md")
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise RecipeError(f"unknown recipe key(s) {', '.join(unknown)}", f"valid keys: {', '.join(sorted(known))}")
+        if "model" not in data:
+            raise RecipeError("the recipe names no model", "add 'model: <timm model name>'")
+        try:
+            kwargs = dict(data)
+            kwargs["placements"] = [Placement.from_dict(p) for p in data.get("placements") or []]
+            kwargs["mask"] = MaskConfig.from_dict(data.get("mask") or {})
+            if kwargs.get("input_size") is not None:
+                kwargs["input_size"] = tuple(kwargs["input_size"])
+            kwargs["model_kwargs"] = kwargs.get("model_kwargs") or {}
+            kwargs["finetune"] = kwargs.get("finetune") or {}
+        except (TypeError, ValueError) as exc:
+            raise RecipeError(f"invalid recipe: {exc}", "fix the recipe (see docs/recipe.md)") from exc
+        return cls(**kwargs)
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), sort_keys=True)
+
+    @classmethod
+    def from_json(cls, text: str) -> Recipe:
+        try:
+            return cls.from_dict(json.loads(text))
+        except json.JSONDecodeError as exc:
+            raise RecipeError(f"recipe is not valid JSON ({exc})", "fix or re-export it") from exc
+
+    def to_yaml(self) -> str:
+        return yaml.safe_dump(self.to_dict(), sort_keys=False)
+
+    @classmethod
+    def from_yaml(cls, text: str) -> Recipe:
+        try:
+            return cls.from_dict(yaml.safe_load(text))
+        except yaml.YAMLError as exc:
+            raise RecipeError(f"recipe is not valid YAML ({str(exc).splitlines()[0]})", "fix the file") from exc
+
+    def save(self, path: str | Path) -> None:
+        """Write YAML (or JSON for a .json path), atomically."""
+        from .io.atomic import atomic_write_text
+
+        path = Path(path)
+        atomic_write_text(path, self.to_json() if path.suffix == ".json" else self.to_yaml())
+
+
+def load_recipe(path: str | Path) -> Recipe:
+    """Read a recipe from a .yaml/.yml or .json file.
+
+    Raises:
+        RecipeError: missing, unreadable or invalid.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise RecipeError(f"recipe file {str(path)!r} does not exist", "check the path given to --recipe")
+    text = path.read_text(encoding="utf-8")
+    return Recipe.from_json(text) if path.suffix == ".json" else Recipe.from_yaml(text)
+
+
+def settable_keys() -> list[str]:
+    """Keys accepted by :func:`apply_overrides`."""
+    mask_keys = [f"mask.{f.name}" for f in fields(MaskConfig)]
+    return [*_TOP_SETTABLE, *mask_keys, "model_kwargs.<name>", "finetune.<name>"]
+
+
+def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
+    """Apply ``key=value`` strings (YAML-parsed values) to a recipe dict; every bad item is reported at once.
+
+    Raises:
+        RecipeError: malformed items or unknown keys, all of them in one message.
+    """
+    mask_keys = {f.name for f in fields(MaskConfig)}
+    problems = []
+    data = {**data, "mask": dict(data.get("mask") or {}), "model_kwargs": dict(data.get("model_kwargs") or {}),
+            "finetune": dict(data.get("finetune") or {})}
+    for item in overrides:
+        key, sep, raw = item.partition("=")
+        key = key.strip()
+        if not sep or not key:
+            problems.append(f"{item!r} is not key=value")
+            continue
+        try:
+            value = yaml.safe_load(raw) if raw.strip() else None
+        except yaml.YAMLError:
+            value = raw
+        head, _, rest = key.partition(".")
+        if head == "mask" and rest in mask_keys:
+            data["mask"][rest] = value
+        elif head in ("model_kwargs", "finetune") and rest:
+            data[head][rest] = value
+        elif key in _TOP_SETTABLE:
+            data[key] = value
+        else:
+            problems.append(f"unknown key {key!r}")
+    if problems:
+        raise RecipeError("bad --set: " + "; ".join(problems), f"settable keys: {', '.join(settable_keys())}")
+    return data

@@ -1,0 +1,147 @@
+"""Inserting Energy-Mask layers at resolved placements.
+
+The preferred method edits the graph of the smallest module that holds the anchor: the stage
+module for a stage, the module whose forward computes the node for a node. That module is traced
+once per mode and replaced in its parent by a :class:`DualGraphModule`, so the rest of the timm model
+(its class, ``forward_head``, ``pretrained_cfg``, ``feature_info``) is untouched and the state dict
+keeps timm's keys plus ``*.ersm_mask*`` entries. Where fx cannot trace that module, the mask is
+applied by a forward hook on the module instead ("module" method).
+"""
+from __future__ import annotations
+
+import dataclasses
+import logging
+from collections import defaultdict
+
+from torch import fx, nn
+
+from ..errors import ArtifactError, PlacementError
+from ..layers import EnergyMask, MaskConfig
+from ._tracer import trace
+from .graph_module import DualGraphModule
+from .placement import MASK_ATTR_PREFIX, Placement
+
+__all__ = ["apply_placements", "mask_output_hook", "set_submodule"]
+
+_log = logging.getLogger(__name__)
+
+
+def mask_output_hook(module: nn.Module, _args: tuple, output):
+    """Forward hook of the "module" method: mask the module's output with its ``ersm_mask`` child."""
+    return getattr(module, MASK_ATTR_PREFIX)(output)
+
+
+def set_submodule(model: nn.Module, path: str, new: nn.Module) -> None:
+    """Replace the submodule at dotted ``path`` (works for Sequential/ModuleList children too)."""
+    parent_path, _, name = path.rpartition(".")
+    parent = model.get_submodule(parent_path) if parent_path else model
+    setattr(parent, name, new)
+
+
+def _edit_graph(graph: fx.Graph, qualnames: dict[fx.Node, str], items: list[Placement], owner: str) -> None:
+    by_name = {q: n for n, q in qualnames.items()}
+    output = next(n for n in reversed(graph.nodes) if n.op == "output")
+    for p in items:
+        if p.local_node is None:
+            anchor = output.args[0]
+            if not isinstance(anchor, fx.Node):
+                raise PlacementError(
+                    f"the output of {owner!r} is not a single tensor ({type(anchor).__name__})",
+                    "place the mask after a node inside it with --nodes",
+                )
+        else:
+            anchor = by_name.get(p.local_node)
+            if anchor is None:
+                raise PlacementError(f"node {p.node!r} is not in the trace of {owner!r}", "list nodes with inspect --all-nodes")
+        with graph.inserting_after(anchor):
+            masked = graph.call_module(p.attr, (anchor,))
+        anchor.replace_all_uses_with(masked, delete_user_cb=lambda user, m=masked: user is not m)
+    graph.lint()
+
+
+def _insert_fx(owner: nn.Module, owner_path: str, items: list[tuple[Placement, EnergyMask]]) -> DualGraphModule:
+    graphs = {}
+    for mode in (True, False):
+        graph, qualnames = trace(owner, train=mode)
+        _edit_graph(graph, qualnames, [p for p, _ in items], owner_path)
+        graphs[mode] = graph
+    new = DualGraphModule(owner, graphs[True], graphs[False])
+    for p, mask in items:
+        new.add_module(p.attr, mask)
+    return new
+
+
+def _insert_hook(module: nn.Module, mask: EnergyMask) -> None:
+    module.add_module(MASK_ATTR_PREFIX, mask)
+    module.register_forward_hook(mask_output_hook)
+    module._ersm_hooked = True
+
+
+def apply_placements(
+    model: nn.Module, placements: list[Placement], config: MaskConfig, fallback: bool = True
+) -> list[Placement]:
+    """Insert one :class:`EnergyMask` per placement, in place.
+
+    Placements sharing a module are inserted in one trace; deeper modules go first so that an outer
+    trace sees the inner masked module as one leaf node.
+
+    Args:
+        model: the timm model (edited in place).
+        placements: resolved anchors (see :mod:`.resolve`).
+        config: the layers' hyper-parameters.
+        fallback: when fx cannot trace a module, use a forward hook (and record ``method="module"``);
+            when False (rebuilding from a recipe), the recorded method must work.
+
+    Returns:
+        The placements with the method actually used.
+
+    Raises:
+        PlacementError: an anchor cannot be found or masked.
+        ArtifactError: a recorded fx placement cannot be rebuilt (a different timm version, say).
+    """
+    groups: dict[str, list[int]] = defaultdict(list)
+    for i, p in enumerate(placements):
+        groups[p.module].append(i)
+    done = list(placements)
+    for owner_path in sorted(groups, key=lambda path: -path.count(".") - (1 if path else 0)):
+        fx_idx = [i for i in groups[owner_path] if placements[i].method == "fx"]
+        hook_idx = [i for i in groups[owner_path] if placements[i].method == "module"]
+        if fx_idx:
+            try:
+                _replace_with_fx(model, owner_path, [placements[i] for i in fx_idx], config)
+            except PlacementError:
+                raise
+            except Exception as exc:  # fx raises many types; each means "this module is not traceable"
+                if not fallback:
+                    raise ArtifactError(f"fx cannot rebuild the mask in {owner_path!r}: {exc}",
+                                        "use the timm version the model was saved with") from exc
+                _log.warning("fx cannot trace %s (%s); masking with a forward hook instead", owner_path, exc)
+                for i in fx_idx:
+                    done[i] = _as_hook_placement(model, placements[i], owner_path, exc)
+                hook_idx += fx_idx
+        for i in hook_idx:
+            p = done[i]
+            _insert_hook(model.get_submodule(p.module), EnergyMask(p.channels, dataclasses.replace(config), p.hidden))
+    return done
+
+
+def _replace_with_fx(model: nn.Module, owner_path: str, items: list[Placement], config: MaskConfig) -> None:
+    if not owner_path:
+        raise PlacementError("a mask at the model's top level cannot be inserted",
+                             "choose a node inside a submodule (see inspect --all-nodes)")
+    owner = model.get_submodule(owner_path)
+    masks = [(p, EnergyMask(p.channels, dataclasses.replace(config), p.hidden)) for p in items]
+    set_submodule(model, owner_path, _insert_fx(owner, owner_path, masks))
+
+
+def _as_hook_placement(model: nn.Module, p: Placement, owner_path: str, exc: Exception) -> Placement:
+    """The same anchor done by a forward hook: on the stage module, or on the node's own module."""
+    if p.stage is not None:
+        return Placement(**{**p.to_dict(), "method": "module"})
+    names = dict(model.named_modules())
+    if p.node in names:
+        return Placement(**{**p.to_dict(), "module": p.node, "method": "module"})
+    raise PlacementError(
+        f"fx cannot trace {owner_path!r} ({type(exc).__name__}), so node {p.node!r} cannot be masked",
+        "mask the stage with --stages, or choose a node that is a module call",
+    ) from exc

@@ -1,0 +1,135 @@
+"""Turning ``--stages`` and ``--nodes`` into :class:`Placement` anchors, with every problem named."""
+from __future__ import annotations
+
+import difflib
+
+from torch import nn
+
+from ..errors import NotSpatialError, PlacementError
+from ._tracer import trace
+from .analysis import analyse, classify, feature_info, probe_shapes
+from .placement import Placement
+
+__all__ = ["resolve_stages", "resolve_nodes", "find_owner", "parse_stages"]
+
+_ADAPTER_HINT = "install the token-grid adapter plugin (plugins/ersm-token-grid) or choose a (B, C, H, W) stage"
+
+
+def parse_stages(text: str) -> list[int]:
+    """'2,3' -> [2, 3]; raises PlacementError for empty or malformed input."""
+    items = [t.strip() for t in (text or "").split(",")]
+    if not text or not text.strip() or any(not t for t in items):
+        raise PlacementError(f"--stages {text!r} is empty or malformed", "give comma-separated indices, e.g. --stages 2,3")
+    bad = [t for t in items if not t.lstrip("-").isdigit()]
+    if bad:
+        raise PlacementError(f"--stages {text!r}: {', '.join(map(repr, bad))} is not an integer",
+                             "give comma-separated indices, e.g. --stages 2,3")
+    return [int(t) for t in items]
+
+
+def resolve_stages(model: nn.Module, stages: list[int], input_size: tuple[int, int, int]) -> list[Placement]:
+    """Placements after the outputs of timm ``feature_info`` stages.
+
+    One forward pass with hooks checks each stage output is a (B, C, H, W) map.
+
+    Raises:
+        PlacementError: out of range or repeated indices (all reported at once).
+        NotSpatialError: a stage's output is tokens or channels-last.
+    """
+    info = feature_info(model)
+    if not info:
+        raise PlacementError(f"{type(model).__name__} has no feature_info stages", "place masks with --nodes instead")
+    problems = []
+    for s in stages:
+        if not 0 <= s < len(info):
+            problems.append(f"stage {s} is out of range 0..{len(info) - 1}")
+    dupes = sorted({s for s in stages if stages.count(s) > 1})
+    if dupes:
+        problems.append(f"stage(s) {', '.join(map(str, dupes))} given twice")
+    if problems:
+        raise PlacementError("; ".join(problems), "list the stages with: ersm-surgery inspect MODEL")
+    shapes = _probe(model, [info[s]["module"] for s in stages], input_size, info)
+    placements = []
+    for s in stages:
+        d = info[s]
+        shape = shapes.get(d["module"])
+        status, layout = classify(shape, d["num_chs"], d.get("reduction"), input_size[1])
+        if status == "not spatial":
+            raise NotSpatialError(f"stage {s} ({d['module']}) outputs {layout}, not a (B, C, H, W) map", _ADAPTER_HINT)
+        if shape is None:
+            raise PlacementError(f"stage {s} ({d['module']}) produced no tensor output", "place the mask with --nodes")
+        placements.append(Placement(module=d["module"], channels=int(shape[1]), reduction=d.get("reduction"), stage=s))
+    return placements
+
+
+def _probe(model: nn.Module, modules: list[str], input_size: tuple[int, int, int], info: list[dict]) -> dict:
+    """Stage output shapes, probed at the smallest input that resolves every stage when the model takes it.
+
+    A 2x-deepest-reduction input costs a fraction of a full-size forward pass; models that insist on
+    their own size (window attention, fixed position embeddings) are probed at ``input_size``.
+    """
+    side = 2 * max(int(d.get("reduction") or 1) for d in info)
+    sizes = [(input_size[0], side, side)] if side < min(input_size[1:]) else []
+    for size in [*sizes, tuple(input_size)]:
+        try:
+            shapes = probe_shapes(model, modules, size)
+        except Exception as exc:  # the model's own forward failed on this input
+            error = exc
+            continue
+        # channel counts and layouts do not depend on the input size; strides are checked at it
+        return {name: (*shape[:2], shape[2] * input_size[1] // size[1], *shape[3:]) if len(shape) == 4 else shape
+                for name, shape in shapes.items()}
+    raise PlacementError(f"the model fails on an input of size {tuple(input_size)} ({type(error).__name__}: {error})",
+                         "pass --input-size C,H,W that the model accepts") from error
+
+
+def find_owner(model: nn.Module, node: str) -> str:
+    """The deepest module whose own trace contains ``node`` (its caller, for a module node)."""
+    modules = dict(model.named_modules())
+    parts = node.split(".")
+    for cut in range(len(parts) - 1, 0, -1):
+        owner = ".".join(parts[:cut])
+        if owner not in modules:
+            continue
+        try:
+            _, qualnames = trace(modules[owner], train=False)
+        except Exception:  # not traceable on its own: try the enclosing module
+            continue
+        if node[len(owner) + 1 :] in qualnames.values():
+            return owner
+    return ""
+
+
+def resolve_nodes(model: nn.Module, nodes: list[str], input_size: tuple[int, int, int]) -> list[Placement]:
+    """Placements after named nodes of the whole-model trace (see ``inspect --all-nodes``).
+
+    Raises:
+        PlacementError: a node is unknown (close matches suggested) or repeated, or fx cannot trace.
+        NotSpatialError: a node's output is not 4-D.
+    """
+    analysis = analyse(model, input_size)
+    if analysis.method != "fx":
+        raise PlacementError(f"fx cannot trace this model ({analysis.trace_error})", "place masks with --stages instead")
+    by_name = {c.name: c for c in analysis.candidates}
+    problems = []
+    placements = []
+    for name in nodes:
+        shape = (analysis.shapes or {}).get(name)
+        if name not in by_name and shape is not None:
+            problems.append(f"node {name!r} outputs shape {tuple(shape)}, not a (B, C, H, W) map")
+            continue
+        if name not in by_name:
+            close = difflib.get_close_matches(name, list(by_name), n=3, cutoff=0.5)
+            problems.append(f"node {name!r} not found" + (f" (did you mean {', '.join(close)}?)" if close else ""))
+            continue
+        c = by_name[name]
+        owner = find_owner(model, name)
+        if not owner:
+            problems.append(f"node {name!r} is computed at the model's top level")
+            continue
+        placements.append(Placement(module=owner, channels=c.channels, reduction=round(c.stride), node=name))
+    if nodes and len(set(nodes)) != len(nodes):
+        problems.append("a node is given twice")
+    if problems:
+        raise PlacementError("; ".join(problems), "list candidate nodes with: ersm-surgery inspect MODEL --all-nodes")
+    return placements
