@@ -72,21 +72,24 @@ def auto_hidden(channels: int, param_budget: int | None = None) -> int:
     """Width of the unary head: channels // 16 within [8, 64], shrunk to fit ``param_budget``."""
     hidden = max(8, min(64, channels // 16))
     if param_budget is not None:
-        # conv1 (C*h + h) + conv2 (h + 1) + optional context (C + 1) must fit the budget
-        fit = (param_budget - channels - 2) // (channels + 2)
+        # norm (2C) + conv1 (C*h + h) + conv2 (h + 1) + optional context (C) must fit the budget
+        fit = (param_budget - 3 * channels - 1) // (channels + 2)
         hidden = min(hidden, fit)
     return max(1, int(hidden))
 
 
 class ConvUnaryHead(nn.Module):
-    """Two 1x1 convolutions with a GELU, plus an optional global context term.
+    """Per-token channel normalisation, two 1x1 convolutions with a GELU, optional global context.
 
     The last layer starts with tiny weights and a bias of ``alpha + init_logit * tau``, so that
-    u = alpha - s ~ -init_logit * tau and q0 = sigmoid(init_logit): the mask starts open.
+    u = alpha - s ~ -init_logit * tau and q0 = sigmoid(init_logit): the mask starts open. The
+    normalisation makes that hold whatever the scale of the features (an untrained timm model's
+    activations can reach 1e8), so injection preserves the function on any model.
     """
 
     def __init__(self, channels: int, hidden: int, config: MaskConfig) -> None:
         super().__init__()
+        self.norm = nn.LayerNorm(channels)
         self.reduce = nn.Conv2d(channels, hidden, 1)
         self.act = nn.GELU()
         self.score = nn.Conv2d(hidden, 1, 1)
@@ -97,6 +100,7 @@ class ConvUnaryHead(nn.Module):
             nn.init.normal_(self.context.weight, std=1e-3)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.norm(x.permute(0, 2, 3, 1)).permute(0, 3, 1, 2)
         s = self.score(self.act(self.reduce(x)))
         if self.context is not None:
             s = s + self.context(x.mean(dim=(2, 3)))[:, :, None, None]

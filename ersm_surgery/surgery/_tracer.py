@@ -8,6 +8,7 @@ stochastic layers (DropPath, DropBlock) are leaves too, so their random draw sta
 from __future__ import annotations
 
 import contextlib
+import inspect
 from collections.abc import Iterator
 
 import torch
@@ -78,5 +79,17 @@ def trace(module: nn.Module, train: bool) -> tuple[fx.Graph, dict[fx.Node, str]]
     """
     tracer = ErsmTracer()
     with training_mode(module, train), torch.no_grad():
-        graph = tracer.trace(module)
+        graph = tracer.trace(module, concrete_args=_defaulted_args(module))
     return graph, dict(tracer.node_to_qualname)
+
+
+def _defaulted_args(module: nn.Module) -> dict | None:
+    """Optional forward() arguments, fixed at their defaults.
+
+    A stage or block is called with its input alone (dla's ``Tree.forward(x, skip=None, children=None)``
+    is called as ``level3(x)``), so tracing it alone must see the defaults, not placeholders.
+    """
+    params = list(inspect.signature(module.forward).parameters.values())[1:]
+    fixed = {p.name: p.default for p in params
+             if p.default is not inspect.Parameter.empty and p.kind is not inspect.Parameter.VAR_KEYWORD}
+    return fixed or None

@@ -118,6 +118,9 @@ def probe_shapes(model: nn.Module, modules: list[str], input_size: tuple[int, in
 
     def record(name: str):
         def hook(_module, _args, output):
+            # a block that passes a list along (selecsls) carries its feature map first
+            if isinstance(output, (list, tuple)) and output:
+                output = output[0]
             if isinstance(output, torch.Tensor):
                 shapes[name] = tuple(output.shape)
 

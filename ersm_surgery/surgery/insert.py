@@ -28,7 +28,10 @@ _log = logging.getLogger(__name__)
 
 def mask_output_hook(module: nn.Module, _args: tuple, output):
     """Forward hook of the "module" method: mask the module's output with its ``ersm_mask`` child."""
-    return getattr(module, MASK_ATTR_PREFIX)(output)
+    mask = getattr(module, MASK_ATTR_PREFIX)
+    if isinstance(output, (list, tuple)):
+        return type(output)([mask(output[0]), *output[1:]])
+    return mask(output)
 
 
 def set_submodule(model: nn.Module, path: str, new: nn.Module) -> None:
@@ -43,20 +46,31 @@ def _edit_graph(graph: fx.Graph, qualnames: dict[fx.Node, str], items: list[Plac
     output = next(n for n in reversed(graph.nodes) if n.op == "output")
     for p in items:
         if p.local_node is None:
-            anchor = output.args[0]
-            if not isinstance(anchor, fx.Node):
-                raise PlacementError(
-                    f"the output of {owner!r} is not a single tensor ({type(anchor).__name__})",
-                    "place the mask after a node inside it with --nodes",
-                )
-        else:
-            anchor = by_name.get(p.local_node)
-            if anchor is None:
-                raise PlacementError(f"node {p.node!r} is not in the trace of {owner!r}", "list nodes with inspect --all-nodes")
+            _mask_output(graph, output, p.attr, owner)
+            continue
+        anchor = by_name.get(p.local_node)
+        if anchor is None:
+            raise PlacementError(f"node {p.node!r} is not in the trace of {owner!r}", "list nodes with inspect --all-nodes")
         with graph.inserting_after(anchor):
             masked = graph.call_module(p.attr, (anchor,))
         anchor.replace_all_uses_with(masked, delete_user_cb=lambda user, m=masked: user is not m)
     graph.lint()
+
+
+def _mask_output(graph: fx.Graph, output: fx.Node, attr: str, owner: str) -> None:
+    """Mask what a module returns: the tensor, or the first element of a returned list (selecsls)."""
+    result = output.args[0]
+    if isinstance(result, fx.Node):
+        with graph.inserting_before(output):
+            output.args = (graph.call_module(attr, (result,)),)
+        return
+    if isinstance(result, (list, tuple)) and result and isinstance(result[0], fx.Node):
+        with graph.inserting_before(output):
+            masked = graph.call_module(attr, (result[0],))
+        output.args = (type(result)([masked, *result[1:]]),)
+        return
+    raise PlacementError(f"the output of {owner!r} is not a tensor ({type(result).__name__})",
+                         "place the mask after a node inside it with --nodes")
 
 
 def _insert_fx(owner: nn.Module, owner_path: str, items: list[tuple[Placement, EnergyMask]]) -> DualGraphModule:

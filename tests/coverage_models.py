@@ -1,0 +1,41 @@
+"""The foundation coverage list, as data: one small model per timm family.
+
+Each entry: (family, model name, input size (C, H, W), stages). ``test_*`` models are timm's own
+tiny members of a family. Adding a family is adding a line.
+"""
+
+COVERAGE = [
+    ("resnet", "test_resnet", (3, 64, 64), (2, 3)),
+    ("resnetv2", "resnetv2_18", (3, 64, 64), (2, 3)),
+    ("resnext", "resnext26ts", (3, 64, 64), (2, 3)),
+    ("convnext", "test_convnext", (3, 64, 64), (1, 2)),
+    ("efficientnet", "test_efficientnet", (3, 64, 64), (2, 3)),
+    ("tf_efficientnet", "tf_efficientnet_b0", (3, 64, 64), (2, 3)),
+    ("mobilenetv3", "mobilenetv3_small_050", (3, 64, 64), (2, 3)),
+    ("regnet", "regnetx_002", (3, 64, 64), (2, 3)),
+    ("densenet", "densenet121", (3, 64, 64), (2, 3)),
+    ("dla", "dla46_c", (3, 64, 64), (2, 3)),
+    ("dpn", "dpn48b", (3, 64, 64), (2, 3)),
+    ("vgg", "vgg11", (3, 64, 64), (2, 3)),
+    ("inception_v3", "inception_v3", (3, 96, 96), (2, 3)),
+    ("xception", "xception41", (3, 64, 64), (2, 3)),
+    ("cspnet", "cs3darknet_focus_s", (3, 64, 64), (2, 3)),
+    ("ghostnet", "ghostnet_050", (3, 64, 64), (2, 3)),
+    ("rexnet", "rexnet_100", (3, 64, 64), (2, 3)),
+    ("repvgg", "repvgg_a0", (3, 64, 64), (2, 3)),
+    ("byobnet", "test_byobnet", (3, 64, 64), (2, 3)),
+    ("res2net", "res2net50_14w_8s", (3, 64, 64), (2, 3)),
+    ("resnest", "resnest14d", (3, 64, 64), (2, 3)),
+    ("sknet", "skresnet18", (3, 64, 64), (2, 3)),
+    ("selecsls", "selecsls42", (3, 64, 64), (2, 3)),
+    ("vovnet", "ese_vovnet19b_slim", (3, 64, 64), (2, 3)),
+    ("mobilevit", "mobilevit_xxs", (3, 64, 64), (2, 3)),
+    ("efficientformerv2", "efficientformerv2_s0", (3, 224, 224), (1, 2)),
+    ("fastvit", "fastvit_t8", (3, 64, 64), (1, 2)),
+    ("edgenext", "edgenext_xx_small", (3, 64, 64), (1, 2)),
+    ("convmixer", "convmixer_768_32", (3, 64, 64), (0,)),
+    ("nfnet", "test_nfnet", (3, 64, 64), (2, 3)),
+    ("tresnet", "tresnet_m", (3, 64, 64), (2, 3)),
+    ("maxvit", "test_maxvit", (3, 160, 160), (1, 2)),
+    ("coatnet", "test_coatnet", (3, 160, 160), (1, 2)),
+]
