@@ -134,4 +134,5 @@ def neighbour_differences(q: torch.Tensor, neighbourhood: int = 4) -> list[torch
 def straight_through(q: torch.Tensor) -> torch.Tensor:
     """Hard mask 1[q >= 0.5] in the forward pass, gradient of q in the backward pass."""
     hard = (q >= 0.5).to(q.dtype)
-    return hard + q - q.detach()
+    # (q - q.detach()) is exactly 0 in the forward pass, so the mask is exactly binary
+    return hard + (q - q.detach())

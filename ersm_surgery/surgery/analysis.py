@@ -16,7 +16,7 @@ from torch.fx.passes.shape_prop import ShapeProp
 
 from ._tracer import trace, training_mode
 
-__all__ = ["FeatureNode", "StageInfo", "ModelAnalysis", "analyse", "feature_info", "probe_shapes"]
+__all__ = ["FeatureNode", "StageInfo", "ModelAnalysis", "analyse", "feature_info", "probe_shapes", "classify", "channels_last"]
 
 _log = logging.getLogger(__name__)
 
@@ -97,15 +97,25 @@ def feature_info(model: nn.Module) -> list[dict[str, Any]]:
     return [dict(d) for d in info]
 
 
-def classify(shape: tuple[int, ...] | None, channels: int, reduction: int | None, in_h: int) -> tuple[str, str | None]:
-    """(status, layout) of a stage output shape against feature_info's channels and reduction."""
+def channels_last(model: nn.Module) -> bool:
+    """timm marks models whose stages run channels-last (Swin, MambaOut) with output_fmt 'NHWC'."""
+    return str(getattr(model, "output_fmt", "")).upper() == "NHWC"
+
+
+def classify(
+    shape: tuple[int, ...] | None, channels: int, reduction: int | None, in_h: int, nhwc_model: bool = False
+) -> tuple[str, str | None]:
+    """(status, layout) of a stage output shape against feature_info's channels and reduction.
+
+    A shape like (1, 16, 16, 16) reads both ways; ``nhwc_model`` (see :func:`channels_last`) decides.
+    """
     if shape is None:
         return "unknown", None
     if len(shape) == 3:
         return "not spatial", "tokens (B, N, C)"
     if len(shape) != 4:
         return "not spatial", f"{len(shape)}-D"
-    if shape[1] != channels and shape[3] == channels:
+    if shape[3] == channels and (shape[1] != channels or nhwc_model):
         return "not spatial", "channels-last (B, H, W, C)"
     stride_ok = reduction is None or shape[2] * reduction == in_h
     return ("ok" if shape[1] == channels and stride_ok else "mismatch"), "NCHW"
@@ -159,7 +169,8 @@ def analyse(model: nn.Module, input_size: tuple[int, int, int]) -> ModelAnalysis
         shapes = probe_shapes(model, [d["module"] for d in info], input_size)
         stages = []
         for i, d in enumerate(info):
-            status, layout = classify(shapes.get(d["module"]), d["num_chs"], d.get("reduction"), in_h)
+            status, layout = classify(shapes.get(d["module"]), d["num_chs"], d.get("reduction"), in_h,
+                                      channels_last(model))
             stages.append(StageInfo(i, d["module"], d["num_chs"], d.get("reduction"), None,
                                     shapes.get(d["module"]), status, layout))
         return ModelAnalysis(tuple(input_size), "module", stages, [], trace_error=f"{type(exc).__name__}: {exc}")
@@ -188,6 +199,6 @@ def analyse(model: nn.Module, input_size: tuple[int, int, int]) -> ModelAnalysis
     for i, d in enumerate(info):
         end = _stage_end_node(names, d["module"])
         shape = shapes.get(end) if end else None
-        status, layout = classify(shape, d["num_chs"], d.get("reduction"), in_h)
+        status, layout = classify(shape, d["num_chs"], d.get("reduction"), in_h, channels_last(model))
         stages.append(StageInfo(i, d["module"], d["num_chs"], d.get("reduction"), end, shape, status, layout))
     return ModelAnalysis(tuple(input_size), "fx", stages, candidates, shapes=shapes)

@@ -7,7 +7,7 @@ from torch import nn
 
 from ..errors import NotSpatialError, PlacementError
 from ._tracer import trace
-from .analysis import analyse, classify, feature_info, probe_shapes
+from .analysis import analyse, channels_last, classify, feature_info, probe_shapes
 from .placement import Placement
 
 __all__ = ["resolve_stages", "resolve_nodes", "find_owner", "parse_stages"]
@@ -53,7 +53,7 @@ def resolve_stages(model: nn.Module, stages: list[int], input_size: tuple[int, i
     for s in stages:
         d = info[s]
         shape = shapes.get(d["module"])
-        status, layout = classify(shape, d["num_chs"], d.get("reduction"), input_size[1])
+        status, layout = classify(shape, d["num_chs"], d.get("reduction"), input_size[1], channels_last(model))
         if status == "not spatial":
             raise NotSpatialError(f"stage {s} ({d['module']}) outputs {layout}, not a (B, C, H, W) map", _ADAPTER_HINT)
         if shape is None:
@@ -111,12 +111,12 @@ def resolve_nodes(model: nn.Module, nodes: list[str], input_size: tuple[int, int
     if analysis.method != "fx":
         raise PlacementError(f"fx cannot trace this model ({analysis.trace_error})", "place masks with --stages instead")
     by_name = {c.name: c for c in analysis.candidates}
-    problems = []
+    problems, not_spatial = [], []
     placements = []
     for name in nodes:
         shape = (analysis.shapes or {}).get(name)
         if name not in by_name and shape is not None:
-            problems.append(f"node {name!r} outputs shape {tuple(shape)}, not a (B, C, H, W) map")
+            not_spatial.append(f"node {name!r} outputs shape {tuple(shape)}, not a (B, C, H, W) map")
             continue
         if name not in by_name:
             close = difflib.get_close_matches(name, list(by_name), n=3, cutoff=0.5)
@@ -130,6 +130,7 @@ def resolve_nodes(model: nn.Module, nodes: list[str], input_size: tuple[int, int
         placements.append(Placement(module=owner, channels=c.channels, reduction=round(c.stride), node=name))
     if nodes and len(set(nodes)) != len(nodes):
         problems.append("a node is given twice")
-    if problems:
-        raise PlacementError("; ".join(problems), "list candidate nodes with: ersm-surgery inspect MODEL --all-nodes")
+    if problems or not_spatial:
+        error = PlacementError if problems else NotSpatialError
+        raise error("; ".join(problems + not_spatial), "list candidate nodes with: ersm-surgery inspect MODEL --all-nodes")
     return placements

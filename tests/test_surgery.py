@@ -1,0 +1,152 @@
+"""fx surgery: anchors, node placements, train/eval parity, copies, rebuild, module-level fallback."""
+import copy
+
+import pytest
+import timm
+import torch
+from torch import nn
+
+import ersm_surgery
+from ersm_surgery.errors import NotSpatialError, PlacementError
+from ersm_surgery.surgery import DualGraphModule, analyse, is_mask_key
+
+SIZE = (3, 64, 64)
+
+
+def test_stage_anchors_are_meaningful_names():
+    model = ersm_surgery.inject("test_resnet", stages=[2, 3], input_size=SIZE)
+    p2, p3 = model.ersm_recipe.placements
+    assert (p2.stage, p2.module, p2.channels, p2.reduction, p2.method) == (2, "layer2", 48, 8, "fx")
+    assert (p3.stage, p3.module, p3.channels, p3.reduction) == (3, "layer3", 192, 16)
+    assert set(ersm_surgery.masks(model).names()) == {"layer2.ersm_mask", "layer3.ersm_mask"}
+    # the timm model keeps its class, its head and timm's state-dict keys
+    assert type(model).__name__ == "ResNet" and hasattr(model, "forward_head")
+    plain = timm.create_model("test_resnet").state_dict()
+    assert {k for k in model.state_dict() if not is_mask_key(k)} == set(plain)
+
+
+def test_node_placement_masks_inside_a_block():
+    model = ersm_surgery.inject("test_resnet", nodes=["layer3.0.add", "layer2.0.act2"], input_size=SIZE)
+    add, act = model.ersm_recipe.placements
+    assert (add.node, add.module, add.channels, add.reduction) == ("layer3.0.add", "layer3.0", 192, 16)
+    assert (act.node, act.module) == ("layer2.0.act2", "layer2.0")
+    assert isinstance(model.layer3[0], DualGraphModule)
+    code = model.layer3[0].code
+    assert code.index("add") < code.index("ersm_mask_add") < code.index("act3")
+    model.eval()
+    x = torch.randn(2, *SIZE)
+    model(x)
+    assert ersm_surgery.masks(model).states()["layer3.0.ersm_mask_add"].q.shape == (2, 1, 4, 4)
+
+
+def test_a_stage_and_a_node_inside_it_nest():
+    model = ersm_surgery.inject("test_resnet", stages=[3], nodes=["layer3.0.conv2"], input_size=SIZE)
+    assert len(ersm_surgery.masks(model)) == 2
+    model.eval()
+    model(torch.randn(1, *SIZE))
+    assert all(s is not None for s in ersm_surgery.masks(model).states().values())
+
+
+def test_injection_preserves_the_function():
+    base = timm.create_model("test_efficientnet", num_classes=7).eval()
+    original = copy.deepcopy(base)
+    model = ersm_surgery.inject(base, stages=[2, 3], input_size=SIZE).eval()
+    x = torch.randn(64, *SIZE) * 3
+    with torch.no_grad():
+        a, b = original(x), model(x)
+    assert (a.argmax(1) == b.argmax(1)).float().mean() >= 0.99
+    assert (a - b).abs().max() <= 1e-5
+
+
+@pytest.mark.parametrize("name, kwargs", [("test_convnext", {"drop_path_rate": 0.3}),
+                                          ("test_resnet", {"drop_rate": 0.5, "drop_path_rate": 0.2})])
+def test_stochastic_in_train_mode_deterministic_in_eval_mode_like_the_original(name, kwargs):
+    model = ersm_surgery.inject(name, stages=[1, 2], input_size=SIZE, model_kwargs=kwargs)
+    original = timm.create_model(name, **kwargs)
+    x = torch.randn(2, *SIZE)
+    for net in (original, model):
+        net.train()
+        with torch.no_grad():
+            assert not torch.equal(net(x), net(x)), "train mode must stay stochastic"
+        net.eval()
+        with torch.no_grad():
+            assert torch.equal(net(x), net(x)), "eval mode must be deterministic"
+    model.train()  # and back: the train graph returns
+    with torch.no_grad():
+        assert not torch.equal(model(x), model(x))
+
+
+def test_deepcopy_keeps_both_graphs_and_the_weights():
+    model = ersm_surgery.inject("test_convnext", stages=[1], input_size=SIZE, model_kwargs={"drop_path_rate": 0.2})
+    model.train()
+    model(torch.randn(2, *SIZE)).sum().backward()
+    clone = copy.deepcopy(model).eval()
+    model.eval()
+    x = torch.randn(2, *SIZE)
+    with torch.no_grad():
+        assert torch.equal(clone(x), model(x))
+    clone.train()
+    assert clone.stages[1].graph is clone.stages[1].train_graph
+    assert clone.stages[1].ersm_mask is not model.stages[1].ersm_mask
+
+
+def test_not_traceable_stage_falls_back_to_a_module_hook_and_says_so():
+    model = ersm_surgery.inject("selecsls42", stages=[2], input_size=SIZE)
+    (p,) = model.ersm_recipe.placements
+    assert p.method == "module"
+    model.eval()
+    model(torch.randn(1, *SIZE))
+    assert ersm_surgery.masks(model).states()[p.path].hard.shape[-1] == 8
+
+
+def test_rebuild_resolves_the_anchors_again(tmp_path):
+    model = ersm_surgery.inject("test_resnet", stages=[2], nodes=["layer3.0.add"], input_size=SIZE)
+    ersm_surgery.save(model, tmp_path)
+    rebuilt = ersm_surgery.build_model(model.ersm_recipe)
+    assert ersm_surgery.masks(rebuilt).names() == ersm_surgery.masks(model).names()
+
+
+def test_stage_table_matches_feature_info():
+    result = analyse(timm.create_model("test_resnet"), SIZE)
+    assert [s.module for s in result.stages] == ["act1", "layer1", "layer2", "layer3", "layer4"]
+    assert all(s.status == "ok" for s in result.stages)
+    assert result.stages[2].node == "layer2.0.act2" and result.stages[2].shape == (1, 48, 8, 8)
+    assert any(c.name == "layer3.0.add" and c.stride == 16 for c in result.candidates)
+
+
+def test_channels_last_stages_are_reported_not_spatial():
+    result = analyse(timm.create_model("test_mambaout"), SIZE)
+    assert not any(s.spatial for s in result.stages)
+
+
+@pytest.mark.parametrize("kwargs, match", [
+    ({"stages": [9]}, "out of range 0..4"),
+    ({"stages": [2, 2]}, "given twice"),
+    ({"nodes": ["layer3.0.ad"]}, "did you mean layer3.0.add"),
+    ({"nodes": ["fc"]}, r"not a \(B, C, H, W\) map"),
+    ({}, "no placement"),
+])
+def test_bad_placements_name_the_problem(kwargs, match):
+    with pytest.raises(PlacementError, match=match):
+        ersm_surgery.inject("test_resnet", input_size=SIZE, **kwargs)
+
+
+def test_not_spatial_node_is_a_not_spatial_error():
+    with pytest.raises(NotSpatialError):
+        ersm_surgery.inject("test_resnet", nodes=["fc"], input_size=SIZE)
+
+
+def test_masks_param_overhead_stays_within_one_percent():
+    for name in ("resnet50", "test_resnet", "test_efficientnet"):
+        base = timm.create_model(name)
+        n = sum(p.numel() for p in base.parameters())
+        model = ersm_surgery.inject(base, stages=[2, 3], input_size=SIZE)
+        extra = sum(p.numel() for p in ersm_surgery.masks(model).parameters())
+        assert extra <= 0.01 * n, (name, extra / n)
+
+
+def test_masks_looks_through_wrappers():
+    model = ersm_surgery.inject("test_resnet", stages=[2], input_size=SIZE)
+    wrapped = nn.Module()
+    wrapped._orig_mod = model  # what torch.compile's OptimizedModule holds
+    assert len(ersm_surgery.masks(wrapped)) == 1
