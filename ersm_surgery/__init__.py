@@ -18,8 +18,8 @@ from .version import __version__
 _LAZY = {
     "inject": "api",
     "build_model": "api",
-    "masks": "masks",
-    "MaskSet": "masks",
+    "masks": "mask_set",
+    "MaskSet": "mask_set",
     "save": "io",
     "load": "io",
     "Recipe": "recipe",

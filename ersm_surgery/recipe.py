@@ -91,16 +91,28 @@ class Recipe:
             raise RecipeError(f"unknown recipe key(s) {', '.join(unknown)}", f"valid keys: {', '.join(sorted(known))}")
         if "model" not in data:
             raise RecipeError("the recipe names no model", "add 'model: <timm model name>'")
+        problems = []
+        try:
+            mask = MaskConfig.from_dict(data.get("mask") or {})
+        except (TypeError, ValueError) as exc:
+            problems.append(str(exc))
+            mask = MaskConfig()
         try:
             kwargs = dict(data)
             kwargs["placements"] = [Placement.from_dict(p) for p in data.get("placements") or []]
-            kwargs["mask"] = MaskConfig.from_dict(data.get("mask") or {})
+            kwargs["mask"] = mask
             if kwargs.get("input_size") is not None:
                 kwargs["input_size"] = tuple(kwargs["input_size"])
             kwargs["model_kwargs"] = kwargs.get("model_kwargs") or {}
             kwargs["finetune"] = kwargs.get("finetune") or {}
         except (TypeError, ValueError) as exc:
             raise RecipeError(f"invalid recipe: {exc}", "fix the recipe (see docs/recipe.md)") from exc
+        if problems:
+            try:
+                cls(**kwargs)
+            except RecipeError as exc:
+                problems.insert(0, exc.problem.removeprefix("invalid recipe: "))
+            raise RecipeError("invalid recipe: " + "; ".join(problems), "fix the recipe (see docs/recipe.md)")
         return cls(**kwargs)
 
     def to_json(self) -> str:

@@ -7,7 +7,7 @@ import torch
 from torch import nn
 
 from .io.artifact import recipe_of
-from .masks import masks
+from .mask_set import masks
 from .surgery import training_mode
 
 __all__ = ["describe_injection", "preservation"]

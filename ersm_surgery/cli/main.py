@@ -13,6 +13,8 @@ from ..version import __version__
 COMMANDS: dict[str, tuple[str, str, str]] = {
     "inspect": ("ersm_surgery.cli.inspect_cmd", "inspect", "Show where masks can go: stages and candidate nodes."),
     "inject": ("ersm_surgery.cli.inject_cmd", "inject", "Insert Energy-Mask layers and save the masked model."),
+    "export": ("ersm_surgery.cli.export_cmd", "export", "Export a masked model: safetensors, ONNX, config, card."),
+    "info": ("ersm_surgery.cli.info_cmd", "info", "Show what a .safetensors file holds (header only, instant)."),
 }
 
 
@@ -39,6 +41,24 @@ class LazyGroup(click.Group):
 
         with translate_errors(ctx):
             return super().invoke(ctx)
+
+    def main(self, args=None, prog_name=None, complete_var=None, standalone_mode=True, **extra):
+        """Like click's, but every error is one line on stderr: ``Error: <problem>; <fix>``."""
+        if not standalone_mode:
+            return super().main(args, prog_name, complete_var, standalone_mode, **extra)
+        try:
+            code = super().main(args, prog_name, complete_var, standalone_mode=False, **extra)
+        except click.UsageError as exc:
+            where = exc.ctx.command_path if exc.ctx else "ersm-surgery"
+            click.echo(f"Error: {exc.format_message()} (see '{where} --help')", err=True)
+            sys.exit(exc.exit_code)
+        except click.ClickException as exc:
+            click.echo(f"Error: {exc.format_message()}", err=True)
+            sys.exit(exc.exit_code)
+        except click.Abort:
+            click.echo("Error: aborted", err=True)
+            sys.exit(1)
+        sys.exit(code if isinstance(code, int) else 0)
 
 
 @click.group(cls=LazyGroup, context_settings={"help_option_names": ["-h", "--help"]})

@@ -38,7 +38,7 @@ def versions() -> dict[str, str]:
 
 def recipe_of(model: nn.Module) -> Recipe:
     from ..api import RECIPE_ATTR
-    from ..masks import unwrap
+    from ..mask_set import unwrap
 
     recipe = getattr(unwrap(model), RECIPE_ATTR, None)
     if recipe is None:
@@ -89,7 +89,7 @@ def save(model: nn.Module, path: str | Path, force: bool = False, metadata: dict
         OutputExistsError: the folder exists and is not empty (without ``force``).
         ArtifactError: the model carries no recipe.
     """
-    from ..masks import unwrap
+    from ..mask_set import unwrap
 
     model = unwrap(model)
     recipe = recipe_of(model)
