@@ -1,37 +1,57 @@
 """A saved masked model: a folder with model.safetensors, recipe.yaml and config.json.
 
-The weights file carries the recipe and the versions in its header metadata, so the file alone is
-enough to rebuild the model: base model + recipe + weights, loaded strictly, nothing unpickled.
+The weights file carries the recipe, the versions, the input config and a SHA-256 over the tensor data
+and the recipe in its header metadata, so the file alone is enough to rebuild the model, and an edit of
+either is detected: base model + recipe + weights, loaded strictly, nothing unpickled.
+
+torch and timm are imported inside the functions, so that ``ersm-surgery info`` (which imports this
+package) stays fast.
 """
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
-
-
+import tempfile
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
-
-import torch
-from torch import nn
+from typing import TYPE_CHECKING, Any
 
 from ..errors import ArtifactError, OutputExistsError
-from ..recipe import Recipe
 from ..version import __version__
 from .atomic import atomic_path, atomic_write_text
+from .safetensors_header import _HASH_DOMAIN, SafetensorsHeader, read_header
 
-__all__ = ["save", "load", "read_metadata", "recipe_of", "check_output_dir", "versions", "WEIGHTS", "RECIPE", "CONFIG"]
+if TYPE_CHECKING:
+    import torch
+    from torch import nn
+
+    from ..recipe import Recipe
+
+__all__ = [
+    "save", "load", "read_metadata", "recipe_of", "check_output_dir", "versions", "weights_path",
+    "weights_metadata", "write_weights", "state_sha256", "timm_config", "input_config", "labels_of",
+    "WEIGHTS", "RECIPE", "CONFIG", "RECIPE_KEY", "SHA256_KEY", "LABELS_KEY", "INPUT_KEY", "MASK_MODE_KEY",
+]  # fmt: skip
 
 _log = logging.getLogger(__name__)
 
 WEIGHTS = "model.safetensors"
 RECIPE = "recipe.yaml"
 CONFIG = "config.json"
-RECIPE_KEY = "ersm_recipe"
+# header metadata keys (all values are strings; the JSON ones are marked)
+RECIPE_KEY = "ersm_recipe"  # JSON of the Recipe
+SHA256_KEY = "ersm_sha256"  # tensor_data_sha256 of the tensors, extra = the recipe JSON (UTF-8)
+LABELS_KEY = "label_names"  # JSON list of class names, when known
+INPUT_KEY = "input_config"  # JSON: input_size, mean, std, interpolation, crop_pct, crop_mode
+MASK_MODE_KEY = "mask_mode"  # the masks' eval mode: hard or soft
+_RESERVED = (RECIPE_KEY, SHA256_KEY)
+_REEXPORT = "re-export it with ersm-surgery export, or pass --no-verify (verify=False) to load it anyway"
 
 
 def versions() -> dict[str, str]:
     import timm
+    import torch
 
     return {"ersm_surgery": __version__, "torch": torch.__version__, "timm": timm.__version__}
 
@@ -52,38 +72,208 @@ def check_output_dir(path: str | Path, force: bool) -> Path:
     if path.exists() and not path.is_dir():
         raise OutputExistsError(f"output {str(path)!r} is a file", "choose a folder path with -o")
     if path.is_dir() and any(path.iterdir()) and not force:
-        raise OutputExistsError(f"output folder {str(path)!r} exists and is not empty", "pass --force or choose another -o")
+        raise OutputExistsError(f"output folder {str(path)!r} exists and is not empty",
+                                "pass --force or choose another -o")
     return path
 
 
-def timm_config(model: nn.Module, recipe: Recipe) -> dict[str, Any]:
-    """config.json in timm's hub layout, plus an "ersm" block with the recipe."""
+def _jsonable(value: Any) -> Any:
+    if isinstance(value, (list, tuple)):
+        return [_jsonable(v) for v in value]
+    if isinstance(value, dict):
+        return {str(k): _jsonable(v) for k, v in value.items()}
+    return value if isinstance(value, (str, int, float, bool, type(None))) else str(value)
+
+
+def input_config(model: nn.Module) -> dict[str, Any]:
+    """input_size, interpolation, mean, std, crop_pct, crop_mode from the model's timm pretrained_cfg."""
+    from timm.data import resolve_model_data_config
+
+    return _jsonable(resolve_model_data_config(model))
+
+
+def _manual_config(model: nn.Module, recipe: Recipe, labels: list[str] | None) -> dict[str, Any]:
     cfg = dict(getattr(model, "pretrained_cfg", None) or {})
     cfg = {k: v for k, v in cfg.items() if isinstance(v, (str, int, float, bool, list, tuple, dict, type(None)))}
-    return {
+    pool = getattr(model, "global_pool", None)
+    out = {
         "architecture": recipe.model,
         "num_classes": getattr(model, "num_classes", recipe.num_classes),
         "num_features": getattr(model, "num_features", None),
-        "global_pool": getattr(model, "global_pool", None) if isinstance(getattr(model, "global_pool", None), str) else None,
+        "global_pool": pool if isinstance(pool, str) else None,
         "model_args": dict(recipe.model_kwargs),
         "pretrained_cfg": cfg,
-        "ersm": {**recipe.to_dict(), "versions": versions()},
     }
+    if labels:
+        out["label_names"] = list(labels)
+    return out
 
 
-def _write_weights(model: nn.Module, path: Path, recipe: Recipe, extra: dict[str, str] | None) -> None:
-    from safetensors.torch import save_model
+def timm_config(model: nn.Module, recipe: Recipe, labels: list[str] | None = None) -> dict[str, Any]:
+    """config.json in timm's hub layout (``save_config_for_hf``), plus an "ersm" block with the recipe."""
+    try:
+        from timm.models._hub import save_config_for_hf
 
-    metadata = {"format": "pt", RECIPE_KEY: recipe.to_json(), "model": recipe.model, **versions(), **(extra or {})}
+        with tempfile.TemporaryDirectory() as tmp:
+            path = Path(tmp) / CONFIG
+            save_config_for_hf(model, str(path), model_config={"label_names": list(labels)} if labels else None)
+            cfg = json.loads(path.read_text(encoding="utf-8"))
+    except Exception as exc:  # an older timm, or a model argument timm cannot serialise
+        _log.debug("timm's save_config_for_hf failed (%s); writing the config by hand", exc)
+        cfg = _manual_config(model, recipe, labels)
+    cfg["ersm"] = {**recipe.to_dict(), "versions": versions()}
+    return _jsonable(cfg)
+
+
+def labels_of(metadata: Mapping[str, str]) -> list[str] | None:
+    """The class names stored under ``LABELS_KEY``, or None."""
+    raw = metadata.get(LABELS_KEY)
+    if not raw:
+        return None
+    try:
+        labels = json.loads(raw)
+    except json.JSONDecodeError:
+        return None
+    return [str(x) for x in labels] if isinstance(labels, list) else None
+
+
+def _labels_from_recipe(recipe: Recipe) -> list[str] | None:
+    for key in ("label_names", "labels", "class_names", "classes"):
+        value = recipe.finetune.get(key)
+        if isinstance(value, (list, tuple)) and value:
+            return [str(v) for v in value]
+    return None
+
+
+# -- the canonical tensor hash -------------------------------------------------------------------------
+
+
+def _dtype_names() -> dict[torch.dtype, str]:
+    import torch
+
+    names = {
+        "float64": "F64", "float32": "F32", "float16": "F16", "bfloat16": "BF16", "int64": "I64",
+        "int32": "I32", "int16": "I16", "int8": "I8", "uint8": "U8", "bool": "BOOL", "complex64": "C64",
+        "uint16": "U16", "uint32": "U32", "uint64": "U64", "float8_e4m3fn": "F8_E4M3", "float8_e5m2": "F8_E5M2",
+        "float8_e4m3fnuz": "F8_E4M3FNUZ", "float8_e5m2fnuz": "F8_E5M2FNUZ", "float8_e8m0fnu": "F8_E8M0",
+    }  # fmt: skip
+    return {getattr(torch, k): v for k, v in names.items() if hasattr(torch, k)}
+
+
+def state_sha256(tensors: Mapping[str, torch.Tensor], extra: bytes = b"") -> str:
+    """SHA-256 of tensors in memory, byte for byte what ``tensor_data_sha256`` computes from their file.
+
+    The stream is the one documented in :func:`.safetensors_header.tensor_data_sha256`: the domain tag, then
+    per tensor in name order ``u64 len(desc) || desc || u64 nbytes || data``, then ``u64 len(extra) ||
+    extra``. Hashing before writing saves reading the file back; the tests check both agree. Tensor
+    bytes are taken in native order, which is the file's little-endian order on every platform torch
+    ships for.
+
+    Args:
+        tensors: name -> tensor, as written to (or read from) the safetensors file.
+        extra: bytes appended to the hash (the recipe JSON).
+
+    Returns:
+        The hex digest.
+    """
+    import torch
+
+    names = _dtype_names()
+    digest = hashlib.sha256(_HASH_DOMAIN)
+    for name in sorted(tensors):
+        t = tensors[name].detach()
+        if t.dtype not in names:
+            raise ArtifactError(f"tensor {name!r} has dtype {t.dtype}, which safetensors cannot store",
+                                "convert it to a float or integer dtype")
+        data = t.reshape(-1).contiguous().view(torch.uint8).cpu() if t.numel() else None
+        nbytes = 0 if data is None else data.numel()
+        desc = json.dumps([name, names[t.dtype], list(t.shape)], separators=(",", ":")).encode("utf-8")
+        digest.update(len(desc).to_bytes(8, "little") + desc + nbytes.to_bytes(8, "little"))
+        if data is not None:
+            digest.update(memoryview(data.numpy()))
+    digest.update(len(extra).to_bytes(8, "little") + extra)
+    return digest.hexdigest()
+
+
+# -- writing -------------------------------------------------------------------------------------------
+
+
+def state_to_save(model: nn.Module) -> dict[str, torch.Tensor]:
+    """The state dict as safetensors' ``save_model`` writes it: shared tensors once, contiguous, on CPU."""
+    from safetensors.torch import _remove_duplicate_names
+
+    state = model.state_dict()
+    for removed in _remove_duplicate_names(state).values():
+        for name in removed:
+            del state[name]
+    return {k: v.detach().contiguous().cpu() for k, v in state.items()}
+
+
+def weights_metadata(model: nn.Module, recipe: Recipe | None = None, labels: list[str] | None = None,
+                     extra: Mapping[str, str] | None = None) -> dict[str, str]:
+    """The header metadata of a masked model's weights (without the sha256, added by ``write_weights``).
+
+    Args:
+        model: the masked model.
+        recipe: its recipe (default: the one it carries).
+        labels: class names (default: from ``recipe.finetune``, when there).
+        extra: more string entries; they may not replace the recipe or the sha256.
+    """
+    recipe = recipe or recipe_of(model)
+    labels = labels or _labels_from_recipe(recipe)
+    meta = {
+        "format": "pt",
+        "model": recipe.model,
+        "model_kwargs": json.dumps(_jsonable(recipe.model_kwargs), sort_keys=True),
+        "num_classes": str(getattr(model, "num_classes", recipe.num_classes)),
+        RECIPE_KEY: recipe.to_json(),
+        MASK_MODE_KEY: recipe.mask.eval_mode,
+        **versions(),
+    }
+    try:
+        meta[INPUT_KEY] = json.dumps(input_config(model))
+    except Exception as exc:  # a model without a usable pretrained_cfg: leave the input config out
+        _log.warning("no input config recorded (%s)", exc)
+    if labels:
+        meta[LABELS_KEY] = json.dumps(list(labels))
+    bad = [k for k in (extra or {}) if k in _RESERVED]
+    if bad:
+        raise ValueError(f"metadata keys {bad} are written by ersm-surgery itself")
+    meta.update(extra or {})
+    return meta
+
+
+def write_weights(model: nn.Module, path: str | Path, metadata: Mapping[str, str]) -> dict[str, str]:
+    """Write the state dict and ``metadata`` plus the sha256 to ``path``, atomically.
+
+    The sha256 is computed from the tensors in memory (see :func:`state_sha256`) with the recipe JSON of
+    ``metadata`` as ``extra``, so that the file is written once.
+
+    Returns:
+        The metadata written, sha256 included.
+    """
+    from safetensors.torch import save_file
+
+    state = state_to_save(model)
+    meta = dict(metadata)
+    meta[SHA256_KEY] = state_sha256(state, meta.get(RECIPE_KEY, "").encode("utf-8"))
     with atomic_path(path) as tmp:
-        save_model(model, str(tmp), metadata=metadata)
+        save_file(state, str(tmp), metadata=meta)
+    return meta
 
 
 def save(model: nn.Module, path: str | Path, force: bool = False, metadata: dict[str, str] | None = None) -> Path:
     """Write a masked model to a folder: model.safetensors, recipe.yaml, config.json.
 
-    Each file is written under a temporary name and renamed into place, so an interrupted save never
-    leaves a half-written file, and an existing folder's other files are kept.
+    The weights carry the recipe, versions, input config and a sha256 of tensors + recipe (checked by
+    :func:`load`). Each file is written under a temporary name and renamed into place, so an interrupted
+    save never leaves a half-written file, and an existing folder's other files are kept.
+
+    Args:
+        model: the masked model (DDP / ``torch.compile`` wrappers are looked through).
+        path: the folder.
+        force: write into an existing non-empty folder.
+        metadata: more header metadata (str -> str), e.g. ``{"label_names": json.dumps(names)}``.
 
     Raises:
         OutputExistsError: the folder exists and is not empty (without ``force``).
@@ -95,63 +285,145 @@ def save(model: nn.Module, path: str | Path, force: bool = False, metadata: dict
     recipe = recipe_of(model)
     out = check_output_dir(path, force)
     out.mkdir(parents=True, exist_ok=True)
-    _write_weights(model, out / WEIGHTS, recipe, metadata)
+    meta = write_weights(model, out / WEIGHTS, weights_metadata(model, recipe, extra=metadata))
     atomic_write_text(out / RECIPE, recipe.to_yaml())
-    atomic_write_text(out / CONFIG, json.dumps(timm_config(model, recipe), indent=2, default=str) + "\n")
+    config = timm_config(model, recipe, labels_of(meta))
+    atomic_write_text(out / CONFIG, json.dumps(config, indent=2) + "\n")
     return out
 
 
-def _weights_path(path: str | Path) -> Path:
+# -- reading -------------------------------------------------------------------------------------------
+
+
+def weights_path(path: str | Path) -> Path:
+    """``path`` itself, or the model.safetensors inside a folder.
+
+    Raises:
+        ArtifactError: nothing there.
+    """
     path = Path(path)
     if path.is_dir():
         path = path / WEIGHTS
     if not path.is_file():
-        raise ArtifactError(f"no {WEIGHTS} at {str(path)!r}", "pass a folder written by inject/finetune/export or a .safetensors file")
+        raise ArtifactError(f"no {WEIGHTS} at {str(path)!r}",
+                            "pass a folder written by inject/finetune/export or a .safetensors file")
     return path
 
 
+_weights_path = weights_path  # the name used before
+
+
 def read_metadata(path: str | Path) -> dict[str, str]:
-    """The header metadata of a safetensors file (or a folder's model.safetensors), tensor data untouched."""
-    from safetensors import safe_open
+    """The header metadata of a safetensors file (or a folder's model.safetensors), tensor data untouched.
 
-    weights = _weights_path(path)
+    Raises:
+        ArtifactError: missing, truncated, hostile or not a safetensors file (see ``read_header``).
+    """
+    return dict(read_header(weights_path(path)).metadata)
+
+
+def _check_fit(model: nn.Module, header: SafetensorsHeader) -> dict[str, str]:
+    """Compare the file's tensor names and shapes with the model's; return alias -> stored name."""
+    from safetensors.torch import _remove_duplicate_names
+
+    own = model.state_dict()
+    removed = _remove_duplicate_names(own, preferred_names=list(header.tensors))
+    aliases = {r: kept for kept, names in removed.items() for r in names}
+    expected = {k: tuple(v.shape) for k, v in own.items() if k not in aliases}
+    stored = header.tensors
+    parts = []
+    wrong = [f"{k} is {list(stored[k].shape)} in the file but {list(expected[k])} in the model"
+             for k in sorted(set(expected) & set(stored)) if stored[k].shape != expected[k]]
+    if wrong:
+        parts.append(f"{len(wrong)} shape mismatch(es): {'; '.join(wrong[:3])}")
+    missing = sorted(set(expected) - set(stored))
+    if missing:
+        parts.append(f"{len(missing)} missing (e.g. {', '.join(missing[:3])})")
+    unexpected = sorted(set(stored) - set(expected) - set(aliases))
+    if unexpected:
+        parts.append(f"{len(unexpected)} unexpected (e.g. {', '.join(unexpected[:3])})")
+    if parts:
+        raise ArtifactError(f"tensors in {str(header.path)!r} do not match the recipe: {', '.join(parts)}",
+                            "the file was edited or comes from another model or recipe; re-export it")
+    return aliases
+
+
+def _read_tensors(weights: Path) -> dict[str, torch.Tensor]:
+    from safetensors.torch import load_file
+
     try:
-        with safe_open(str(weights), framework="pt") as f:
-            return dict(f.metadata() or {})
-    except Exception as exc:  # safetensors raises SafetensorError / OSError for bad files
-        raise ArtifactError(f"{str(weights)!r} is not a readable safetensors file ({exc})",
-                            "re-create it with ersm-surgery inject or export") from exc
+        return load_file(str(weights), device="cpu")
+    except Exception as exc:  # read_header accepted it, so this is a race or a safetensors limitation
+        raise ArtifactError(f"{str(weights)!r} cannot be read ({str(exc).splitlines()[0][:200]})",
+                            "copy it again or re-export it") from exc
 
 
-def load(path: str | Path, device: str | torch.device = "cpu") -> nn.Module:
+def verify_tensors(weights: Path, metadata: Mapping[str, str], tensors: Mapping[str, torch.Tensor]) -> bool:
+    """Check the stored sha256 against ``tensors`` (read from ``weights``) and the recipe JSON.
+
+    Returns:
+        False when the file has no sha256 (an older file), True when it matches.
+
+    Raises:
+        ArtifactError: the digest does not match.
+    """
+    stored = metadata.get(SHA256_KEY)
+    if not stored:
+        return False
+    actual = state_sha256(tensors, metadata.get(RECIPE_KEY, "").encode("utf-8"))
+    if actual != stored:
+        raise ArtifactError(f"sha256 mismatch in {str(weights)!r}: the tensor data or the recipe was changed after"
+                            f" it was written (stored {stored[:12]}..., computed {actual[:12]}...)", _REEXPORT)
+    return True
+
+
+def load(path: str | Path, device: str | torch.device = "cpu", *, verify: bool = True) -> nn.Module:
     """Rebuild a masked model from a folder or a .safetensors file: base model + recipe + weights.
 
-    No network is needed and nothing is unpickled; the weights are loaded strictly.
+    The header is validated first (hostile files are refused before safetensors reads them); then the
+    sha256 over tensors + recipe is checked, the model rebuilt from its recipe and the weights loaded
+    strictly. No network is needed and nothing is unpickled. Files without a sha256 (written before it
+    existed) load with a warning.
+
+    Args:
+        path: a folder with model.safetensors, or a .safetensors file.
+        device: where the model goes.
+        verify: check the sha256 (False loads an edited file anyway).
 
     Returns:
         The model in eval mode, with its recipe as ``model.ersm_recipe``.
 
     Raises:
-        ArtifactError: missing file, no recipe in the metadata, or weights that do not fit.
+        ArtifactError: missing, truncated, hostile or pickled file, no recipe, sha256 mismatch, or weights
+            that do not fit the recipe.
+        RecipeError: the recipe in the metadata is invalid.
     """
-    from safetensors.torch import load_model
-
     from ..api import build_model
+    from ..recipe import Recipe
 
-    weights = _weights_path(path)
-    meta = read_metadata(weights)
+    weights = weights_path(path)
+    header = read_header(weights)
+    meta = header.metadata
     if RECIPE_KEY not in meta:
         raise ArtifactError(f"{str(weights)!r} has no ersm recipe in its metadata (a plain safetensors file?)",
                             "load it with timm, or inject masks first")
+    tensors = None
+    if verify:
+        tensors = _read_tensors(weights)
+        if not verify_tensors(weights, meta, tensors):
+            _log.warning("%s has no sha256 (written by an older ersm-surgery); loaded without verifying it", weights)
     recipe = Recipe.from_json(meta[RECIPE_KEY])
     model = build_model(recipe)
+    aliases = _check_fit(model, header)
+    if tensors is None:
+        tensors = _read_tensors(weights)
+    for alias, kept in aliases.items():
+        tensors[alias] = tensors[kept]
     try:
-        load_model(model, str(weights), strict=True, device=str(device))
+        model.load_state_dict(tensors, strict=True)
     except RuntimeError as exc:
         first = str(exc).strip().splitlines()
         raise ArtifactError(f"weights in {str(weights)!r} do not fit the recipe ({' '.join(first[:3])[:300]})",
                             "the file was edited or comes from another model; re-export it") from exc
     model.to(device)
     return model.eval()
-
-

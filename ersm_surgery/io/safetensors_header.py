@@ -46,7 +46,8 @@ _MAX_LISTED = 5
 
 _REEXPORT = "re-export the model"
 _TRUNCATED = "the file is truncated: copy it again, or re-export the model"
-_PICKLE_FIX = "convert it to .safetensors with ersm-surgery, or load it with torch.load(path, weights_only=True)"
+_PICKLE_FIX = ("read it with torch.load(path, weights_only=True) and write it with safetensors.torch.save_file, "
+               "or pass it as --pretrained-path (read with weights_only=True)")
 
 Opener = Callable[[Path], IO[bytes]]
 

@@ -1,0 +1,97 @@
+"""``ersm-surgery export DIR --format safetensors,onnx``: files for deployment, each reloaded and checked."""
+from __future__ import annotations
+
+import click
+
+from ._common import console, emit_json
+
+_FORMATS = ("safetensors", "onnx")
+
+
+def _parse_formats(_ctx: click.Context, _param: click.Parameter, value: str) -> list[str]:
+    formats = [f.strip().lower() for f in value.split(",") if f.strip()]
+    bad = [f for f in formats if f not in _FORMATS]
+    if bad or not formats:
+        raise click.BadParameter(f"{value!r} names {', '.join(bad) or 'no format'}; "
+                                 f"give a comma-separated list of {', '.join(_FORMATS)}")
+    return formats
+
+
+@click.command("export")
+@click.argument("src", metavar="DIR", type=click.Path(exists=True))
+@click.option("--format", "formats", default="safetensors,onnx", show_default=True, callback=_parse_formats,
+              help="Comma-separated: safetensors, onnx.")
+@click.option("-o", "--output", help="Output folder (default: DIR/export).")
+@click.option("--opset", type=click.IntRange(7, 23), default=18, show_default=True, help="ONNX opset version.")
+@click.option("--atol", type=click.FloatRange(0, min_open=False), default=1e-4, show_default=True,
+              help="Largest |ONNX - PyTorch| accepted by the validation.")
+@click.option("--mask-mode", type=click.Choice(["hard", "soft"]), help="Set every mask's eval mode before export.")
+@click.option("--with-masks", is_flag=True, help="Add each mask layer's mask as an extra ONNX output.")
+@click.option("--strip-masks", is_flag=True, help="Also write backbone.safetensors: the timm model without masks.")
+@click.option("--labels", "labels_path", type=click.Path(dir_okay=False),
+              help="Class names: .txt (one per line) or .json list (default: from DIR).")
+@click.option("--results", "results_path", type=click.Path(exists=True),
+              help="An evaluation's results.json for the model card (default: DIR/ or DIR-eval/).")
+@click.option("--exporter", type=click.Choice(["auto", "torchscript", "dynamo"]), default="auto", show_default=True,
+              help="ONNX exporter; auto tries torchscript, then dynamo.")
+@click.option("--no-validate", is_flag=True, help="Skip reloading the files and comparing outputs.")
+@click.option("--no-verify", is_flag=True, help="Load DIR even if its sha256 does not match.")
+@click.option("--force", is_flag=True, help="Write into an existing non-empty output folder.")
+@click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
+@click.pass_context
+def export(ctx: click.Context, src: str, formats: list[str], output, opset, atol, mask_mode, with_masks, strip_masks,
+           labels_path, results_path, exporter, no_validate, no_verify, force, as_json) -> None:
+    """Export the masked model in DIR (written by inject or finetune) for deployment.
+
+    \b
+    Writes model.safetensors (weights, recipe, versions, input config, labels, sha256), recipe.yaml,
+    config.json (timm layout + "ersm"), model_card.md, model.onnx (dynamic batch), with --strip-masks
+    backbone.safetensors, and validation.json. Files are written to a temporary folder, checked, then
+    moved into place: a failure leaves no partial file.
+    """
+    if with_masks and "onnx" not in formats:
+        raise click.BadParameter("--with-masks adds ONNX outputs; add onnx to --format", param_hint="--with-masks")
+    from ..io.artifact import check_output_dir
+    from ..io.export import default_output
+
+    check_output_dir(output or default_output(src), force)  # refuse before torch is even imported
+
+    from ..io.export import export as run_export
+
+    out = console(ctx)
+    with out.status("exporting") as status:
+        summary = run_export(src, output, formats, opset=opset, atol=atol, mask_mode=mask_mode, with_masks=with_masks,
+                             strip=strip_masks, validate=not no_validate, force=force, verify=not no_verify,
+                             labels=labels_path, results=results_path, exporter=exporter,
+                             progress=lambda text: status.update(text))
+    if as_json:
+        emit_json(summary)
+        return
+    _render(out, summary)
+
+
+def _render(out, s: dict) -> None:
+    from rich.markup import escape
+    from rich.table import Table
+
+    t = Table(title=escape(f"exported to {s['output']}"))
+    t.add_column("file")
+    t.add_column("content")
+    for name, what in s["files"].items():
+        t.add_row(name, escape(what))
+    out.print(t)
+    v = s.get("validation")
+    if not v:
+        out.print("[yellow]not validated (--no-validate)[/]")
+        return
+    out.print(escape(f"validation on random inputs {v['input_shape']}, {v['mask_mode']} masks (validation.json):"))
+    c = Table()
+    for col in ("file", "max |diff|", "tolerance", ""):
+        c.add_column(col)
+    rows = (("safetensors", "model.safetensors"), ("onnx", "model.onnx"), ("backbone", "backbone.safetensors"))
+    for key, label in rows:
+        if key in v:
+            part = v[key]
+            c.add_row(label, f"{part['max_abs_diff']:.2e}", f"{part['tolerance']:g}",
+                      "[green]ok[/]" if part["ok"] else "[red]over[/]")
+    out.print(c)

@@ -1,0 +1,245 @@
+"""Faults and hostile files: each one ends in a one-line error and a non-zero exit, and nothing half-written."""
+from __future__ import annotations
+
+import errno
+import json
+import logging
+import os
+import re
+import struct
+from pathlib import Path
+
+import pytest
+import torch
+from click.testing import CliRunner
+from safetensors.torch import load_file, save_file
+
+import ersm_surgery
+from ersm_surgery.cli.main import cli
+from ersm_surgery.errors import ArtifactError
+from ersm_surgery.io import artifact, export
+from ersm_surgery.io.artifact import RECIPE_KEY, SHA256_KEY, state_sha256
+
+SIZE = (3, 64, 64)
+
+
+@pytest.fixture(scope="module")
+def saved(tmp_path_factory) -> Path:
+    torch.manual_seed(0)
+    model = ersm_surgery.inject("test_resnet", stages=[2, 3], input_size=SIZE, num_classes=5)
+    src = tmp_path_factory.mktemp("src") / "r-ersm"
+    ersm_surgery.save(model, src)
+    return src
+
+
+def _split(path: Path) -> tuple[dict, bytes]:
+    blob = path.read_bytes()
+    (n,) = struct.unpack("<Q", blob[:8])
+    return json.loads(blob[8 : 8 + n]), blob[8 + n :]
+
+
+def _write(path: Path, header: dict, data: bytes) -> Path:
+    raw = json.dumps(header).encode()
+    path.write_bytes(struct.pack("<Q", len(raw)) + raw + data)
+    return path
+
+
+def _copy(saved: Path, tmp_path: Path) -> Path:
+    path = tmp_path / "model.safetensors"
+    path.write_bytes((saved / "model.safetensors").read_bytes())
+    return path
+
+
+def _fails(*args, match: str) -> str:
+    """Run the CLI and check: non-zero exit, one line starting with "Error:", no traceback."""
+    result = CliRunner().invoke(cli, [str(a) for a in args])
+    lines = result.output.strip().splitlines()
+    assert result.exit_code != 0, result.output
+    assert len(lines) == 1 and lines[0].startswith("Error:"), result.output
+    assert "Traceback" not in result.output and match in lines[0], lines[0]
+    return lines[0]
+
+
+def _each_command(path: Path, tmp_path: Path, match: str) -> None:
+    """The same bad file is refused by info, export and load()."""
+    _fails("info", path, match=match)
+    _fails("export", path, "-o", tmp_path / "out", match=match)
+    with pytest.raises(ArtifactError, match=re.escape(match)):
+        ersm_surgery.load(path)
+    assert not (tmp_path / "out").exists()
+
+
+# -- hostile and damaged files -------------------------------------------------------------------------------
+
+
+def test_truncated_file(saved: Path, tmp_path: Path) -> None:
+    path = _copy(saved, tmp_path)
+    path.write_bytes(path.read_bytes()[:-1000])
+    _each_command(path, tmp_path, "truncated")
+
+
+@pytest.mark.parametrize("kind", ["overlap", "out_of_range"])
+def test_bad_offsets(saved: Path, tmp_path: Path, kind: str) -> None:
+    header, data = _split(saved / "model.safetensors")
+    names = sorted((k for k in header if k != "__metadata__"), key=lambda k: header[k]["data_offsets"])
+    first, second = header[names[0]], header[names[1]]
+    if kind == "overlap":  # the second tensor starts 4 bytes inside the first
+        begin, end = second["data_offsets"]
+        second["data_offsets"] = [begin - 4, end - 4]
+        match = "overlaps"
+    else:
+        last = header[names[-1]]
+        last["data_offsets"] = [last["data_offsets"][0] + 64, last["data_offsets"][1] + 64]
+        match = "run past"
+    _each_command(_write(tmp_path / "model.safetensors", header, data), tmp_path, match)
+    del first
+
+
+def test_header_larger_than_the_file(tmp_path: Path) -> None:
+    path = tmp_path / "model.safetensors"
+    path.write_bytes(struct.pack("<Q", 10_000) + b'{"__metadata__": {}}')
+    _each_command(path, tmp_path, "runs past the end")
+
+
+def test_pickle_is_refused_with_the_conversion(saved: Path, tmp_path: Path) -> None:
+    path = tmp_path / "model.pth"
+    torch.save(load_file(str(saved / "model.safetensors")), path)
+    _each_command(path, tmp_path, "torch.load(path, weights_only=True)")
+    folder = tmp_path / "folder"
+    folder.mkdir()
+    os.replace(path, folder / "model.safetensors")  # a pickle under the safetensors name
+    _fails("export", folder, "-o", tmp_path / "out", match="PyTorch pickle")
+
+
+def test_recipe_edited_after_export_is_refused_unless_no_verify(saved: Path, tmp_path: Path) -> None:
+    header, data = _split(saved / "model.safetensors")
+    recipe = json.loads(header["__metadata__"][RECIPE_KEY])
+    recipe["mask"]["alpha"] = 0.1  # an edit that still builds the same shapes
+    header["__metadata__"][RECIPE_KEY] = json.dumps(recipe, sort_keys=True)
+    folder = tmp_path / "edited"
+    folder.mkdir()
+    _write(folder / "model.safetensors", header, data)
+    _fails("export", folder, "-o", tmp_path / "out", match="sha256 mismatch")
+    with pytest.raises(ArtifactError, match="sha256 mismatch"):
+        ersm_surgery.load(folder)
+    _fails("info", folder, "--verify", match="sha256 mismatch")
+    assert CliRunner().invoke(cli, ["info", str(folder)]).exit_code == 0  # the header alone is fine
+    # --no-verify (verify=False) loads it anyway, with the edited setting
+    assert ersm_surgery.load(folder, verify=False).ersm_recipe.mask.alpha == 0.1
+    result = CliRunner().invoke(cli, ["export", str(folder), "-o", str(tmp_path / "out"), "--format", "safetensors",
+                                      "--no-verify"])
+    assert result.exit_code == 0, result.output
+    assert ersm_surgery.load(tmp_path / "out").ersm_recipe.mask.alpha == 0.1  # re-signed by the export
+
+
+def test_tensor_data_edited_is_refused(saved: Path, tmp_path: Path) -> None:
+    path = _copy(saved, tmp_path)
+    blob = bytearray(path.read_bytes())
+    blob[-3] ^= 0xFF
+    path.write_bytes(bytes(blob))
+    _fails("export", path, "-o", tmp_path / "out", match="sha256 mismatch")
+
+
+def test_tensor_shapes_that_do_not_match_the_recipe(saved: Path, tmp_path: Path) -> None:
+    tensors = load_file(str(saved / "model.safetensors"))
+    meta = artifact.read_metadata(saved)
+    recipe = json.loads(meta[RECIPE_KEY])
+    recipe["placements"][0]["hidden"] += 4  # the recipe now asks for a wider mask head than the file holds
+    meta[RECIPE_KEY] = json.dumps(recipe, sort_keys=True)
+    meta[SHA256_KEY] = state_sha256(tensors, meta[RECIPE_KEY].encode())  # consistently signed: only shapes differ
+    save_file(tensors, str(tmp_path / "model.safetensors"), metadata=meta)
+    line = _fails("export", tmp_path / "model.safetensors", "-o", tmp_path / "out", match="do not match the recipe")
+    assert "layer2.ersm_mask.head.reduce.weight is [8, 48, 1, 1] in the file but [12, 48, 1, 1]" in line
+    with pytest.raises(ArtifactError, match="shape mismatch"):
+        ersm_surgery.load(tmp_path / "model.safetensors")
+
+
+def test_plain_safetensors_is_not_a_masked_model(tmp_path: Path) -> None:
+    save_file({"w": torch.ones(2)}, str(tmp_path / "plain.safetensors"))
+    _fails("export", tmp_path / "plain.safetensors", "-o", tmp_path / "out", match="no ersm recipe")
+
+
+def test_file_without_sha256_loads_with_a_warning(saved: Path, tmp_path: Path, caplog) -> None:
+    meta = artifact.read_metadata(saved)
+    del meta[SHA256_KEY]
+    save_file(load_file(str(saved / "model.safetensors")), str(tmp_path / "old.safetensors"), metadata=meta)
+    with caplog.at_level(logging.WARNING, logger="ersm_surgery.io.artifact"):
+        ersm_surgery.load(tmp_path / "old.safetensors")
+    assert "no sha256" in caplog.text
+
+
+# -- output location -------------------------------------------------------------------------------------------
+
+
+def test_existing_folder_without_force(saved: Path, tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "keep.txt").write_text("x")
+    _fails("export", saved, "-o", out, match="exists and is not empty")
+    assert [p.name for p in out.iterdir()] == ["keep.txt"]
+
+
+def _export_once(saved: Path, out: Path) -> dict[str, bytes]:
+    result = CliRunner().invoke(cli, ["export", str(saved), "-o", str(out), "--format", "safetensors",
+                                      "--no-validate"])
+    assert result.exit_code == 0, result.output
+    return {p.name: p.read_bytes() for p in out.iterdir()}
+
+
+def test_disk_full_midway_leaves_the_old_export_untouched(saved: Path, tmp_path: Path, monkeypatch) -> None:
+    out = tmp_path / "out"
+    before = _export_once(saved, out)
+    calls = []
+
+    def full(path, text):  # recipe.yaml is written after model.safetensors: fail in the middle of the export
+        calls.append(path)
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(export, "atomic_write_text", full)
+    line = _fails("export", saved, "-o", out, "--format", "safetensors,onnx", "--force",
+                  match="No space left on device")
+    assert "nothing was changed" in line and calls
+    assert {p.name: p.read_bytes() for p in out.iterdir()} == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out"]  # no staging folder left
+
+
+def test_failure_while_moving_into_place_rolls_back(saved: Path, tmp_path: Path, monkeypatch) -> None:
+    out = tmp_path / "out"
+    before = _export_once(saved, out)
+    real = os.replace
+    moved = []
+
+    def flaky(src, dst):
+        if Path(dst).parent == out and Path(src).parent.name != ".previous":
+            moved.append(dst)
+            if len(moved) == 3:  # the third new file cannot be moved in
+                raise OSError(errno.EACCES, "Permission denied")
+        return real(src, dst)
+
+    monkeypatch.setattr(export.os, "replace", flaky)
+    _fails("export", saved, "-o", out, "--format", "safetensors", "--no-validate", "--force",
+           match="Permission denied")
+    assert {p.name: p.read_bytes() for p in out.iterdir()} == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out"]
+
+
+def test_unwritable_output_location(saved: Path, tmp_path: Path) -> None:
+    parent = tmp_path / "ro"
+    parent.mkdir()
+    parent.chmod(0o555)
+    try:
+        if os.access(parent, os.W_OK):
+            pytest.skip("running as root: chmod does not stop writes (the monkeypatched faults above cover it)")
+        _fails("export", saved, "-o", parent / "out", match="Permission denied")
+        assert not list(parent.iterdir())
+    finally:
+        parent.chmod(0o755)
+
+
+def test_unwritable_output_location_simulated(saved: Path, tmp_path: Path, monkeypatch) -> None:
+    def denied(*args, **kwargs):
+        raise PermissionError(errno.EACCES, "Permission denied")
+
+    monkeypatch.setattr(export.tempfile, "mkdtemp", denied)
+    _fails("export", saved, "-o", tmp_path / "out", match="Permission denied")
+    assert not (tmp_path / "out").exists()
