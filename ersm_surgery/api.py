@@ -10,6 +10,7 @@ from torch import nn
 from .errors import PlacementError
 from .layers import MaskConfig, auto_hidden
 from .models import create_base_model, model_name_of
+from .plugins import components_of, provenance, require_components
 from .recipe import Recipe
 from .surgery import apply_placements, resolve_nodes, resolve_stages
 from .surgery.placement import Placement
@@ -62,7 +63,8 @@ def inject(
         mask layers and regularizer; its recipe is ``model.ersm_recipe``.
 
     Raises:
-        PlacementError, NotSpatialError, UnknownModelError, WeightsError, RecipeError.
+        PlacementError, NotSpatialError, UnknownModelError, WeightsError, RecipeError, PluginError
+        (``config`` names a head or pairwise term that no installed plugin registers).
     """
     kwargs = dict(model_kwargs or {})
     if isinstance(model_or_name, str):
@@ -76,6 +78,7 @@ def inject(
     if not stages and not nodes:
         raise PlacementError("no placement given", "name stages (--stages 2,3) or nodes (--nodes layer3.2.act3)")
     config = MaskConfig.from_dict(config) if isinstance(config, dict) else (config or MaskConfig())
+    require_components(components_of(config))  # loads plugins: heads, pairwise terms and adapters
     input_size = tuple(input_size) if input_size else default_input_size(model)
 
     placements: list[Placement] = []
@@ -98,13 +101,19 @@ def inject(
         input_size=input_size,
         placements=placements,
         mask=config,
+        plugins=provenance(components_of(config, placements)),
     )
     setattr(model, RECIPE_ATTR, recipe)
     return model
 
 
 def build_model(recipe: Recipe) -> nn.Module:
-    """Rebuild a masked model (without weights) from its recipe: base model + recorded placements."""
+    """Rebuild a masked model (without weights) from its recipe: base model + recorded placements.
+
+    Raises:
+        PluginError: the recipe uses a component of a plugin that is missing, failed or turned off.
+    """
+    require_components(components_of(recipe.mask, recipe.placements), recipe.plugins)
     model = create_base_model(recipe.model, num_classes=recipe.num_classes, **recipe.model_kwargs)
     placements = [Placement.from_dict(p.to_dict()) for p in recipe.placements]
     apply_placements(model, placements, recipe.mask, fallback=False)

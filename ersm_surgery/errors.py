@@ -11,6 +11,7 @@ __all__ = [
     "OutputExistsError",
     "DataError",
     "ArtifactError",
+    "PluginError",
 ]
 
 
@@ -58,3 +59,7 @@ class DataError(ErsmError):
 
 class ArtifactError(ErsmError):
     """A saved model folder or file is missing pieces, corrupt or edited."""
+
+
+class PluginError(ErsmError):
+    """A component comes from a plugin that is not installed, failed to load, or is turned off."""

@@ -6,7 +6,7 @@ from collections.abc import Iterator
 import torch
 from torch import nn
 
-from .layers import EnergyMask, MaskState, energy_regularizer
+from .layers import AdaptedMask, EnergyMask, MaskState, energy_regularizer
 
 __all__ = ["MaskSet", "masks", "unwrap"]
 
@@ -75,6 +75,11 @@ class MaskSet:
 
 
 def masks(model: nn.Module) -> MaskSet:
-    """The :class:`MaskSet` of a masked model (DDP and ``torch.compile`` wrappers are looked through)."""
+    """The :class:`MaskSet` of a masked model (DDP and ``torch.compile`` wrappers are looked through).
+
+    A mask behind a layout adapter (:class:`AdaptedMask`) is listed under the adapter's path, which is
+    its placement's ``path``, so names match the recipe either way.
+    """
     model = unwrap(model)
-    return MaskSet({name: m for name, m in model.named_modules() if isinstance(m, EnergyMask)})
+    adapted = {id(m.mask): name for name, m in model.named_modules() if isinstance(m, AdaptedMask)}
+    return MaskSet({adapted.get(id(m), name): m for name, m in model.named_modules() if isinstance(m, EnergyMask)})

@@ -23,7 +23,8 @@ def check_model_name(name: str) -> None:
     if timm.is_model(name):
         return
     close = difflib.get_close_matches(name, timm.list_models(), n=5, cutoff=0.6)
-    hint = f"did you mean {', '.join(close)}?" if close else "list names with: python -c 'import timm; print(timm.list_models())'"
+    hint = (f"did you mean {', '.join(close)}?" if close
+            else "list names with: python -c 'import timm; print(timm.list_models())'")
     raise UnknownModelError(f"unknown model {name!r}", hint)
 
 
@@ -45,7 +46,7 @@ def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
             state = torch.load(str(path), map_location="cpu", weights_only=True)
     except Exception as exc:  # safetensors and torch raise several types for a bad file
         raise WeightsError(
-            f"cannot read weights from {str(path)!r} ({type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''})",
+            f"cannot read weights from {str(path)!r} ({type(exc).__name__}: {(str(exc).splitlines() or [''])[0]})",
             "pass a .safetensors file or a torch state dict saved with torch.save(model.state_dict())",
         ) from exc
     for key in ("state_dict", "model", "state_dict_ema"):

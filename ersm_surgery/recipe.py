@@ -37,6 +37,9 @@ class Recipe:
         mask: the Energy-Mask layers' settings.
         finetune: fine-tuning settings (filled by ``finetune``; free-form here).
         version: recipe schema version.
+        plugins: which plugin provides each plugin component the model uses, e.g.
+            ``{"pairwise:edge_aware": "ersm-edge-aware"}`` (see ``ersm_surgery.plugins``); empty, and
+            left out of the file, when the model uses built-in components only.
     """
 
     model: str
@@ -47,6 +50,7 @@ class Recipe:
     mask: MaskConfig = field(default_factory=MaskConfig)
     finetune: dict[str, Any] = field(default_factory=dict)
     version: int = RECIPE_VERSION
+    plugins: dict[str, str] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         problems = self.problems()
@@ -67,9 +71,12 @@ class Recipe:
             out.append(f"recipe version {self.version} is newer than this ersm-surgery understands ({RECIPE_VERSION})")
         if not isinstance(self.model_kwargs, dict):
             out.append("model_kwargs must be a mapping")
+        if not isinstance(self.plugins, dict) or not all(isinstance(v, str) for v in self.plugins.values()):
+            out.append(f"plugins must map components to plugin names, got {self.plugins!r}")
         return out + self.mask.problems()
 
     def to_dict(self) -> dict[str, Any]:
+        extra = {"plugins": dict(self.plugins)} if self.plugins else {}
         return {
             "version": self.version,
             "model": self.model,
@@ -79,6 +86,7 @@ class Recipe:
             "placements": [p.to_dict() for p in self.placements],
             "mask": self.mask.to_dict(),
             "finetune": dict(self.finetune),
+            **extra,
         }
 
     @classmethod
@@ -105,6 +113,7 @@ class Recipe:
                 kwargs["input_size"] = tuple(kwargs["input_size"])
             kwargs["model_kwargs"] = kwargs.get("model_kwargs") or {}
             kwargs["finetune"] = kwargs.get("finetune") or {}
+            kwargs["plugins"] = kwargs.get("plugins") or {}
         except (TypeError, ValueError) as exc:
             raise RecipeError(f"invalid recipe: {exc}", "fix the recipe (see docs/recipe.md)") from exc
         if problems:

@@ -39,3 +39,14 @@ COVERAGE = [
     ("maxvit", "test_maxvit", (3, 160, 160), (1, 2)),
     ("coatnet", "test_coatnet", (3, 160, 160), (1, 2)),
 ]
+
+# Token (B, N, C) and channels-last (B, H, W, C) families: masked through the token_grid model adapter
+# of plugins/ersm-token-grid (the test skips when that plugin is not installed). The 224 px ones are
+# marked slow by the test.
+TOKEN_COVERAGE = [
+    ("vit", "test_vit", (3, 160, 160), (1, 3)),
+    ("mambaout", "test_mambaout", (3, 64, 64), (1, 2)),
+    ("deit", "deit_tiny_patch16_224", (3, 224, 224), (5,)),
+    ("eva", "eva02_tiny_patch14_224", (3, 224, 224), (5,)),
+    ("swin", "swin_tiny_patch4_window7_224", (3, 224, 224), (1, 2)),
+]

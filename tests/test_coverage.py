@@ -3,16 +3,40 @@ import pytest
 import torch
 
 import ersm_surgery
+from ersm_surgery import plugins
 from ersm_surgery.errors import NotSpatialError
-from tests.coverage_models import COVERAGE
+from ersm_surgery.surgery import list_adapters
+from tests.coverage_models import COVERAGE, TOKEN_COVERAGE
 
 
 @pytest.mark.parametrize("family, name, size, stages", COVERAGE, ids=[c[0] for c in COVERAGE])
 def test_inject_train_save_rebuild(tmp_path, family, name, size, stages):
+    check_inject_train_save_rebuild(tmp_path, name, size, stages)
+
+
+def _token_cases():
+    for family, name, size, stages in TOKEN_COVERAGE:
+        marks = [pytest.mark.slow] if size[1] >= 224 else []
+        yield pytest.param(family, name, size, stages, id=family, marks=marks)
+
+
+@pytest.mark.parametrize("family, name, size, stages", list(_token_cases()))
+def test_token_and_channels_last_models_through_the_token_grid_plugin(tmp_path, family, name, size, stages):
+    plugins.load_plugins()
+    if "token_grid" not in list_adapters():
+        pytest.skip("the token_grid adapter is not registered: pip install -e plugins/ersm-token-grid")
+    # no batch norm in these: one 224 px image is enough, and halves the cost
+    model = check_inject_train_save_rebuild(tmp_path, name, size, stages, batch=1 if size[1] >= 224 else 2)
+    assert {p.adapter for p in model.ersm_recipe.placements} == {"token_grid"}
+    assert model.ersm_recipe.plugins == {"adapter:token_grid": "ersm-token-grid"}
+
+
+def check_inject_train_save_rebuild(tmp_path, name, size, stages, batch=2):
+    """Inject, train one step (every parameter gets a gradient), save, rebuild, load: same outputs."""
     model = ersm_surgery.inject(name, stages=list(stages), input_size=size, num_classes=5)
     layers = ersm_surgery.masks(model)
     assert len(layers) == len(stages)
-    x = torch.randn(2, *size)
+    x = torch.randn(batch, *size)
 
     model.train()
     out = model(x)
@@ -32,9 +56,11 @@ def test_inject_train_save_rebuild(tmp_path, family, name, size, stages):
         got = loaded(x)
     assert (got - expected).abs().max() <= 1e-5
     assert [p.to_dict() for p in loaded.ersm_recipe.placements] == [p.to_dict() for p in model.ersm_recipe.placements]
+    return model
 
 
 @pytest.mark.parametrize("name, size", [("test_vit", (3, 160, 160)), ("test_mambaout", (3, 64, 64))])
 def test_models_whose_stages_are_not_spatial_get_a_clear_error(name, size):
-    with pytest.raises(NotSpatialError, match=r"not a \(B, C, H, W\) map.*token-grid adapter"):
+    # without plugins (the token-grid plugin, when installed, makes these stages maskable)
+    with plugins.disabled(), pytest.raises(NotSpatialError, match=r"not a \(B, C, H, W\) map.*token-grid adapter"):
         ersm_surgery.inject(name, stages=[1], input_size=size)

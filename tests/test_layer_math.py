@@ -13,7 +13,7 @@ from ersm_surgery.layers import (
     neighbour_kernel,
     potts_energy,
 )
-from ersm_surgery.layers.energy import neighbour_sum, weighted_neighbour_sum
+from ersm_surgery.layers.energy import neighbour_sum, shifted_neighbour_sum, weighted_neighbour_sum
 
 ALL_3X3 = torch.tensor(list(itertools.product([0.0, 1.0], repeat=9))).view(512, 1, 3, 3)
 
@@ -24,7 +24,7 @@ def brute_force_min(unary, beta):
 
 
 def mean_field_mask(unary, beta, tau=0.05, steps=20):
-    _, e = mean_field(unary, beta, tau, steps, neighbour_kernel(4))
+    _, e = mean_field(unary, beta, tau, steps, 4)
     return (e < 0).float()
 
 
@@ -101,11 +101,22 @@ def test_larger_beta_gives_smoother_masks():
     assert counts[-1] < 0.6 * counts[0]
 
 
-def test_weighted_neighbour_sum_with_unit_weights_equals_the_potts_kernel():
+def test_neighbour_sums_agree_with_the_potts_kernel():
     x = torch.randn(2, 1, 6, 7)
     for k in (4, 8):
-        ones = torch.ones(2, k, 6, 7)
-        assert torch.allclose(weighted_neighbour_sum(x, ones), neighbour_sum(x, neighbour_kernel(k)), atol=1e-6)
+        reference = neighbour_sum(x, neighbour_kernel(k))
+        assert torch.allclose(weighted_neighbour_sum(x, torch.ones(2, k, 6, 7)), reference, atol=1e-6)
+        assert torch.allclose(shifted_neighbour_sum(x, k), reference, atol=1e-6)
+
+
+def test_head_matches_layernorm_then_convolutions():
+    layer = EnergyMask(64, MaskConfig(), hidden=8)
+    head = layer.head
+    for p in head.parameters():
+        torch.nn.init.normal_(p)
+    x = torch.randn(2, 64, 5, 6) * 7 + 3
+    ref = head.score(head.act(head.reduce(head.norm(x.permute(0, 2, 3, 1)).permute(0, 3, 1, 2))))
+    assert torch.allclose(head(x), ref, atol=1e-3, rtol=1e-4)
 
 
 def test_open_at_initialisation_is_identity_in_eval_and_straight_through_train():

@@ -46,7 +46,8 @@ def inject(ctx: click.Context, model: str, stages, nodes, pretrained, pretrained
 
     out = console(ctx)
     with out.status(f"building {model} and tracing it"):
-        base = create_base_model(model, pretrained, pretrained_path, settings["num_classes"], **settings["model_kwargs"])
+        base = create_base_model(model, pretrained, pretrained_path, settings["num_classes"],
+                                 **settings["model_kwargs"])
         original = copy.deepcopy(base)
         masked = inject_masks(base, stages=stage_list, nodes=node_list, config=settings["mask"],
                               input_size=input_size or settings["input_size"], model_kwargs=settings["model_kwargs"])
@@ -64,6 +65,7 @@ def inject(ctx: click.Context, model: str, stages, nodes, pretrained, pretrained
 
 
 def _settings(model: str, recipe_path: str | None, overrides, num_classes: int | None) -> dict:
+    from ..plugins import components_of, require_components
     from ..recipe import Recipe, apply_overrides, load_recipe
 
     data = load_recipe(recipe_path).to_dict() if recipe_path else {"model": model}
@@ -72,6 +74,7 @@ def _settings(model: str, recipe_path: str | None, overrides, num_classes: int |
         data["num_classes"] = num_classes
     data = apply_overrides(data, list(overrides))
     recipe = Recipe.from_dict(data)  # validates every setting before the model is built
+    require_components(components_of(recipe.mask), recipe.plugins)  # names the plugin a recipe needs
     return {"num_classes": recipe.num_classes, "model_kwargs": recipe.model_kwargs, "mask": recipe.mask,
             "input_size": recipe.input_size, "finetune": recipe.finetune, "placements": recipe.placements}
 

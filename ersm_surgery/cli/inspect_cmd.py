@@ -23,9 +23,12 @@ def inspect(ctx: click.Context, model: str, input_size, all_nodes: bool, as_json
     net = create_base_model(model)
     size = input_size or default_input_size(net)
     result = analyse(net, size)
+    adapters = _adapters(net, result, size)
     if as_json:
         data = result.to_dict()
         data["model"] = model
+        for stage in data["stages"]:
+            stage["adapter"] = adapters.get(stage["index"])
         if not all_nodes:
             data.pop("candidates")
         data.pop("shapes", None)
@@ -38,11 +41,14 @@ def inspect(ctx: click.Context, model: str, input_size, all_nodes: bool, as_json
     for s in result.stages:
         maskable = "yes" if s.status == "ok" else ("yes (shape differs from feature_info)" if s.status == "mismatch"
                                                    else f"no: {s.layout or s.status}")
+        if s.index in adapters:
+            maskable = f"yes, via the {adapters[s.index]} adapter"
         shape = "x".join(map(str, s.shape)) if s.shape else "?"
         table.add_row(str(s.index), s.module, str(s.channels), str(s.reduction), shape, s.node or "-", maskable)
     out.print(table)
     if result.method != "fx":
-        out.print(f"[yellow]fx could not trace the model ({result.trace_error}); masks go after stage modules by hooks.")
+        out.print(f"[yellow]fx could not trace the model ({result.trace_error}); "
+                  "masks go after stage modules by hooks.")
     if all_nodes:
         nodes = Table(title=f"{model}: candidate nodes ({len(result.candidates)} with (B, C, H, W) outputs)")
         for col in ("node", "op", "channels", "H x W", "stride"):
@@ -53,3 +59,14 @@ def inspect(ctx: click.Context, model: str, input_size, all_nodes: bool, as_json
         out.print(nodes)
     else:
         out.print("Masks go after stages (--stages 2,3) or nodes (--nodes NAME; list them with --all-nodes).")
+
+
+def _adapters(net, result, size) -> dict[int, str]:
+    """Stage index -> the registered model adapter (plugins) that maps its not-spatial output."""
+    from ..plugins import load_plugins
+    from ..surgery import find_adapter
+
+    load_plugins()
+    found = {s.index: find_adapter(net, s.module, s.shape, s.layout, size)
+             for s in result.stages if s.status == "not spatial" and s.shape}
+    return {i: f[0] for i, f in found.items() if f}

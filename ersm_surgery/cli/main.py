@@ -13,8 +13,11 @@ from ..version import __version__
 COMMANDS: dict[str, tuple[str, str, str]] = {
     "inspect": ("ersm_surgery.cli.inspect_cmd", "inspect", "Show where masks can go: stages and candidate nodes."),
     "inject": ("ersm_surgery.cli.inject_cmd", "inject", "Insert Energy-Mask layers and save the masked model."),
+    "plugins": ("ersm_surgery.cli.plugins_cmd", "plugins", "List installed plugins and what each registers."),
     "export": ("ersm_surgery.cli.export_cmd", "export", "Export a masked model: safetensors, ONNX, config, card."),
     "info": ("ersm_surgery.cli.info_cmd", "info", "Show what a .safetensors file holds (header only, instant)."),
+    "finetune": ("ersm_surgery.cli.finetune_cmd", "finetune", "Fine-tune with the energy regularizer (DDP via torchrun)."),
+    "evaluate": ("ersm_surgery.cli.evaluate_cmd", "evaluate", "What the masks bought: numbers, figures, HTML report."),
 }
 
 
@@ -28,7 +31,12 @@ class LazyGroup(click.Group):
         if name in COMMANDS:
             module, attr, _ = COMMANDS[name]
             return getattr(importlib.import_module(module), attr)
-        return super().get_command(ctx, name)
+        command = super().get_command(ctx, name)
+        if command is None and not ctx.params.get("no_plugins"):  # a plugin's command: load plugins only now
+            from ..plugins import get_command
+
+            command = get_command(name)
+        return command
 
     def format_commands(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
         rows = [(name, COMMANDS[name][2]) for name in sorted(COMMANDS)]
@@ -65,17 +73,24 @@ class LazyGroup(click.Group):
 @click.version_option(__version__, prog_name="ersm-surgery")
 @click.option("--debug", is_flag=True, help="Show full tracebacks and debug logs.")
 @click.option("-q", "--quiet", is_flag=True, help="No progress bars or info messages.")
+@click.option("--no-plugins", is_flag=True, help="Do not load plugins (also: ERSM_SURGERY_NO_PLUGINS=1).")
 @click.pass_context
-def cli(ctx: click.Context, debug: bool, quiet: bool) -> None:
+def cli(ctx: click.Context, debug: bool, quiet: bool, no_plugins: bool) -> None:
     """Energy-Regularized Spatial Masking (arXiv 2604.06893) for timm models.
 
     \b
       ersm-surgery inspect resnet50
       ersm-surgery inject resnet50 --stages 2,3 -o r50-ersm/
+
+    Commands added by plugins are listed by 'ersm-surgery plugins'.
     """
     ctx.ensure_object(dict)
     ctx.obj["debug"] = debug
     ctx.obj["quiet"] = quiet
+    from ..plugins import disabled, plugins_enabled  # no torch: entry points are loaded only when needed
+
+    if no_plugins or not plugins_enabled():
+        ctx.with_resource(disabled())  # until the command ends; hides plugins loaded earlier in this process
     logging.basicConfig(level=logging.DEBUG if debug else logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
 
 

@@ -1,4 +1,5 @@
 """Energy-Mask layer and energy regularizer (pure torch: no timm, no CLI)."""
+from .adapted_mask import AdaptedMask, SpatialAdapter
 from .config import EVAL_MODES, TRAIN_MODES, MaskConfig
 from .energy import mean_field, neighbour_kernel, neighbour_offsets, potts_energy, straight_through
 from .energy_mask import EnergyMask, MaskState
@@ -16,6 +17,8 @@ from .heads import (
 from .loss import EnergyLoss, energy_regularizer, gamma_at, layer_regularizer
 
 __all__ = [
+    "AdaptedMask",
+    "SpatialAdapter",
     "EVAL_MODES",
     "TRAIN_MODES",
     "MaskConfig",

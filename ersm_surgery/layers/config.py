@@ -1,7 +1,7 @@
 """Hyper-parameters of one Energy-Mask layer (ERSM, arXiv 2604.06893, section 2 of DESIGN.md)."""
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass, field, fields
 from typing import Any
 
 __all__ = ["MaskConfig", "TRAIN_MODES", "EVAL_MODES"]
@@ -27,6 +27,8 @@ class MaskConfig:
         init_logit: q0 = sigmoid(init_logit) at initialisation, so the mask starts open.
         head: registered unary head ("conv" is built in).
         pairwise: registered pairwise term ("potts" is built in: w_ij = 1).
+        pairwise_args: settings of the pairwise term, read by its factory (e.g. ``{sigma: 0.5}`` for
+            the edge-aware plugin's term); empty for "potts".
     """
 
     alpha: float = 0.5
@@ -41,8 +43,11 @@ class MaskConfig:
     init_logit: float = 3.0
     head: str = "conv"
     pairwise: str = "potts"
+    pairwise_args: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
+        if self.pairwise_args is None:  # "pairwise_args: null" in a recipe
+            self.pairwise_args = {}
         problems = self.problems()
         if problems:
             raise ValueError("; ".join(problems))
@@ -66,6 +71,8 @@ class MaskConfig:
             out.append(f"mask.eval_mode must be one of {', '.join(EVAL_MODES)}, got {self.eval_mode!r}")
         if self.hidden is not None and (int(self.hidden) != self.hidden or self.hidden < 1):
             out.append(f"mask.hidden must be a positive integer or null, got {self.hidden}")
+        if not isinstance(self.pairwise_args, dict):
+            out.append(f"mask.pairwise_args must be a mapping, got {self.pairwise_args!r}")
         return out
 
     def to_dict(self) -> dict[str, Any]:

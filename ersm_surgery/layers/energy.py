@@ -26,6 +26,8 @@ __all__ = [
     "neighbour_differences",
     "neighbour_offsets",
     "weighted_neighbour_sum",
+    "pair_weights",
+    "shifted_neighbour_sum",
 ]
 
 
@@ -61,6 +63,21 @@ def neighbour_offsets(neighbourhood: int) -> list[tuple[int, int]]:
     raise ValueError(f"neighbourhood must be 4 or 8, got {neighbourhood}")
 
 
+def shifted_neighbour_sum(x: torch.Tensor, neighbourhood: int) -> torch.Tensor:
+    """sum over the 4 or 8 neighbours of a (B, 1, H, W) map, tokens past the border counting as 0.
+
+    Equal to :func:`neighbour_sum` with :func:`neighbour_kernel`, but made of shifted adds: a 3x3
+    convolution on a single channel is dominated by the convolution library's per-call overhead.
+    """
+    h, w = x.shape[-2:]
+    padded = F.pad(x, (1, 1, 1, 1))
+    total = None
+    for dy, dx in neighbour_offsets(neighbourhood):
+        part = padded[..., 1 + dy : 1 + dy + h, 1 + dx : 1 + dx + w]
+        total = part if total is None else total + part
+    return total
+
+
 def weighted_neighbour_sum(x: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
     """sum_j w_ij x_j for a (B, 1, H, W) map and per-direction weights (B, K, H, W), K = 4 or 8.
 
@@ -79,7 +96,7 @@ def mean_field(
     beta: float,
     tau: float,
     steps: int,
-    kernel: torch.Tensor,
+    neighbourhood: int = 4,
     pairwise_weights: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Unrolled mean-field minimisation of the Potts energy.
@@ -89,7 +106,7 @@ def mean_field(
         beta: strength of the pairwise term.
         tau: temperature of the sigmoid.
         steps: number of mean-field updates T after the initial q0.
-        kernel: the neighbour kernel from :func:`neighbour_kernel`.
+        neighbourhood: 4 or 8.
         pairwise_weights: optional w_ij per direction, shape (B, K, H, W) (see
             :func:`weighted_neighbour_sum`); ``None`` means w_ij = 1 (the plain Potts term).
 
@@ -98,7 +115,7 @@ def mean_field(
     """
     def pull(q: torch.Tensor) -> torch.Tensor:
         if pairwise_weights is None:
-            return neighbour_sum(1.0 - 2.0 * q, kernel)
+            return shifted_neighbour_sum(1.0 - 2.0 * q, neighbourhood)
         return weighted_neighbour_sum(1.0 - 2.0 * q, pairwise_weights)
 
     q = torch.sigmoid(-unary / tau)
@@ -129,6 +146,33 @@ def neighbour_differences(q: torch.Tensor, neighbourhood: int = 4) -> list[torch
         diffs.append((q[..., 1:, 1:] - q[..., :-1, :-1]).abs())
         diffs.append((q[..., 1:, :-1] - q[..., :-1, 1:]).abs())
     return diffs
+
+
+def pair_weights(weights: torch.Tensor, neighbourhood: int = 4) -> list[torch.Tensor]:
+    """w_ij for every unordered neighbour pair, in the layout of :func:`neighbour_differences`.
+
+    Args:
+        weights: per-direction weights (B, K, H, W) as a pairwise term returns them (see
+            :func:`weighted_neighbour_sum`).
+        neighbourhood: 4 or 8 (the pairs to return; K must cover them).
+
+    Returns:
+        One tensor per pair direction, each shaped like the matching entry of
+        :func:`neighbour_differences`; a pair's weight is the mean of w_ij (seen from i) and w_ji
+        (seen from j), so an asymmetric term still gives one weight per pair.
+    """
+    index = {offset: k for k, offset in enumerate(neighbour_offsets(weights.shape[1]))}
+
+    def both(a: tuple[int, int], rows_a, cols_a, b: tuple[int, int], rows_b, cols_b) -> torch.Tensor:
+        return 0.5 * (weights[:, index[a] : index[a] + 1, rows_a, cols_a]
+                      + weights[:, index[b] : index[b] + 1, rows_b, cols_b])
+
+    all_, head, tail = slice(None), slice(None, -1), slice(1, None)
+    out = [both((1, 0), head, all_, (-1, 0), tail, all_), both((0, 1), all_, head, (0, -1), all_, tail)]
+    if neighbourhood == 8:
+        out.append(both((1, 1), head, head, (-1, -1), tail, tail))
+        out.append(both((1, -1), head, tail, (-1, 1), tail, head))
+    return out
 
 
 def straight_through(q: torch.Tensor) -> torch.Tensor:

@@ -7,7 +7,7 @@ import torch
 from torch import nn
 
 from .config import MaskConfig
-from .energy import mean_field, neighbour_kernel, straight_through
+from .energy import mean_field, straight_through
 from .heads import create_pairwise, create_unary_head
 
 __all__ = ["EnergyMask", "MaskState"]
@@ -21,12 +21,15 @@ class MaskState(NamedTuple):
         energy: token energies e (lower = more important; e < 0 means keep).
         hard: the binary mask 1[e < 0].
         mask: the mask that was multiplied onto the features in this pass.
+        weights: the pairwise term's w_ij per direction (B, K, H, W), or None for the plain Potts
+            term (w_ij = 1); the regularizer weights its neighbour pairs with them.
     """
 
     q: torch.Tensor
     energy: torch.Tensor
     hard: torch.Tensor
     mask: torch.Tensor
+    weights: torch.Tensor | None = None
 
 
 class EnergyMask(nn.Module):
@@ -49,7 +52,6 @@ class EnergyMask(nn.Module):
         self.hidden = hidden
         self.head = create_unary_head(self.config.head, channels, hidden, self.config)
         self.pairwise = create_pairwise(self.config.pairwise, channels, self.config)
-        self.register_buffer("kernel", neighbour_kernel(self.config.neighbourhood), persistent=False)
         self.state: MaskState | None = None
 
     @property
@@ -64,7 +66,7 @@ class EnergyMask(nn.Module):
         weights = self.pairwise(x)
         if weights is not None:
             weights = weights.float()
-        q, energy = mean_field(unary, cfg.beta, cfg.tau, cfg.steps, self.kernel, weights)
+        q, energy = mean_field(unary, cfg.beta, cfg.tau, cfg.steps, cfg.neighbourhood, weights)
         hard = (energy < 0).to(q.dtype)
         mode = self.mode
         if mode == "straight_through":
@@ -73,7 +75,7 @@ class EnergyMask(nn.Module):
             mask = q
         else:
             mask = hard
-        self.state = MaskState(q=q, energy=energy, hard=hard, mask=mask)
+        self.state = MaskState(q=q, energy=energy, hard=hard, mask=mask, weights=weights)
         return x * mask.to(x.dtype)
 
     def __getstate__(self) -> dict:

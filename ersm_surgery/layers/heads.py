@@ -5,7 +5,7 @@ Both are looked up by name, so a plugin can add its own with :func:`register_una
 """
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 import torch
 from torch import nn
@@ -100,11 +100,31 @@ class ConvUnaryHead(nn.Module):
             nn.init.normal_(self.context.weight, std=1e-3)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = self.norm(x.permute(0, 2, 3, 1)).permute(0, 3, 1, 2)
-        s = self.score(self.act(self.reduce(x)))
+        b, _, h, w = x.shape
+        hidden = self.act(self._reduce_normalised(x.flatten(2)))  # (B, hidden, H*W)
+        s = torch.matmul(self.score.weight.flatten(1).to(x.dtype), hidden) + self.score.bias.to(x.dtype)[:, None]
+        s = s.view(b, 1, h, w)
         if self.context is not None:
-            s = s + self.context(x.mean(dim=(2, 3)))[:, :, None, None]
+            s = s + self.context(self.norm(x.mean(dim=(2, 3))))[:, :, None, None]
         return s
+
+    def _reduce_normalised(self, x: torch.Tensor) -> torch.Tensor:
+        """``reduce(LayerNorm_C(x))`` on tokens (B, C, N), without materialising the normalised map.
+
+        conv(W, (x - mu) * r * g + b) = r * (W g x - mu * W g) + W b + b_reduce with the per-token mean
+        mu and inverse std r. The 1x1 convolutions and the channel statistics are matrix products: a
+        strided reduction over C or a convolution with a per-call weight costs several times more on CPU.
+        """
+        c = x.shape[1]
+        weight = self.reduce.weight.flatten(1)  # (hidden, C)
+        scaled = weight * self.norm.weight
+        rows = torch.cat([scaled, torch.full_like(scaled[:1], 1.0 / c)]).to(x.dtype)
+        z = torch.matmul(rows, x)  # (B, hidden + 1, N): the projection and the channel mean in one pass
+        z, mu = z[:, :-1], z[:, -1:]
+        mean_sq = torch.matmul(torch.full_like(rows[:1], 1.0 / c), x * x)
+        rstd = torch.rsqrt((mean_sq - mu * mu).clamp_min(0) + self.norm.eps)
+        bias = (weight @ self.norm.bias + self.reduce.bias).to(x.dtype)
+        return (z - scaled.sum(1).to(x.dtype)[:, None] * mu) * rstd + bias[:, None]
 
 
 class PottsPairwise(nn.Module):

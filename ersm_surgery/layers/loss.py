@@ -1,6 +1,11 @@
 """The energy regularizer of ERSM: a token price and a coherence term, with no target density.
 
-    R = sum over mask layers of [alpha * mean(q) + beta * mean over neighbour pairs |q_i - q_j|]
+    R = sum over mask layers of [alpha * mean(q) + beta * mean over neighbour pairs w_ij |q_i - q_j|]
+
+w_ij = 1 for the plain Potts term. A pairwise term with weights (the edge-aware plugin's, say) weights
+the pairs of the regularizer with the same w_ij that its mean-field used, detached: the regularizer is
+then the relaxed energy of the same model (a pair across a feature edge costs as little here as in the
+mask's own inference), and the backbone cannot lower it by inventing edges.
 
 How many tokens survive is decided per input by the balance of the task loss and this price;
 there is deliberately no budget or top-k term (that would be DynConv, not ERSM).
@@ -12,16 +17,23 @@ from collections.abc import Iterable
 import torch
 from torch import nn
 
-from .energy import neighbour_differences
+from .energy import neighbour_differences, pair_weights
 from .energy_mask import EnergyMask
 
 __all__ = ["energy_regularizer", "layer_regularizer", "gamma_at", "EnergyLoss"]
 
 
-def layer_regularizer(q: torch.Tensor, alpha: float, beta: float, neighbourhood: int = 4) -> torch.Tensor:
-    """alpha * mean(q) + beta * mean |q_i - q_j| over neighbour pairs, for one layer's q (B, 1, H, W)."""
+def layer_regularizer(
+    q: torch.Tensor, alpha: float, beta: float, neighbourhood: int = 4, weights: torch.Tensor | None = None
+) -> torch.Tensor:
+    """alpha * mean(q) + beta * mean w_ij |q_i - q_j| over neighbour pairs, for one layer's q (B, 1, H, W).
+
+    ``weights`` are the pairwise term's per-direction w (B, K, H, W) (None: w_ij = 1); they are detached.
+    """
     price = q.mean()
     diffs = neighbour_differences(q, neighbourhood)
+    if weights is not None:
+        diffs = [w * d for w, d in zip(pair_weights(weights.detach().to(q.dtype), neighbourhood), diffs, strict=True)]
     pairs = sum(d.numel() for d in diffs)
     coherence = sum(d.sum() for d in diffs) / pairs if pairs else q.new_zeros(())
     return alpha * price + beta * coherence
@@ -38,7 +50,7 @@ def energy_regularizer(layers: Iterable[EnergyMask]) -> torch.Tensor:
         if layer.state is None:
             raise RuntimeError("an Energy-Mask layer has no state: run the model's forward pass first")
         c = layer.config
-        term = layer_regularizer(layer.state.q, c.alpha, c.beta, c.neighbourhood)
+        term = layer_regularizer(layer.state.q, c.alpha, c.beta, c.neighbourhood, layer.state.weights)
         total = term if total is None else total + term
     if total is None:
         raise RuntimeError("no Energy-Mask layers: the model has no masks to regularize")

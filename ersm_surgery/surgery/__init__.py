@@ -1,5 +1,6 @@
 """torch.fx surgery on timm models: tracing, candidate nodes, stage table, mask insertion."""
 from ._tracer import ErsmTracer, register_leaf_module, trace, training_mode
+from .adapters import ModelAdapter, create_adapter, find_adapter, get_adapter, list_adapters, register_adapter
 from .analysis import FeatureNode, ModelAnalysis, StageInfo, analyse, feature_info, probe_shapes
 from .graph_module import DualGraphModule
 from .insert import apply_placements
@@ -7,6 +8,12 @@ from .placement import MASK_ATTR_PREFIX, Placement, is_mask_key
 from .resolve import find_owner, parse_stages, resolve_nodes, resolve_stages
 
 __all__ = [
+    "ModelAdapter",
+    "create_adapter",
+    "find_adapter",
+    "get_adapter",
+    "list_adapters",
+    "register_adapter",
     "ErsmTracer",
     "register_leaf_module",
     "trace",

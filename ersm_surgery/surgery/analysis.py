@@ -16,7 +16,9 @@ from torch.fx.passes.shape_prop import ShapeProp
 
 from ._tracer import trace, training_mode
 
-__all__ = ["FeatureNode", "StageInfo", "ModelAnalysis", "analyse", "feature_info", "probe_shapes", "classify", "channels_last"]
+__all__ = [
+    "FeatureNode", "StageInfo", "ModelAnalysis", "analyse", "feature_info", "probe_shapes", "classify", "channels_last",
+]
 
 _log = logging.getLogger(__name__)
 

@@ -60,7 +60,8 @@ class DualGraphModule(fx.GraphModule):
         for name, param in self.named_parameters(recurse=False):
             holder.register_parameter(name, copy.deepcopy(param, memo))
         for name, buf in self.named_buffers(recurse=False):
-            holder.register_buffer(name, copy.deepcopy(buf, memo), persistent=name not in self._non_persistent_buffers_set)
+            persistent = name not in self._non_persistent_buffers_set
+            holder.register_buffer(name, copy.deepcopy(buf, memo), persistent=persistent)
         holder.training = self.training
         result = DualGraphModule(
             holder, copy.deepcopy(self.train_graph, memo), copy.deepcopy(self.eval_graph, memo), type(self).__name__

@@ -16,12 +16,13 @@ from collections import defaultdict
 from torch import fx, nn
 
 from ..errors import ArtifactError, PlacementError
-from ..layers import EnergyMask, MaskConfig
+from ..layers import AdaptedMask, EnergyMask, MaskConfig
 from ._tracer import trace
+from .adapters import create_adapter
 from .graph_module import DualGraphModule
 from .placement import MASK_ATTR_PREFIX, Placement
 
-__all__ = ["apply_placements", "mask_output_hook", "set_submodule"]
+__all__ = ["apply_placements", "mask_output_hook", "set_submodule", "create_mask"]
 
 _log = logging.getLogger(__name__)
 
@@ -32,6 +33,19 @@ def mask_output_hook(module: nn.Module, _args: tuple, output):
     if isinstance(output, (list, tuple)):
         return type(output)([mask(output[0]), *output[1:]])
     return mask(output)
+
+
+def create_mask(p: Placement, config: MaskConfig) -> nn.Module:
+    """The mask layer of one placement: an :class:`EnergyMask`, behind its adapter when it names one."""
+    mask = EnergyMask(p.channels, dataclasses.replace(config), p.hidden)
+    if p.adapter is None:
+        return mask
+    try:
+        adapter = create_adapter(p.adapter, **p.adapter_args)
+    except KeyError as exc:
+        raise PlacementError(f"{p.label} needs the model adapter {p.adapter!r}, which is not registered",
+                             "install the plugin that provides it (see: ersm-surgery plugins)") from exc
+    return AdaptedMask(adapter, mask)
 
 
 def set_submodule(model: nn.Module, path: str, new: nn.Module) -> None:
@@ -50,7 +64,8 @@ def _edit_graph(graph: fx.Graph, qualnames: dict[fx.Node, str], items: list[Plac
             continue
         anchor = by_name.get(p.local_node)
         if anchor is None:
-            raise PlacementError(f"node {p.node!r} is not in the trace of {owner!r}", "list nodes with inspect --all-nodes")
+            raise PlacementError(f"node {p.node!r} is not in the trace of {owner!r}",
+                                 "list nodes with inspect --all-nodes")
         with graph.inserting_after(anchor):
             masked = graph.call_module(p.attr, (anchor,))
         anchor.replace_all_uses_with(masked, delete_user_cb=lambda user, m=masked: user is not m)
@@ -73,7 +88,7 @@ def _mask_output(graph: fx.Graph, output: fx.Node, attr: str, owner: str) -> Non
                          "place the mask after a node inside it with --nodes")
 
 
-def _insert_fx(owner: nn.Module, owner_path: str, items: list[tuple[Placement, EnergyMask]]) -> DualGraphModule:
+def _insert_fx(owner: nn.Module, owner_path: str, items: list[tuple[Placement, nn.Module]]) -> DualGraphModule:
     graphs = {}
     for mode in (True, False):
         graph, qualnames = trace(owner, train=mode)
@@ -85,7 +100,7 @@ def _insert_fx(owner: nn.Module, owner_path: str, items: list[tuple[Placement, E
     return new
 
 
-def _insert_hook(module: nn.Module, mask: EnergyMask) -> None:
+def _insert_hook(module: nn.Module, mask: nn.Module) -> None:
     module.add_module(MASK_ATTR_PREFIX, mask)
     module.register_forward_hook(mask_output_hook)
     module._ersm_hooked = True
@@ -135,7 +150,7 @@ def apply_placements(
                 hook_idx += fx_idx
         for i in hook_idx:
             p = done[i]
-            _insert_hook(model.get_submodule(p.module), EnergyMask(p.channels, dataclasses.replace(config), p.hidden))
+            _insert_hook(model.get_submodule(p.module), create_mask(p, config))
     return done
 
 
@@ -144,7 +159,7 @@ def _replace_with_fx(model: nn.Module, owner_path: str, items: list[Placement], 
         raise PlacementError("a mask at the model's top level cannot be inserted",
                              "choose a node inside a submodule (see inspect --all-nodes)")
     owner = model.get_submodule(owner_path)
-    masks = [(p, EnergyMask(p.channels, dataclasses.replace(config), p.hidden)) for p in items]
+    masks = [(p, create_mask(p, config)) for p in items]
     set_submodule(model, owner_path, _insert_fx(owner, owner_path, masks))
 
 

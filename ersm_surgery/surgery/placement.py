@@ -1,7 +1,7 @@
 """Where a mask sits: an anchor with meaningful names (never FX's automatic ones)."""
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass, field, fields
 from typing import Any
 
 __all__ = ["Placement", "METHODS", "MASK_ATTR_PREFIX", "is_mask_key"]
@@ -25,6 +25,9 @@ class Placement:
         reduction: stride of the feature map relative to the input.
         hidden: width of the mask's unary head.
         method: "fx" (a mask node in the module's graph) or "module" (a forward hook on the module).
+        adapter: registered model adapter (see ``surgery.adapters``) that gives the stage output a
+            (B, C, H, W) view, for token and channels-last stages; None for a (B, C, H, W) output.
+        adapter_args: the adapter's settings, recorded so that a rebuild makes the same adapter.
     """
 
     module: str
@@ -34,6 +37,8 @@ class Placement:
     node: str | None = None
     hidden: int = 16
     method: str = "fx"
+    adapter: str | None = None
+    adapter_args: dict[str, Any] = field(default_factory=dict)
 
     @property
     def label(self) -> str:
@@ -65,7 +70,10 @@ class Placement:
         return f"{self.module}.{self.attr}" if self.module else self.attr
 
     def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        d = asdict(self)
+        if self.adapter is None and not self.adapter_args:  # recipes of (B, C, H, W) placements stay as they were
+            del d["adapter"], d["adapter_args"]
+        return d
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> Placement:
@@ -76,7 +84,9 @@ class Placement:
         missing = [k for k in ("module", "channels") if k not in data]
         if missing:
             raise ValueError(f"placement lacks {', '.join(missing)}")
-        p = cls(**data)
+        p = cls(**{**data, "adapter_args": data.get("adapter_args") or {}})
+        if not isinstance(p.adapter_args, dict) or (p.adapter is None and p.adapter_args):
+            raise ValueError(f"placement adapter_args must be a mapping for a named adapter, got {p.adapter_args!r}")
         if p.method not in METHODS:
             raise ValueError(f"placement method must be one of {', '.join(METHODS)}, got {p.method!r}")
         if (p.stage is None) == (p.node is None):

@@ -7,6 +7,7 @@ from torch import nn
 
 from ..errors import NotSpatialError, PlacementError
 from ._tracer import trace
+from .adapters import create_adapter, find_adapter
 from .analysis import analyse, channels_last, classify, feature_info, probe_shapes
 from .placement import Placement
 
@@ -19,7 +20,8 @@ def parse_stages(text: str) -> list[int]:
     """'2,3' -> [2, 3]; raises PlacementError for empty or malformed input."""
     items = [t.strip() for t in (text or "").split(",")]
     if not text or not text.strip() or any(not t for t in items):
-        raise PlacementError(f"--stages {text!r} is empty or malformed", "give comma-separated indices, e.g. --stages 2,3")
+        raise PlacementError(f"--stages {text!r} is empty or malformed",
+                             "give comma-separated indices, e.g. --stages 2,3")
     bad = [t for t in items if not t.lstrip("-").isdigit()]
     if bad:
         raise PlacementError(f"--stages {text!r}: {', '.join(map(repr, bad))} is not an integer",
@@ -30,11 +32,15 @@ def parse_stages(text: str) -> list[int]:
 def resolve_stages(model: nn.Module, stages: list[int], input_size: tuple[int, int, int]) -> list[Placement]:
     """Placements after the outputs of timm ``feature_info`` stages.
 
-    One forward pass with hooks checks each stage output is a (B, C, H, W) map.
+    One forward pass with hooks checks each stage output is a (B, C, H, W) map. A stage whose output
+    is tokens or channels-last gets the first registered model adapter that claims it (see
+    :mod:`.adapters`); its mask is then applied to the stage output by a forward hook (``method
+    "module"``), because token models call their blocks with extra arguments (EVA's rotary embedding)
+    that a trace of the block alone would freeze.
 
     Raises:
         PlacementError: out of range or repeated indices (all reported at once).
-        NotSpatialError: a stage's output is tokens or channels-last.
+        NotSpatialError: a stage's output is tokens or channels-last and no registered adapter claims it.
     """
     info = feature_info(model)
     if not info:
@@ -55,7 +61,15 @@ def resolve_stages(model: nn.Module, stages: list[int], input_size: tuple[int, i
         shape = shapes.get(d["module"])
         status, layout = classify(shape, d["num_chs"], d.get("reduction"), input_size[1], channels_last(model))
         if status == "not spatial":
-            raise NotSpatialError(f"stage {s} ({d['module']}) outputs {layout}, not a (B, C, H, W) map", _ADAPTER_HINT)
+            found = find_adapter(model, d["module"], shape, layout, input_size)
+            if found is None:
+                raise NotSpatialError(f"stage {s} ({d['module']}) outputs {layout}, not a (B, C, H, W) map",
+                                      _ADAPTER_HINT)
+            name, args = found
+            placements.append(Placement(module=d["module"], channels=create_adapter(name, **args).channels(shape),
+                                        reduction=d.get("reduction"), stage=s, method="module", adapter=name,
+                                        adapter_args=args))
+            continue
         if shape is None:
             raise PlacementError(f"stage {s} ({d['module']}) produced no tensor output", "place the mask with --nodes")
         placements.append(Placement(module=d["module"], channels=int(shape[1]), reduction=d.get("reduction"), stage=s))
@@ -109,7 +123,8 @@ def resolve_nodes(model: nn.Module, nodes: list[str], input_size: tuple[int, int
     """
     analysis = analyse(model, input_size)
     if analysis.method != "fx":
-        raise PlacementError(f"fx cannot trace this model ({analysis.trace_error})", "place masks with --stages instead")
+        raise PlacementError(f"fx cannot trace this model ({analysis.trace_error})",
+                             "place masks with --stages instead")
     by_name = {c.name: c for c in analysis.candidates}
     problems, not_spatial = [], []
     placements = []
@@ -132,5 +147,6 @@ def resolve_nodes(model: nn.Module, nodes: list[str], input_size: tuple[int, int
         problems.append("a node is given twice")
     if problems or not_spatial:
         error = PlacementError if problems else NotSpatialError
-        raise error("; ".join(problems + not_spatial), "list candidate nodes with: ersm-surgery inspect MODEL --all-nodes")
+        raise error("; ".join(problems + not_spatial),
+                    "list candidate nodes with: ersm-surgery inspect MODEL --all-nodes")
     return placements

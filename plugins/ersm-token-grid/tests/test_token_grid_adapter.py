@@ -1,0 +1,74 @@
+"""The token_grid adapter on its own: exact layouts, prefix tokens untouched, what it claims."""
+import pytest
+import torch
+
+pytest.importorskip("ersm_token_grid", reason="the plugin is not installed: pip install -e plugins/ersm-token-grid")
+
+from ersm_token_grid.adapter import TokenGridAdapter  # noqa: E402
+from torch import nn  # noqa: E402
+
+from ersm_surgery.layers import AdaptedMask, EnergyMask, MaskConfig  # noqa: E402
+
+torch.set_num_threads(2)
+
+
+class Constant(nn.Module):
+    """A unary head with a fixed importance everywhere."""
+
+    def __init__(self, value):
+        super().__init__()
+        self.value = value
+
+    def forward(self, x):
+        return torch.full_like(x[:, :1], self.value)
+
+
+def test_patch_tokens_lie_row_major_on_the_grid_and_come_back_exactly():
+    adapter = TokenGridAdapter("tokens", prefix_tokens=2, grid=[3, 4])
+    x = torch.randn(2, 2 + 12, 5)
+    y, context = adapter.to_spatial(x)
+    assert y.shape == (2, 5, 3, 4)
+    assert torch.equal(y[:, :, 1, 2], x[:, 2 + 1 * 4 + 2])  # patch token k sits at (k // W, k % W)
+    assert torch.equal(adapter.from_spatial(y, context), x)
+
+
+def test_channels_last_maps_are_permuted_and_come_back_contiguous():
+    adapter = TokenGridAdapter("nhwc")
+    x = torch.randn(2, 3, 4, 5)
+    y, context = adapter.to_spatial(x)
+    assert y.shape == (2, 5, 3, 4) and torch.equal(y[:, :, 2, 1], x[:, 2, 1])
+    back = adapter.from_spatial(y * 1.0, context)
+    assert torch.equal(back, x) and back.is_contiguous()
+
+
+def test_other_square_inputs_work_and_a_misfit_is_named():
+    adapter = TokenGridAdapter("tokens", prefix_tokens=1, grid=[10, 10])
+    assert adapter.to_spatial(torch.randn(1, 1 + 49, 8))[0].shape == (1, 8, 7, 7)
+    with pytest.raises(ValueError, match="50 patch tokens do not fit the 10x10 grid"):
+        adapter.to_spatial(torch.randn(1, 1 + 50, 8))
+    with pytest.raises(ValueError, match="layout must be one of tokens, nhwc"):
+        TokenGridAdapter("nchw")
+
+
+def test_a_closed_mask_zeroes_the_patch_tokens_and_leaves_the_prefix_alone():
+    mask = EnergyMask(8, MaskConfig(eval_mode="hard")).eval()
+    mask.head = Constant(-10.0)  # no token is worth its price
+    layer = AdaptedMask(TokenGridAdapter("tokens", prefix_tokens=1, grid=[4, 4]), mask)
+    x = torch.randn(2, 17, 8)
+    out = layer(x)
+    assert torch.equal(out[:, 0], x[:, 0]) and out[:, 1:].abs().sum() == 0
+    assert mask.state.hard.shape == (2, 1, 4, 4)
+
+
+def test_it_claims_tokens_and_channels_last_but_not_nchw_or_pooled_tokens():
+    import timm
+
+    vit = timm.create_model("test_vit3")  # fixed image size, one class token
+    tokens = "tokens (B, N, C)"
+    assert TokenGridAdapter.match(vit, "blocks.1", (1, 101, 96), tokens, (3, 160, 160)) == {
+        "layout": "tokens", "prefix_tokens": 1, "grid": [10, 10]}
+    assert TokenGridAdapter.match(vit, "blocks.1", (1, 50, 96), tokens, (3, 160, 160)) is None  # not the patch grid
+    assert TokenGridAdapter.match(nn.Linear(1, 1), "x", (1, 50, 96), tokens, (3, 160, 160)) is None
+    assert TokenGridAdapter.match(vit, "x", (1, 8, 8, 32), "channels-last (B, H, W, C)", (3, 64, 64)) == {
+        "layout": "nhwc"}
+    assert TokenGridAdapter.match(vit, "x", (1, 32, 8, 8), "NCHW", (3, 64, 64)) is None
