@@ -1,0 +1,161 @@
+"""The built-in offline data set ``builtin:clutter``: shapes on cluttered textures, with boxes.
+
+Every sample is drawn on the fly from ``(seed, split, index)``: nothing is downloaded or shipped, any
+index is reproducible, and DataLoader workers need no shared state. Each image holds one class object
+(circle, square, triangle, ...; the class is the shape, never the colour) at a random position and scale
+over a textured background with distractor strokes and blobs. Its box lets the evaluation measure whether
+ERSM masks sit on the object (claim (c) of arXiv 2604.06893).
+
+``spurious_cue`` plants a shortcut: in the train split, with that probability, the background is tinted
+with a hue tied to the label; in the validation split the tint is drawn independently of the label, so a
+model that learned the tint instead of the shape loses accuracy there.
+"""
+from __future__ import annotations
+
+import zlib
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+from PIL import Image
+
+from ..errors import DataError
+from . import _render
+from ._base import Box, ErsmDataset, build_transform, canonical_split
+
+__all__ = ["ClutterDataset", "ClutterSample", "CLUTTER_CLASSES", "CLUTTER_MEAN", "CLUTTER_STD"]
+
+CLUTTER_CLASSES: tuple[str, ...] = _render.SHAPES
+# Measured over 2000 train samples at 64 px (seed 0, no cue); see tests/test_data.py for the check.
+CLUTTER_MEAN = (0.497, 0.497, 0.493)
+CLUTTER_STD = (0.201, 0.211, 0.192)
+_DEFAULT_SIZE = {"train": 2000, "validation": 500}
+_SCALE = (0.35, 0.6)  # object extent as a fraction of the image side
+_TINT_STRENGTH = 0.5
+
+
+@dataclass
+class ClutterSample:
+    """One generated sample before the tensor transform.
+
+    Attributes:
+        image: the RGB picture at ``img_size``.
+        target: class index (the shape).
+        box: tight object box ``(x0, y0, x1, y1)`` in [0, 1].
+        shape: class name.
+        cue: class whose tint colours the background, or None when no cue was planted.
+    """
+
+    image: Image.Image
+    target: int
+    box: Box
+    shape: str
+    cue: int | None
+
+
+class ClutterDataset(ErsmDataset):
+    """Procedural shapes-on-clutter classification with object boxes.
+
+    Args:
+        split: any train or validation split name (see :data:`~ersm_surgery.data.TRAIN_SPLITS`).
+        img_size: image side in pixels (at least 32).
+        seed: base seed; with split and index it fixes every pixel.
+        num_classes: how many shapes, 2 to 10, taken in order from :data:`CLUTTER_CLASSES`.
+        size: number of samples; default 2000 for train, 500 for validation.
+        spurious_cue: probability in [0, 1] of a background tint (label-correlated in train only).
+        train_augment: random resized crop and flip; boxes then only match the un-augmented image.
+
+    Raises:
+        DataError: a value is out of range.
+    """
+
+    has_boxes = True
+    mean = CLUTTER_MEAN
+    std = CLUTTER_STD
+
+    def __init__(
+        self,
+        split: str = "train",
+        img_size: int = 64,
+        seed: int = 0,
+        num_classes: int = 10,
+        size: int | None = None,
+        spurious_cue: float = 0.0,
+        train_augment: bool = False,
+    ) -> None:
+        self.split = canonical_split(split)
+        problems = []
+        if not 2 <= int(num_classes) <= len(CLUTTER_CLASSES):
+            problems.append(f"num_classes={num_classes} (2 to {len(CLUTTER_CLASSES)})")
+        if size is not None and int(size) < 1:
+            problems.append(f"size={size} (at least 1)")
+        if not 0.0 <= float(spurious_cue) <= 1.0:
+            problems.append(f"spurious_cue={spurious_cue} (0 to 1)")
+        if int(img_size) < 32:
+            problems.append(f"img_size={img_size} (at least 32)")
+        if problems:
+            raise DataError(f"invalid builtin:clutter settings: {', '.join(problems)}",
+                            "pass values inside the ranges given in brackets")
+        self.img_size = int(img_size)
+        self.seed = int(seed)
+        self.classes = list(CLUTTER_CLASSES[: int(num_classes)])
+        self.size = int(size) if size is not None else _DEFAULT_SIZE[self.split]
+        self.spurious_cue = float(spurious_cue)
+        self.train_augment = bool(train_augment)
+        self._split_code = zlib.crc32(self.split.encode())  # stable across runs, unlike hash()
+        self.transform = build_transform(self.img_size, self.mean, self.std, augment=self.train_augment, resize=False)
+
+    def __len__(self) -> int:
+        return self.size
+
+    def _rngs(self, index: int) -> list[np.random.Generator]:
+        # one independent stream per part, so box() can replay the object without drawing the background
+        seq = np.random.SeedSequence([self.seed & 0xFFFFFFFF, (self.seed >> 32) & 0xFFFFFFFF, self._split_code, index])
+        return [np.random.default_rng(s) for s in seq.spawn(4)]
+
+    def target(self, index: int) -> int:
+        """Class of sample ``index``; classes are balanced (index modulo the class count)."""
+        return self._check_index(index) % self.num_classes
+
+    def _alpha(self, index: int, obj_rng: np.random.Generator) -> np.ndarray:
+        shape = self.classes[self.target(index)]
+        return _render.render_alpha(_render.object_polygons(obj_rng, shape, self.img_size, _SCALE), self.img_size)
+
+    def sample(self, index: int) -> ClutterSample:
+        """Generate sample ``index`` with its metadata (box, shape, planted cue)."""
+        index = self._check_index(index)
+        obj_rng, bg_rng, cue_rng, paint_rng = self._rngs(index)
+        target = self.target(index)
+        alpha = self._alpha(index, obj_rng)
+        img = _render.background(bg_rng, self.img_size)
+        cue = None
+        if cue_rng.random() < self.spurious_cue:
+            # train: the tint names the label; validation: the tint is independent of it
+            cue = target if self.split == "train" else int(cue_rng.integers(self.num_classes))
+            img = (1 - _TINT_STRENGTH) * img + _TINT_STRENGTH * _render.cue_tint(cue, self.num_classes)
+        img = _render.draw_distractors(bg_rng, img)
+        pixels = _render.composite(paint_rng, img, alpha)
+        return ClutterSample(Image.fromarray(pixels), target, _render.alpha_box(alpha), self.classes[target], cue)
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, int]:
+        s = self.sample(index)
+        return self.transform(s.image), s.target
+
+    def box(self, index: int) -> Box:
+        """Tight object box ``(x0, y0, x1, y1)`` in [0, 1]; exact for the un-augmented image."""
+        index = self._check_index(index)
+        return _render.alpha_box(self._alpha(index, self._rngs(index)[0]))
+
+    def description(self) -> dict[str, Any]:
+        return {
+            "kind": "builtin:clutter",
+            "seed": self.seed,
+            "split": self.split,
+            "size": len(self),
+            "img_size": self.img_size,
+            "num_classes": self.num_classes,
+            "classes": list(self.classes),
+            "spurious_cue": self.spurious_cue,
+            "train_augment": self.train_augment,
+        }

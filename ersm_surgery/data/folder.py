@@ -1,0 +1,188 @@
+"""Image folders in timm's layout: ``DATA/train/<class>/*.jpg`` and ``DATA/validation/<class>/*.png``.
+
+Class indices follow the train split's folder names in timm's natural order, so a model trained with
+timm's train.py on the same folder keeps its class indices, and the validation split maps through the
+same list even when it lacks a class.
+
+Unreadable images: with ``strict`` every file's header is checked when the data set is built and any
+decode failure raises a :class:`~ersm_surgery.errors.DataError` naming the file. Without it, a file
+that fails to decode is replaced by the next readable image, so an epoch never crashes; the failures
+are flagged in a shared-memory tensor, so :attr:`FolderDataset.skipped` counts distinct bad files
+found by any DataLoader worker, however many epochs meet them.
+"""
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+from typing import Any
+
+import torch
+from PIL import Image
+from timm.data.constants import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
+from timm.data.readers.img_extensions import get_img_extensions
+from timm.utils.misc import natural_key
+
+from ..errors import DataError
+from ._base import EVAL_SPLITS, TRAIN_SPLITS, ErsmDataset, build_transform, canonical_split
+
+__all__ = ["FolderDataset", "find_split_dir"]
+
+_logger = logging.getLogger(__name__)
+
+# What Pillow raises for a file it cannot identify, a truncated stream or a broken chunk.
+_READ_ERRORS = (OSError, ValueError, SyntaxError, Image.DecompressionBombError)
+_LAYOUT = "DATA/train/<class>/*.jpg and DATA/validation/<class>/*.jpg"
+
+
+def find_split_dir(root: Path, split: str) -> Path | None:
+    """The folder of ``split`` under ``root``: the name given first, then its timm synonyms, or None."""
+    names = TRAIN_SPLITS if canonical_split(split) == "train" else EVAL_SPLITS
+    for name in dict.fromkeys([split, *names]):
+        if (root / name).is_dir():
+            return root / name
+    return None
+
+
+def _class_dirs(split_dir: Path) -> list[str]:
+    names = [e.name for e in os.scandir(split_dir) if e.is_dir() and not e.name.startswith(".")]
+    return sorted(names, key=natural_key)
+
+
+def _image_files(class_dir: Path, extensions: set[str]) -> list[str]:
+    found = []
+    for dirpath, dirnames, filenames in os.walk(class_dir, followlinks=True):
+        dirnames[:] = [d for d in dirnames if not d.startswith(".")]
+        found += [os.path.join(dirpath, f) for f in filenames
+                  if not f.startswith(".") and os.path.splitext(f)[1].lower() in extensions]
+    return sorted(found, key=natural_key)
+
+
+class FolderDataset(ErsmDataset):
+    """A split of an image folder in timm's layout, normalised with ImageNet statistics.
+
+    Args:
+        root: the data directory holding ``train/`` and ``validation/`` (or their timm synonyms).
+        split: any train or validation split name.
+        img_size: output side; eval resizes the shorter side and centre-crops.
+        strict: check every file when built and raise on any unreadable image instead of skipping it.
+        train_augment: random resized crop and flip.
+
+    Raises:
+        DataError: the directory, the split, the class folders or the images are missing or unusable.
+    """
+
+    has_boxes = False
+    mean = IMAGENET_DEFAULT_MEAN
+    std = IMAGENET_DEFAULT_STD
+
+    def __init__(self, root: str | os.PathLike, split: str = "train", img_size: int = 64, strict: bool = False,
+                 train_augment: bool = False) -> None:
+        self.root = Path(root).expanduser()
+        self.split = canonical_split(split)
+        self.img_size = int(img_size)
+        self.strict = bool(strict)
+        self.train_augment = bool(train_augment)
+        if not self.root.is_dir():
+            raise DataError(f"data directory '{self.root}' does not exist or is not a directory",
+                            f"pass --data-dir pointing to a folder laid out as {_LAYOUT}")
+        self.split_dir = find_split_dir(self.root, split)
+        if self.split_dir is None:
+            names = TRAIN_SPLITS if self.split == "train" else EVAL_SPLITS
+            raise DataError(f"no {self.split} split in '{self.root}' (looked for {', '.join(n + '/' for n in names)})",
+                            f"create '{self.root / names[0]}/<class>/' with images, or rename the split folder "
+                            "to one of those names")
+        self.classes, self.samples = self._scan()
+        self.transform = build_transform(self.img_size, self.mean, self.std, augment=self.train_augment)
+        # shared memory, so flags set in DataLoader workers are seen by the main process
+        self._bad = torch.zeros(len(self.samples), dtype=torch.uint8).share_memory_()
+        self._warned = torch.zeros(1, dtype=torch.uint8).share_memory_()
+        if self.strict:
+            self._verify_all()
+
+    def _scan(self) -> tuple[list[str], list[tuple[str, int]]]:
+        split_dir = self.split_dir
+        train_dir = find_split_dir(self.root, "train")
+        # class indices come from the train split, so every split maps a class name to the same index
+        classes = _class_dirs(train_dir) if train_dir is not None else _class_dirs(split_dir)
+        here = _class_dirs(split_dir)
+        if not here:
+            raise DataError(f"no class folders in '{split_dir}'",
+                            f"put the images in one sub-folder per class: {_LAYOUT}")
+        unknown = [c for c in here if c not in classes]
+        if unknown:
+            raise DataError(f"class folder(s) in '{split_dir}' missing from the train split: {', '.join(unknown)}",
+                            f"add them to '{train_dir}' or remove them from '{split_dir}'")
+        extensions = get_img_extensions(as_set=True)
+        files = {c: _image_files(split_dir / c, extensions) for c in here}
+        if not any(files.values()):
+            raise DataError(f"no image files ({', '.join(sorted(extensions))}) under '{split_dir}'",
+                            f"add images to the class folders: {_LAYOUT}")
+        empty = [str(split_dir / c) for c in here if not files[c]]
+        if empty:
+            raise DataError(f"empty class folder(s): {', '.join(empty)}",
+                            "add images to them or delete them")
+        index = {c: i for i, c in enumerate(classes)}
+        return classes, [(f, index[c]) for c in here for f in files[c]]
+
+    def _verify_all(self) -> None:
+        bad = []
+        for path, _ in self.samples:
+            try:
+                with Image.open(path) as im:
+                    im.verify()  # reads the header and checks what the format allows without decoding
+            except _READ_ERRORS as exc:
+                bad.append(f"{path} ({exc})")
+        if bad:
+            more = f" and {len(bad) - 3} more" if len(bad) > 3 else ""
+            raise DataError(f"{len(bad)} unreadable image(s): {'; '.join(bad[:3])}{more}",
+                            "replace or delete these files, or run without --strict to skip them")
+
+    def __len__(self) -> int:
+        return len(self.samples)
+
+    @property
+    def skipped(self) -> int:
+        """Number of distinct unreadable files met so far, in this process or any DataLoader worker."""
+        return int(self._bad.sum())
+
+    def _load(self, index: int) -> tuple[Image.Image, int]:
+        n = len(self.samples)
+        for step in range(n):  # substitute the next readable image rather than crash mid-epoch
+            j = (index + step) % n
+            if self._bad[j]:
+                continue
+            path, target = self.samples[j]
+            try:
+                with Image.open(path) as im:
+                    return im.convert("RGB"), target
+            except _READ_ERRORS as exc:
+                if self.strict:
+                    raise DataError(f"cannot read image '{path}' ({exc})",
+                                    "replace or delete the file, or run without --strict to skip it") from exc
+                self._flag(j, path, exc)
+        raise DataError(f"no readable image in '{self.split_dir}'", "replace the image files with readable ones")
+
+    def _flag(self, j: int, path: str, exc: Exception) -> None:
+        self._bad[j] = 1
+        if not self._warned[0]:
+            self._warned[0] = 1
+            _logger.warning("skipping unreadable image %s (%s); further skips are counted, not logged", path, exc)
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, int]:
+        image, target = self._load(self._check_index(index))
+        return self.transform(image), target
+
+    def description(self) -> dict[str, Any]:
+        return {
+            "kind": "folder",
+            "path": str(self.root.resolve()),
+            "split": self.split,
+            "split_dir": self.split_dir.name,
+            "size": len(self),
+            "img_size": self.img_size,
+            "num_classes": self.num_classes,
+            "classes": list(self.classes),
+            "train_augment": self.train_augment,
+            "skipped": self.skipped,
+        }
