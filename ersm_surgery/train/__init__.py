@@ -1,0 +1,49 @@
+"""Fine-tuning with the energy regularizer (ERSM, arXiv 2604.06893): one process or torchrun DDP.
+
+    from ersm_surgery.train import FinetuneConfig, RunInputs, finetune
+    result = finetune(RunInputs("r18-ersm/", output="r18-ft/"), FinetuneConfig(data="builtin:clutter"))
+
+``fit`` is the loop itself, for a model and data sets built by the caller.
+"""
+from .checkpoint import STATE_FILE, RunFolder, capture_rng, find_train_state, load_train_state, restore_rng
+from .config import FinetuneConfig
+from .data import EpochSampler, build_datasets, build_loader, set_epoch
+from .distributed import DistInfo, init_distributed
+from .errors import DivergedError, TrainingError
+from .loop import Callbacks, FitResult, fit, seed_everything
+from .run import MUTABLE_MASK_KEYS, RunInputs, finetune, recorded_settings, set_mask_settings
+from .schedule import MaskSchedule
+from .source import SourceError, freeze_backbone, load_source, reset_head, strip_masks
+
+__all__ = [
+    "STATE_FILE",
+    "RunFolder",
+    "capture_rng",
+    "find_train_state",
+    "load_train_state",
+    "restore_rng",
+    "FinetuneConfig",
+    "EpochSampler",
+    "build_datasets",
+    "build_loader",
+    "set_epoch",
+    "DistInfo",
+    "init_distributed",
+    "DivergedError",
+    "TrainingError",
+    "Callbacks",
+    "FitResult",
+    "fit",
+    "seed_everything",
+    "MUTABLE_MASK_KEYS",
+    "RunInputs",
+    "finetune",
+    "recorded_settings",
+    "set_mask_settings",
+    "MaskSchedule",
+    "SourceError",
+    "freeze_backbone",
+    "load_source",
+    "reset_head",
+    "strip_masks",
+]

@@ -1,0 +1,167 @@
+"""Fine-tuning settings: one dataclass, validated at once, merged from a recipe, --set and the flags.
+
+The names follow timm's train.py where a setting means the same (``epochs``, ``batch_size``, ``lr``,
+``opt``, ``sched``, ``warmup_epochs``, ``weight_decay``, ``amp``, ``grad_accum_steps``, ...). The ERSM
+settings are ``gamma`` (final weight of the energy regularizer), ``gamma_warmup`` (fraction of the
+updates over which gamma ramps up from 0), ``tau_end`` (anneal the mean-field temperature from
+``mask.tau`` to it) and ``mask_lr_scale`` (the mask layers' learning rate relative to ``lr``). The
+price ``alpha``, ``beta``, ``tau``, the mean-field steps and the train mode are the model's
+``mask.*`` settings (see :class:`~ersm_surgery.layers.MaskConfig`).
+"""
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field, fields
+from typing import Any
+
+from ..errors import RecipeError
+
+__all__ = ["FinetuneConfig", "RECORD_KEYS", "MASK_FLAGS"]
+
+# keys that a finished run records in recipe.finetune next to the settings (never settings themselves)
+RECORD_KEYS = ("label_names", "result", "data_description")
+
+# command-line flag -> mask.* key of the recipe
+MASK_FLAGS = {"alpha": "alpha", "beta": "beta", "tau": "tau", "mf_steps": "steps", "mask_mode": "train_mode"}
+
+
+@dataclass
+class FinetuneConfig:
+    """Every fine-tuning setting (recorded in ``recipe.finetune`` and ``args.yaml``).
+
+    Attributes:
+        data: ``"builtin:clutter"`` or a directory with ``train/`` and ``validation/`` (timm's layout).
+        data_options: more ``create_dataset`` arguments (``size``, ``num_classes`` for builtin:clutter).
+        epochs: epochs of the schedule.
+        batch_size: images per process and step.
+        lr: base learning rate.
+        opt: ``timm.optim.create_optimizer_v2`` name.
+        momentum: for SGD-like optimizers.
+        weight_decay: decoupled or L2 decay of the backbone's weights (never of biases, norms, masks).
+        sched: ``timm.scheduler.create_scheduler_v2`` name (``cosine``, ``step``, ``constant``, ``none``...).
+        warmup_epochs: linear lr warm-up, in epochs (fractions allowed: the schedule runs per update).
+        warmup_lr: lr at the start of the warm-up.
+        min_lr: lr floor of decaying schedules.
+        clip_grad: clip the gradient norm to this value (None: no clipping).
+        amp: mixed precision (float16 with a grad scaler on CUDA, bfloat16 on CPU).
+        grad_accum_steps: micro-batches per optimizer update.
+        img_size: image side (None: the size the model was injected at).
+        workers: DataLoader worker processes.
+        seed: seed of the data order, the augmentation and the initialisation of a reset head.
+        augment: random resized crop and flip on the train split.
+        strict_data: stop on an unreadable image instead of skipping and counting it.
+        freeze_backbone: train only the mask layers and the classifier.
+        num_classes: reset the classifier to this many classes (None: keep the model's head).
+        gamma: final weight of the energy regularizer (loss = CE + gamma(t) * R).
+        gamma_warmup: fraction of the updates over which gamma ramps linearly from 0.
+        tau_end: anneal tau linearly from mask.tau to this value over the run (None: constant).
+        mask_lr_scale: learning rate of the mask layers relative to ``lr``.
+        no_masks: baseline: strip the masks and train the base model with the same loop.
+    """
+
+    data: str | None = None
+    data_options: dict[str, Any] = field(default_factory=dict)
+    epochs: int = 5
+    batch_size: int = 64
+    lr: float = 3e-4
+    opt: str = "adamw"
+    momentum: float = 0.9
+    weight_decay: float = 0.05
+    sched: str = "cosine"
+    warmup_epochs: float = 0.0
+    warmup_lr: float = 1e-6
+    min_lr: float = 0.0
+    clip_grad: float | None = None
+    amp: bool = False
+    grad_accum_steps: int = 1
+    img_size: int | None = None
+    workers: int = 2
+    seed: int = 42
+    augment: bool = False
+    strict_data: bool = False
+    freeze_backbone: bool = False
+    num_classes: int | None = None
+    gamma: float = 1.0
+    gamma_warmup: float = 0.5
+    tau_end: float | None = None
+    mask_lr_scale: float = 10.0
+    no_masks: bool = False
+
+    def problems(self) -> list[str]:
+        """Every invalid setting as ``finetune.<key>: <reason>`` (empty when valid)."""
+        out = []
+
+        def need(ok: bool, key: str, rule: str) -> None:
+            if not ok:
+                out.append(f"finetune.{key} {rule}, got {getattr(self, key)!r}")
+
+        def is_int(v: Any) -> bool:
+            return isinstance(v, int) and not isinstance(v, bool)
+
+        def is_num(v: Any) -> bool:
+            return isinstance(v, (int, float)) and not isinstance(v, bool)
+
+        need(self.data is None or isinstance(self.data, str), "data", "must be a path or builtin:<name>")
+        need(isinstance(self.data_options, dict), "data_options", "must be a mapping")
+        for key in ("epochs", "batch_size", "grad_accum_steps"):
+            need(is_int(getattr(self, key)) and getattr(self, key) >= 1, key, "must be an integer >= 1")
+        for key in ("workers", "seed"):
+            need(is_int(getattr(self, key)) and getattr(self, key) >= 0, key, "must be an integer >= 0")
+        need(is_num(self.lr) and self.lr > 0, "lr", "must be > 0")
+        for key in ("momentum", "weight_decay", "warmup_epochs", "warmup_lr", "min_lr", "gamma", "gamma_warmup"):
+            need(is_num(getattr(self, key)) and getattr(self, key) >= 0, key, "must be a number >= 0")
+        need(is_num(self.gamma_warmup) and self.gamma_warmup <= 1, "gamma_warmup", "must be a fraction in [0, 1]")
+        need(is_num(self.mask_lr_scale) and self.mask_lr_scale > 0, "mask_lr_scale", "must be > 0")
+        need(self.clip_grad is None or (is_num(self.clip_grad) and self.clip_grad > 0), "clip_grad", "must be > 0")
+        need(self.tau_end is None or (is_num(self.tau_end) and self.tau_end > 0), "tau_end", "must be > 0")
+        need(self.img_size is None or (is_int(self.img_size) and self.img_size >= 8), "img_size", "must be >= 8")
+        need(self.num_classes is None or (is_int(self.num_classes) and self.num_classes >= 1), "num_classes",
+             "must be a positive integer")
+        need(isinstance(self.opt, str) and bool(self.opt), "opt", "must be a timm optimizer name")
+        need(isinstance(self.sched, str) and bool(self.sched), "sched", "must be a timm scheduler name")
+        for key in ("amp", "augment", "strict_data", "freeze_backbone", "no_masks"):
+            need(isinstance(getattr(self, key), bool), key, "must be true or false")
+        return out
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def keys(cls) -> list[str]:
+        return [f.name for f in fields(cls)]
+
+    @classmethod
+    def from_sources(cls, *sources: dict[str, Any], strict: tuple[bool, ...] | None = None) -> FinetuneConfig:
+        """Merge mappings (later ones win) into a validated config; record keys are ignored.
+
+        Args:
+            *sources: ``finetune`` mappings, lowest priority first.
+            strict: per source, whether an unknown key is an error (a recorded recipe is read leniently).
+
+        Raises:
+            RecipeError: unknown keys in a strict source, or invalid values; every problem in one message.
+        """
+        known = set(cls.keys())
+        strict = strict or (True,) * len(sources)
+        merged: dict[str, Any] = {}
+        unknown: list[str] = []
+        for source, is_strict in zip(sources, strict, strict=True):
+            for key, value in (source or {}).items():
+                if key in known:
+                    merged[key] = value
+                elif is_strict and key not in RECORD_KEYS:
+                    unknown.append(f"finetune.{key}")
+        config = cls(**merged)
+        problems = [f"unknown setting(s) {', '.join(sorted(set(unknown)))}"] if unknown else []
+        problems += config.problems()
+        if problems:
+            raise RecipeError("invalid fine-tuning settings: " + "; ".join(problems),
+                              f"valid finetune.* keys: {', '.join(sorted(known))} (see docs/finetune.md)")
+        if isinstance(config.data_options, dict):
+            config.data_options = dict(config.data_options)
+        for key in ("lr", "momentum", "weight_decay", "warmup_epochs", "warmup_lr", "min_lr", "gamma",
+                    "gamma_warmup", "mask_lr_scale"):
+            setattr(config, key, float(getattr(config, key)))
+        for key in ("clip_grad", "tau_end"):
+            if getattr(config, key) is not None:
+                setattr(config, key, float(getattr(config, key)))
+        return config

@@ -1,0 +1,365 @@
+"""The fine-tuning loop: loss = cross-entropy + gamma(t) * energy regularizer (ERSM, arXiv 2604.06893).
+
+There is no target density and no top-k: how many tokens each mask keeps is decided per image by the
+task loss against the token price. Each epoch reports the task loss and the regularizer separately,
+validation top-1/top-5, the lr, and per mask layer the mean hard-mask density over the validation
+images with its standard deviation, so that a collapse (density -> 0) is visible at once. The loop runs
+in one process or under DDP (``torchrun``); only the primary process writes files and reports.
+"""
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import logging
+import random
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ..io.artifact import recipe_of
+from ..mask_set import MaskSet, masks, unwrap
+from .checkpoint import RunFolder, capture_rng, restore_rng
+from .config import FinetuneConfig
+from .data import build_loader, set_epoch
+from .distributed import DistInfo, all_true, broadcast_buffers, gather_objects, no_sync, ranks_agree
+from .errors import DivergedError
+from .metrics import EpochMeter
+from .optim import base_lr, create_optimizer, create_scheduler, updates_per_epoch
+from .schedule import MaskSchedule
+from .source import freeze_backbone, frozen_norms
+
+__all__ = ["fit", "Callbacks", "FitResult", "seed_everything"]
+
+_log = logging.getLogger(__name__)
+
+
+class Callbacks:
+    """Hooks the caller (the CLI's progress bars) receives on the primary process; all no-ops here."""
+
+    def on_start(self, info: dict[str, Any]) -> None: ...
+
+    def on_epoch_start(self, epoch: int, batches: int) -> None: ...
+
+    def on_batch(self, epoch: int, batch: int, loss: float) -> None: ...
+
+    def on_validate(self, epoch: int, batches: int) -> None: ...
+
+    def on_epoch_end(self, row: dict[str, Any]) -> None: ...
+
+
+@dataclass
+class FitResult:
+    """What :func:`fit` returns: the trained model (unwrapped), the epoch rows, the best epoch."""
+
+    model: nn.Module
+    rows: list[dict[str, Any]] = field(default_factory=list)
+    best: dict[str, Any] = field(default_factory=dict)
+    updates: int = 0
+    ranks_in_sync: bool = True
+    stopped_early: bool = False
+    world_size: int = 1
+
+
+def seed_everything(seed: int, rank: int = 0) -> None:
+    """Seed python, numpy and torch with ``seed + rank`` (timm's ``random_seed``)."""
+    random.seed(seed + rank)
+    np.random.seed((seed + rank) % 2**32)
+    torch.manual_seed(seed + rank)
+
+
+@dataclass
+class _Run:
+    """Everything the epoch functions share."""
+
+    model: nn.Module  # DDP-wrapped when distributed
+    layers: MaskSet
+    config: FinetuneConfig
+    info: DistInfo
+    optimizer: torch.optim.Optimizer
+    scheduler: Any
+    scaler: Any
+    schedule: MaskSchedule
+    autocast: Any
+    frozen: list[nn.Module]
+    update: int = 0
+    gamma: float = 0.0
+    tau: float = 1.0
+    saved_epoch: int | None = None
+
+
+def _forward_loss(run: _Run, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, ...]:
+    with run.autocast():
+        logits = run.model(x)
+    task = F.cross_entropy(logits.float(), y)
+    energy = run.layers.regularizer() if len(run.layers) else task.new_zeros(())
+    return logits, task, energy, task + run.gamma * energy
+
+
+def _optimizer_step(run: _Run) -> None:
+    if run.config.clip_grad is not None:
+        if run.scaler is not None:
+            run.scaler.unscale_(run.optimizer)
+        torch.nn.utils.clip_grad_norm_([p for g in run.optimizer.param_groups for p in g["params"]],
+                                       run.config.clip_grad)
+    if run.scaler is not None:
+        run.scaler.step(run.optimizer)
+        run.scaler.update()
+    else:
+        run.optimizer.step()
+    run.optimizer.zero_grad(set_to_none=True)
+    run.update += 1
+    if run.scheduler is not None:
+        run.scheduler.step_update(run.update)
+
+
+def _train_epoch(run: _Run, loader, epoch: int, callbacks: Callbacks) -> dict[str, float]:
+    run.model.train()
+    for m in run.frozen:
+        m.eval()
+    meter = EpochMeter([])
+    dens = EpochMeter(run.layers.names())
+    n, accum = len(loader), run.config.grad_accum_steps
+    full = (n // accum) * accum
+    for i, (x, y) in enumerate(loader):
+        x, y = x.to(run.info.device, non_blocking=True), y.to(run.info.device, non_blocking=True)
+        group = accum if i < full else n - full
+        final = (i + 1) % accum == 0 or i + 1 == n
+        run.gamma, run.tau = run.schedule.apply(run.layers, run.update)
+        with no_sync(run.model, not final):
+            logits, task, energy, loss = _forward_loss(run, x, y)
+            if not all_true(bool(torch.isfinite(loss)), run.info):
+                raise _diverged(run, epoch, i, task, energy)
+            scaled = loss / group
+            (run.scaler.scale(scaled) if run.scaler is not None else scaled).backward()
+        meter.add_batch(task.item(), energy.item(), logits, y)
+        if len(run.layers):
+            dens.add_batch(0.0, 0.0, logits, y, {k: v.detach() for k, v in run.layers.density().items()})
+        run.layers.clear()
+        if final:
+            _optimizer_step(run)
+        if run.info.primary:
+            callbacks.on_batch(epoch, i + 1, task.item())
+    finite = all(bool(torch.isfinite(p).all()) for p in run.model.parameters())
+    if not all_true(finite, run.info):  # the last update broke the weights: never checkpoint them
+        raise _diverged(run, epoch, n - 1, torch.tensor(float("nan")), torch.tensor(float("nan")))
+    out = meter.reduce(run.info)
+    d = dens.reduce(run.info)
+    means = [v for k, v in d.items() if k.startswith("density/")]
+    out["density"] = sum(means) / len(means) if means else 1.0
+    out.update({f"train_{k}": v for k, v in d.items() if k.startswith("density")})
+    return out
+
+
+def _diverged(run: _Run, epoch: int, batch: int, task: torch.Tensor, energy: torch.Tensor) -> DivergedError:
+    what = "NaN" if torch.isnan(task + run.gamma * energy) else "infinite"
+    kept = (f"the last good checkpoint (epoch {run.saved_epoch}) is kept in last/" if run.saved_epoch
+            else "no checkpoint was written")
+    return DivergedError(
+        f"the loss became {what} in epoch {epoch + 1}, batch {batch + 1} (task {task.item():.4g}, "
+        f"energy {energy.item():.4g}, gamma {run.gamma:.3g}, lr {base_lr(run.optimizer):.3g}); training stopped "
+        f"and {kept}",
+        "lower --lr (or --gamma / --alpha), or add --clip-grad 1.0",
+    )
+
+
+@torch.no_grad()
+def _validate(run: _Run, loader, epoch: int, callbacks: Callbacks) -> dict[str, float]:
+    model = unwrap(run.model)
+    broadcast_buffers(model, run.info)
+    was = model.training
+    model.eval()
+    meter = EpochMeter(run.layers.names())
+    if run.info.primary:
+        callbacks.on_validate(epoch, len(loader))
+    try:
+        for x, y in loader:
+            x, y = x.to(run.info.device, non_blocking=True), y.to(run.info.device, non_blocking=True)
+            with run.autocast():
+                logits = model(x)
+            loss = F.cross_entropy(logits.float(), y, reduction="sum")
+            density = run.layers.density() if len(run.layers) else None
+            meter.add_batch(float(loss) / max(1, y.numel()), 0.0, logits, y, density)
+            run.layers.clear()
+    finally:
+        model.train(was)
+    return meter.reduce(run.info)
+
+
+def _make_run(model: nn.Module, config: FinetuneConfig, info: DistInfo, steps_per_epoch: int,
+              tau_start: float) -> _Run:
+    if config.freeze_backbone:
+        freeze_backbone(model)
+    optimizer = create_optimizer(model, config)
+    scheduler = create_scheduler(optimizer, config, updates_per_epoch(steps_per_epoch, config.grad_accum_steps))
+    cuda = info.device.type == "cuda"
+    scaler = torch.amp.GradScaler("cuda") if config.amp and cuda else None
+    dtype = torch.float16 if cuda else torch.bfloat16
+
+    def autocast():
+        if not config.amp:
+            return contextlib.nullcontext()
+        return torch.autocast(device_type=info.device.type, dtype=dtype)
+
+    wrapped = model
+    if info.distributed:
+        wrapped = nn.parallel.DistributedDataParallel(model, device_ids=[info.device.index] if cuda else None)
+    total = config.epochs * updates_per_epoch(steps_per_epoch, config.grad_accum_steps)
+    schedule = MaskSchedule(total, config.gamma, config.gamma_warmup, tau_start, config.tau_end)
+    return _Run(wrapped, masks(model), config, info, optimizer, scheduler, scaler, schedule, autocast,
+                frozen_norms(model) if config.freeze_backbone else [], tau=tau_start)
+
+
+def _record(model: nn.Module, config: FinetuneConfig, run: _Run, labels: list[str], result: dict[str, Any]) -> None:
+    """Write the settings, labels and results into the recipe, and the current tau into recipe.mask."""
+    recipe = recipe_of(model)
+    if len(run.layers):
+        recipe.mask = dataclasses.replace(recipe.mask, tau=float(run.layers.layers[run.layers.names()[0]].config.tau))
+    recipe.finetune = {**config.to_dict(), "label_names": list(labels), "result": result}
+
+
+def fit(
+    model: nn.Module,
+    train_set,
+    val_set,
+    config: FinetuneConfig,
+    output: str | Path | None,
+    info: DistInfo | None = None,
+    resume: dict[str, Any] | None = None,
+    stop_after: int | None = None,
+    callbacks: Callbacks | None = None,
+    run_args: dict[str, Any] | None = None,
+) -> FitResult:
+    """Fine-tune ``model`` (masked or not) on ``train_set``, validating on ``val_set`` after each epoch.
+
+    Args:
+        model: a model carrying its recipe (``inject``, ``load`` or ``train.load_source``); on CPU or GPU.
+        train_set: the train split (an ``ersm_surgery.data`` data set).
+        val_set: the validation split.
+        config: the settings.
+        output: the run folder (written on the primary process only; None writes nothing).
+        info: the process's place (:func:`~.distributed.init_distributed`); default: one process.
+        resume: a training state from :func:`~.checkpoint.load_train_state` (``model`` must hold its weights).
+        stop_after: stop once this many epochs are done (the schedules still span ``config.epochs``).
+        callbacks: progress hooks, called on the primary process.
+        run_args: recorded in ``args.yaml``.
+
+    Returns:
+        A :class:`FitResult`.
+
+    Raises:
+        DivergedError: the loss became NaN or infinite (the last good checkpoint is kept).
+        TrainingError: an optimizer or scheduler timm does not know, nothing to train.
+    """
+    info = info or DistInfo(next(model.parameters()).device)
+    callbacks = callbacks or Callbacks()
+    model = unwrap(model).to(info.device)
+    folder = RunFolder(output) if output is not None and info.primary else None
+    train_loader = build_loader(train_set, config, True, info.rank, info.world_size)
+    val_loader = build_loader(val_set, config, False, info.rank, info.world_size)
+    layers = masks(model)
+    tau_start = resume["tau_start"] if resume else (next(iter(layers)).config.tau if len(layers) else 1.0)
+    run = _make_run(model, config, info, len(train_loader), tau_start)
+    result = FitResult(unwrap(run.model), world_size=info.world_size)
+    start = 0
+    if resume:
+        start = _restore(run, resume, result)
+    else:
+        seed_everything(config.seed, info.rank)
+    if folder is not None:
+        folder.root.mkdir(parents=True, exist_ok=True)
+        folder.write_args({**(run_args or {}), "config": config.to_dict()})
+    if info.primary:
+        callbacks.on_start({"epochs": config.epochs, "start_epoch": start, "batches": len(train_loader),
+                            "world_size": info.world_size, "masks": layers.names()})
+    labels = list(train_set.classes)
+    for epoch in range(start, config.epochs):
+        if stop_after is not None and epoch >= stop_after:
+            result.stopped_early = True
+            break
+        t0 = time.perf_counter()
+        set_epoch(train_loader, epoch, config.seed)
+        set_epoch(val_loader, epoch, config.seed)
+        if info.primary:
+            callbacks.on_epoch_start(epoch, len(train_loader))
+        train = _train_epoch(run, train_loader, epoch, callbacks)
+        val = _validate(run, val_loader, epoch, callbacks)
+        row = _row(epoch, run, train, val, time.perf_counter() - t0, train_set, val_set)
+        result.rows.append(row)
+        if not result.best or row["val_top1"] > result.best["val_top1"]:
+            result.best = {"epoch": epoch + 1, "val_top1": row["val_top1"], "val_top5": row["val_top5"]}
+        rng = gather_objects(capture_rng(), info)
+        if folder is not None:
+            _checkpoint(folder, result, run, config, labels, rng, best=result.best["epoch"] == epoch + 1)
+            run.saved_epoch = epoch + 1
+            restore_rng(rng[0])  # writing files must not move the RNGs the next epoch starts from
+        result.updates = run.update
+        if info.primary:
+            callbacks.on_epoch_end(row)
+    result.updates = run.update
+    result.ranks_in_sync = ranks_agree(result.model, info)
+    return result
+
+
+def _row(epoch: int, run: _Run, train: dict, val: dict, seconds: float, train_set, val_set) -> dict[str, Any]:
+    row = {"epoch": epoch + 1, "lr": base_lr(run.optimizer), "gamma": run.gamma, "tau": run.tau,
+           "train_loss": train["loss"], "train_energy": train["energy"], "train_top1": train["top1"],
+           "train_density": train["density"], "val_loss": val["loss"], "val_top1": val["top1"],
+           "val_top5": val["top5"]}
+    row.update({k: v for k, v in val.items() if k.startswith("density")})
+    row.update({k: v for k, v in train.items() if k.startswith("train_density/") or k.startswith("train_density_std/")})
+    row["skipped_images"] = int(getattr(train_set, "skipped", 0)) + int(getattr(val_set, "skipped", 0))
+    row["epoch_s"] = round(seconds, 2)
+    return row
+
+
+def _checkpoint(folder: RunFolder, result: FitResult, run: _Run, config: FinetuneConfig, labels: list[str],
+                rng: list[dict], best: bool) -> None:
+    model = result.model
+    last = result.rows[-1]
+    _record(model, config, run, labels, {"epochs_done": last["epoch"], "best_epoch": result.best["epoch"],
+                                         "best_val_top1": result.best["val_top1"], "val_top1": last["val_top1"]})
+    state = {
+        "epoch": last["epoch"],
+        "update": run.update,
+        "optimizer": run.optimizer.state_dict(),
+        "scheduler": run.scheduler.state_dict() if run.scheduler is not None else None,
+        "scaler": run.scaler.state_dict() if run.scaler is not None else None,
+        "rng": rng,
+        "data_order": {"seed": config.seed, "next_epoch": last["epoch"], "order": "permutation of (seed, epoch)"},
+        "tau_start": run.schedule.tau_start,
+        "best": dict(result.best),
+        "history": [dict(r) for r in result.rows],
+        "config": config.to_dict(),
+        "recipe": recipe_of(model).to_json(),
+        "world_size": run.info.world_size,
+    }
+    folder.save_last(model, state)
+    if best:
+        folder.save_best(model)
+    folder.write_summary(result.rows)
+
+
+def _restore(run: _Run, state: dict[str, Any], result: FitResult) -> int:
+    run.optimizer.load_state_dict(state["optimizer"])
+    if run.scheduler is not None and state.get("scheduler") is not None:
+        run.scheduler.load_state_dict(state["scheduler"])
+    if run.scaler is not None and state.get("scaler") is not None:
+        run.scaler.load_state_dict(state["scaler"])
+    run.update = int(state["update"])
+    run.saved_epoch = int(state["epoch"])
+    result.rows = [dict(r) for r in state.get("history", [])]
+    result.best = dict(state.get("best") or {})
+    rng = state.get("rng") or []
+    if len(rng) == run.info.world_size:
+        restore_rng(rng[run.info.rank])
+    else:
+        _log.warning("the run was saved with %d process(es) and resumes with %d: the data order is kept, the "
+                     "random augmentation is not", len(rng), run.info.world_size)
+        seed_everything(int(state["config"]["seed"]) + int(state["epoch"]), run.info.rank)
+    return int(state["epoch"])
