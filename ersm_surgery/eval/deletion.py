@@ -23,9 +23,13 @@ __all__ = [
     "ORDERS",
     "combine_deletion_curves",
     "deletion_curve",
+    "curve_from_logits",
+    "deleted_features",
     "energy_scores",
+    "fill_values",
     "magnitude_scores",
     "random_scores",
+    "removal_rank",
     "tokens_removed",
 ]
 
@@ -70,6 +74,68 @@ def _summarise(correct: torch.Tensor, probability: torch.Tensor, fractions: list
         "per_image_correct": correct,
         "per_image_probability": probability,
     }
+
+
+def removal_rank(ranking_scores: torch.Tensor, order: str) -> torch.Tensor:
+    """Each token's position in the removal order, (B, 1, H, W) long: rank 0 is removed first.
+
+    LeRF removes the lowest scores first, MoRF the highest; ties go in raster order (stable sort).
+    """
+    if order not in ORDERS:
+        raise ValueError(f"order must be one of {ORDERS}, got {order!r}")
+    scores = as_token_maps(ranking_scores, "ranking_scores").detach()
+    b, h, w = scores.shape
+    n = h * w
+    removal_order = torch.argsort(scores.reshape(b, n), dim=1, descending=(order == "morf"), stable=True)
+    rank = torch.empty_like(removal_order)
+    rank.scatter_(1, removal_order, torch.arange(n, device=scores.device).expand(b, n))
+    return rank.view(b, 1, h, w)
+
+
+def fill_values(features: torch.Tensor, fill: str) -> torch.Tensor:
+    """What a removed token becomes, (B, C, 1, 1): zeros, or each channel's mean over the image's tokens."""
+    if fill not in FILLS:
+        raise ValueError(f"fill must be one of {FILLS}, got {fill!r}")
+    if fill == "zero":
+        return features.new_zeros(features.shape[0], features.shape[1], 1, 1)
+    return features.mean(dim=(2, 3), keepdim=True)
+
+
+def deleted_features(features: torch.Tensor, rank: torch.Tensor, k: int, fill_value: torch.Tensor) -> torch.Tensor:
+    """``features`` with the ``k`` first tokens of the removal order (``rank < k``) set to ``fill_value``."""
+    return torch.where(rank.to(features.device) < k, fill_value, features)
+
+
+def curve_from_logits(
+    outputs: Sequence[torch.Tensor],
+    clean_logits: torch.Tensor,
+    labels: torch.Tensor | None,
+    fractions: Sequence[float],
+    removed: Sequence[int],
+    order: str,
+    fill: str,
+) -> dict:
+    """The :func:`deletion_curve` result from the logits at each fraction (computed any way one likes).
+
+    Args:
+        outputs: (B, K) logits, one per fraction.
+        clean_logits: (B, K) logits on the untouched features.
+        labels: (B,) true classes, or None to score agreement with the clean prediction.
+        fractions: the fractions, as given to :func:`deletion_curve`.
+        removed: tokens removed per image at each fraction.
+        order: recorded in the result.
+        fill: recorded in the result.
+    """
+    with torch.no_grad():
+        clean_pred = clean_logits.argmax(dim=1)
+        target = clean_pred if labels is None else labels.to(clean_pred.device)
+        correct = torch.stack([o.argmax(dim=1) == target for o in outputs])
+        probability = torch.stack(
+            [torch.softmax(o.float(), dim=1).gather(1, clean_pred[:, None])[:, 0] for o in outputs]
+        )
+    result = _summarise(correct.cpu(), probability.cpu(), [float(f) for f in fractions], list(removed))
+    result.update(order=order, fill=fill)
+    return result
 
 
 def deletion_curve(
@@ -123,17 +189,8 @@ def deletion_curve(
         raise ValueError(f"labels must have {b} entries to match features, got {labels.shape[0]}")
 
     n = h * w
-    flat_scores = scores.detach().reshape(b, n).to(features.device)
-    # Position of each token in removal order: rank 0 goes first.
-    removal_order = torch.argsort(flat_scores, dim=1, descending=(order == "morf"), stable=True)
-    rank = torch.empty_like(removal_order)
-    rank.scatter_(1, removal_order, torch.arange(n, device=features.device).expand(b, n))
-    rank = rank.view(b, 1, h, w)
-    if fill == "zero":
-        fill_value = features.new_zeros(b, c, 1, 1)
-    else:
-        fill_value = features.mean(dim=(2, 3), keepdim=True)
-
+    rank = removal_rank(scores.to(features.device), order)
+    fill_value = fill_values(features, fill)
     removed = [tokens_removed(f, n) for f in fractions]
     with torch.no_grad():
         clean_logits = head_fn(features) if 0 not in removed else None
@@ -142,20 +199,12 @@ def deletion_curve(
             if k == 0 and clean_logits is not None:
                 outputs.append(clean_logits)
                 continue
-            logits = head_fn(torch.where(rank < k, fill_value, features))
+            logits = head_fn(deleted_features(features, rank, k, fill_value))
             if k == 0:
                 clean_logits = logits
             outputs.append(logits)
-        assert clean_logits is not None  # set above: either computed first or at the k = 0 fraction
-        clean_pred = clean_logits.argmax(dim=1)
-        target = clean_pred if labels is None else labels.to(clean_pred.device)
-        correct = torch.stack([o.argmax(dim=1) == target for o in outputs])
-        probability = torch.stack(
-            [torch.softmax(o.float(), dim=1).gather(1, clean_pred[:, None])[:, 0] for o in outputs]
-        )
-    result = _summarise(correct.cpu(), probability.cpu(), fractions, removed)
-    result.update(order=order, fill=fill)
-    return result
+    assert clean_logits is not None  # set above: either computed first or at the k = 0 fraction
+    return curve_from_logits(outputs, clean_logits, labels, fractions, removed, order, fill)
 
 
 def combine_deletion_curves(curves: Sequence[dict]) -> dict:

@@ -13,7 +13,7 @@ import torch
 
 from .sparsity import as_token_maps
 
-__all__ = ["box_to_token_mask", "mask_box_iou", "mass_in_box", "pointing_game"]
+__all__ = ["box_to_token_mask", "mask_box_iou", "mass_in_box", "pointing_game", "top_tokens_mask"]
 
 
 def _check_boxes(boxes: torch.Tensor, batch: int | None) -> torch.Tensor:
@@ -138,3 +138,26 @@ def mask_box_iou(hard_masks: torch.Tensor, boxes: torch.Tensor, threshold: float
     union = (kept | inside).flatten(1).sum(dim=1).float()
     # The box mask is never empty, so the union is at least 1.
     return _result(inter / union)
+
+
+def top_tokens_mask(maps: torch.Tensor, counts: torch.Tensor) -> torch.Tensor:
+    """Binary masks keeping the ``counts[b]`` highest tokens of each map (ties in raster order).
+
+    Used to compare a ranking's localization with a hard mask at the same density: the magnitude
+    map's top tokens, as many as the Energy-Mask kept on the same image.
+
+    Args:
+        maps: (B, H, W) or (B, 1, H, W) importance, higher = more important.
+        counts: (B,) tokens to keep per image (clamped to [0, H*W]).
+
+    Returns:
+        (B, H, W) float 0/1 tensor.
+    """
+    m = as_token_maps(maps, "maps").detach()
+    b, h, w = m.shape
+    n = h * w
+    order = torch.argsort(m.reshape(b, n), dim=1, descending=True, stable=True)
+    rank = torch.empty_like(order)
+    rank.scatter_(1, order, torch.arange(n, device=m.device).expand(b, n))
+    k = counts.to(m.device).long().clamp(0, n)[:, None]
+    return (rank < k).float().view(b, h, w)

@@ -1,0 +1,230 @@
+"""``ersm-surgery evaluate DIR (--data-dir DATA | --dataset builtin:clutter)``: what the masks bought.
+
+Accuracy, sparsity, compute, occlusion robustness, feature deletion and localization of a masked model
+and (with ``--baseline``) its unmasked comparison, on the same images, occlusions and seeds. Writes
+results.json, PNG figures and one self-contained HTML report into ``--out``.
+"""
+from __future__ import annotations
+
+import contextlib
+from pathlib import Path
+from typing import Any
+
+import click
+
+from ._common import console, emit_json, is_tty
+
+_METRICS = ("accuracy", "sparsity", "flops", "occlusion", "deletion", "localization")
+
+
+def _parse_metrics(_ctx, _param, value: str) -> tuple[str, ...]:
+    items = [v.strip().lower() for v in value.split(",") if v.strip()]
+    if not items or items == ["all"]:
+        return _METRICS
+    bad = [v for v in items if v not in _METRICS]
+    if bad:
+        raise click.BadParameter(f"unknown metric(s) {', '.join(bad)}; choose all or any of {', '.join(_METRICS)}")
+    return tuple(dict.fromkeys(items))
+
+
+def _positive(_ctx, param, value):
+    if value is not None and value < 1:
+        raise click.BadParameter(f"{value} is not a positive number", param_hint=f"--{param.name.replace('_', '-')}")
+    return value
+
+
+@click.command("evaluate")
+@click.argument("source", metavar="DIR")
+@click.option("--data-dir", type=click.Path(file_okay=False), help="ImageFolder with a validation/ split.")
+@click.option("--dataset", help="A built-in data set instead, e.g. builtin:clutter.")
+@click.option("--split", default="validation", show_default=True, help="Which split to evaluate on.")
+@click.option("--baseline", help="Comparison model: a saved folder (e.g. finetune --no-masks) or a timm name.")
+@click.option("--baseline-weights", type=click.Path(dir_okay=False), help="Local weights for a --baseline timm name.")
+@click.option("--metrics", default="all", show_default=True, callback=_parse_metrics,
+              help=f"all, or a comma-separated subset of {', '.join(_METRICS)}.")
+@click.option("--num-images", type=int, default=256, show_default=True, callback=_positive,
+              help="Images evaluated (a seeded subset of the split).")
+@click.option("--img-size", type=int, callback=_positive,
+              help="Image side (default: the size the model was injected at).")
+@click.option("-b", "--batch-size", type=int, default=32, show_default=True, callback=_positive,
+              help="Images per forward pass.")
+@click.option("--seed", type=int, default=0, show_default=True,
+              help="Seed of the image subset, occlusions and random rankings.")
+@click.option("--num-classes", type=int, callback=_positive,
+              help="Classes of built-in data (must match the model's head; default: the data set's).")
+@click.option("--deletion-fill", type=click.Choice(["zero", "mean"]), default="zero", show_default=True,
+              help="What removed feature tokens become.")
+@click.option("--occlusion-grid", type=int, default=8, show_default=True, callback=_positive,
+              help="Cells per side for patch drop and Hide-and-Seek.")
+@click.option("--figure-images", type=int, default=8, show_default=True, help="Images shown in the mask figure.")
+@click.option("--device", help="cpu, cuda, cuda:1 ... (default: cuda when available).")
+@click.option("-j", "--workers", type=int, default=0, show_default=True, help="DataLoader workers.")
+@click.option("--out", "out_dir", type=click.Path(file_okay=False), help="Folder for results.json and figures "
+              "(default: <DIR>-eval beside DIR).")
+@click.option("--report", type=click.Path(dir_okay=False), help="HTML report path (default: <out>/report.html).")
+@click.option("--force", is_flag=True, help="Write into an existing non-empty --out folder.")
+@click.option("--json", "as_json", is_flag=True, help="Print results.json to stdout.")
+@click.pass_context
+def evaluate(ctx: click.Context, source: str, data_dir, dataset, split, baseline, baseline_weights, metrics, num_images,
+             img_size, batch_size, seed, num_classes, deletion_fill, occlusion_grid, figure_images, device, workers,
+             out_dir, report, force, as_json) -> None:
+    """Measure a masked model (DIR) and its baseline on the same images: numbers, figures, an HTML report.
+
+    \b
+      ersm-surgery evaluate r18-ersm-ft/ --dataset builtin:clutter --baseline r18-plain-ft/
+      ersm-surgery evaluate r50-ersm/ --data-dir DATA --metrics accuracy,deletion --report report.html
+    """
+    if (data_dir is None) == (dataset is None):
+        raise click.UsageError("give exactly one of --data-dir DATA or --dataset builtin:clutter")
+    if baseline_weights and not baseline:
+        raise click.BadParameter("only applies with --baseline NAME", param_hint="--baseline-weights")
+    from ..io import check_output_dir
+
+    out_path = check_output_dir(out_dir or _default_out(source), force)
+    out = console(ctx)
+    quiet = bool((ctx.obj or {}).get("quiet"))
+
+    import torch
+
+    from ..eval.runner import EvalSettings
+    from ..eval.runner import evaluate as run_evaluation
+
+    model, model_info = _load(source, None, None, "DIR")
+    spec = data_dir if data_dir is not None else dataset
+    size = img_size or _default_size(model)
+    data = _dataset(spec, data_dir is not None, split, size, seed, num_classes)
+    base, base_info = (None, None)
+    if baseline:
+        base, base_info = _load(baseline, baseline_weights, getattr(model, "num_classes", None), "--baseline")
+    settings = EvalSettings(metrics=metrics, batch_size=batch_size, seed=seed, deletion_fill=deletion_fill,
+                            occlusion_grid=occlusion_grid, figure_images=max(0, figure_images),
+                            device=device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    with _progress(out, quiet or not is_tty()) as progress:
+        from ..eval.images import load_images
+
+        task = "loading images"
+        progress.start(task, min(num_images, len(data)) if len(data) else 1)
+        images = load_images(data, num_images, seed, batch_size, workers, lambda n: progress.advance(task, n))
+        result = run_evaluation(model, images, base, settings, progress, model_info, base_info)
+    for role, info in (("the model", model_info), ("the baseline", base_info)):
+        if info and info.get("weights") == "random initialisation":
+            result.results["notes"].append(f"{role} ({info['source']}) has random weights: its numbers are a "
+                                           "chance reference, not a trained comparison")
+    files = _write(result, out_path, report)
+    if as_json:
+        from ..eval.results import to_jsonable
+
+        emit_json(to_jsonable(result.results))
+    _render(out, result.results, files)
+
+
+def _default_out(source: str) -> Path:
+    """``<DIR>-eval`` beside DIR (where ``export`` looks for results.json); ``./<name>-eval`` for a timm name."""
+    path = Path(source).expanduser()
+    if path.exists():
+        path = path.resolve()
+        name = path.stem if path.is_file() else path.name
+        return path.parent / f"{name}-eval"
+    return Path(f"{source.replace('/', '_')}-eval")
+
+
+def _load(spec: str, weights: str | None, num_classes: int | None, what: str) -> tuple[Any, dict]:
+    from ..errors import ErsmError
+    from ..train.source import load_source
+
+    try:
+        model, kind = load_source(spec, pretrained_path=weights, num_classes=num_classes)
+    except ErsmError as exc:
+        if what == "DIR":
+            raise
+        raise type(exc)(f"{what}: {exc.problem}", exc.fix) from exc
+    info = {"source": spec, "kind": kind, "name": getattr(getattr(model, "ersm_recipe", None), "model", spec),
+            "num_classes": getattr(model, "num_classes", None)}
+    if kind == "timm":
+        info["weights"] = weights or "random initialisation"
+    return model.eval(), info
+
+
+def _default_size(model) -> int:
+    from ..api import default_input_size
+
+    recipe = getattr(model, "ersm_recipe", None)
+    size = recipe.input_size if recipe is not None and recipe.input_size else default_input_size(model)
+    return int(size[-1])
+
+
+def _dataset(spec: str, is_dir: bool, split: str, size: int, seed: int, num_classes: int | None):
+    from ..data import BUILTIN_PREFIX, create_dataset
+
+    options = {}
+    if num_classes is not None:
+        if is_dir or not str(spec).startswith(BUILTIN_PREFIX):
+            raise click.BadParameter("applies to built-in data only; a folder's classes are its class folders",
+                                     param_hint="--num-classes")
+        options["num_classes"] = num_classes
+    return create_dataset(spec, split=split, img_size=size, seed=seed, **options)
+
+
+class _RichProgress:
+    """The runner's progress protocol on one rich ``Progress`` (one bar per task)."""
+
+    def __init__(self, progress) -> None:
+        self.progress = progress
+        self.tasks: dict[str, Any] = {}
+
+    def start(self, task: str, total: int) -> None:
+        if self.progress is None:
+            return
+        for other in self.tasks.values():  # one bar at a time ends complete
+            self.progress.update(other, visible=False)
+        self.tasks[task] = self.progress.add_task(task, total=total)
+
+    def advance(self, task: str, n: int = 1) -> None:
+        if self.progress is not None and task in self.tasks:
+            self.progress.advance(self.tasks[task], n)
+
+
+@contextlib.contextmanager
+def _progress(out, disabled: bool):
+    if disabled:
+        yield _RichProgress(None)
+        return
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    with Progress(TextColumn("{task.description:<24}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                  console=out, transient=True) as bar:
+        yield _RichProgress(bar)
+
+
+def _write(result, out_path: Path, report: str | None) -> dict[str, Path]:
+    from ..eval.figures import write_figures
+    from ..eval.report import write_report
+    from ..eval.results import write_results
+
+    out_path.mkdir(parents=True, exist_ok=True)
+    figures = write_figures(result.results, result.samples, out_path)
+    result.results["figures"] = {k: p.name for k, p in figures.items()}
+    report_path = Path(report) if report else out_path / "report.html"
+    result.results["report"] = str(report_path)
+    results_path = write_results(result.results, out_path)
+    write_report(result.results, figures, report_path)
+    return {"results": results_path, "report": report_path, **figures}
+
+
+def _render(out, results: dict, files: dict[str, Path]) -> None:
+    from rich.table import Table
+
+    from ..eval.tables import build_tables
+
+    for note in results.get("notes", []):
+        out.print(f"[yellow]Note:[/] {note}", highlight=False)
+    for t in build_tables(results):
+        table = Table(title=t["title"], caption=t["caption"] or None, caption_justify="left")
+        for i, col in enumerate(t["columns"]):
+            table.add_column(col, justify="left" if i < 2 else "right")
+        for row in t["rows"]:
+            table.add_row(*row)
+        out.print(table)
+    figures = [p for k, p in files.items() if k not in ("results", "report")]
+    out.print(f"wrote [bold]{files['results']}[/], {len(figures)} figure(s) and the report "
+              f"[bold]{files['report']}[/]", highlight=False)

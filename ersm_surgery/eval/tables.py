@@ -1,0 +1,141 @@
+"""The evaluation's tables as plain data, rendered by the CLI (rich) and the HTML report alike.
+
+Each table is ``{"key", "title", "columns", "rows" (lists of strings), "caption"}``.
+"""
+from __future__ import annotations
+
+import math
+from typing import Any
+
+__all__ = ["build_tables", "fmt_flops", "short_name"]
+
+
+def _pct(v: float | None) -> str:
+    return "n/a" if v is None or (isinstance(v, float) and math.isnan(v)) else f"{100 * v:.1f}%"
+
+
+def _num(v: float | None, digits: int = 3) -> str:
+    return "n/a" if v is None or (isinstance(v, float) and math.isnan(v)) else f"{v:.{digits}f}"
+
+
+def _signed_pct(v: float) -> str:
+    return f"{100 * v:+.1f} pt"
+
+
+def fmt_flops(v: float) -> str:
+    for unit, scale in (("T", 1e12), ("G", 1e9), ("M", 1e6), ("K", 1e3)):
+        if abs(v) >= scale:
+            return f"{v / scale:.2f} {unit}"
+    return f"{v:.0f}"
+
+
+def short_name(name: str) -> str:
+    """``layer2.ersm_mask`` -> ``layer2``; ``layer3.0.ersm_mask_act1`` -> ``layer3.0.act1``."""
+    return name.replace(".ersm_mask_", ".").replace(".ersm_mask", "").replace("ersm_mask_", "") or name
+
+
+def _table(key: str, title: str, columns: list[str], rows: list[list[str]], caption: str = "") -> dict:
+    return {"key": key, "title": title, "columns": columns, "rows": rows, "caption": caption}
+
+
+def _accuracy(acc: dict) -> dict:
+    roles = [r for r in ("model", "baseline") if r in acc]
+    k = acc["model"]["top5_k"]
+    rows = [[role, _pct(acc[role]["top1"]), _pct(acc[role]["top5"]), _num(acc[role]["mean_confidence"])]
+            for role in roles]
+    if "delta" in acc:
+        rows.append(["model - baseline", _signed_pct(acc["delta"]["top1"]), _signed_pct(acc["delta"]["top5"]), ""])
+    return _table("accuracy", "Accuracy", ["", "top-1", f"top-{k}", "mean confidence"], rows,
+                  f"{acc['model']['images']} images")
+
+
+def _sparsity(sp: dict) -> dict:
+    rows = []
+    for name, s in sp["layers"].items():
+        d, a = s["density"], s["adaptivity"]
+        rows.append([short_name(name), f"{s['grid'][0]}x{s['grid'][1]}", _num(d["mean"]), _num(d["std"]),
+                     f"{_num(d['min'], 2)} - {_num(d['max'], 2)}", f"{_num(a['p10'], 2)} - {_num(a['p90'], 2)}",
+                     _num(s["soft_density"]), f"{_num(s['coherence']['mask'])} ({_num(s['coherence']['random'])})",
+                     f"{s['components']['mask']:.1f} ({s['components']['random']:.1f})"])
+    return _table("sparsity", "Sparsity (hard masks)",
+                  ["mask", "grid", "density", "std", "min - max", "p10 - p90", "mean q",
+                   "coherence (random)", "components (random)"], rows,
+                  "density: kept fraction per image; std and p10-p90 show input adaptivity; coherence: mean "
+                  "|m_i - m_j| over neighbour pairs (lower is more coherent), against random masks of the same "
+                  "density per image")
+
+
+def _compute(cp: dict) -> dict:
+    rows = []
+    for role, c in cp.items():
+        lat = c["latency"]
+        rows.append([role, fmt_flops(c["dense_flops"]), fmt_flops(c["conditional_flops"]),
+                     _pct(c["conditional_ratio"]), fmt_flops(c["mask_flops"]), f"{c['params']:,}",
+                     f"{lat['per_image_ms']:.2f} ms"])
+    return _table("compute", "Compute per image",
+                  ["", "dense FLOPs", "conditional FLOPs (theoretical)", "cond./dense", "mask FLOPs",
+                   "parameters", f"latency (batch {next(iter(cp.values()))['latency']['batch_size']})"],
+                  rows, "FLOPs from torch.utils.flop_counter; conditional FLOPs count the modules after each mask "
+                  "at its mean kept fraction (a sparse-runtime estimate; PyTorch computes every token, as the "
+                  "measured latency shows)")
+
+
+def _occlusion(oc: dict) -> dict:
+    rows = []
+    for role in ("model", "baseline"):
+        if role not in oc:
+            continue
+        for name, curve in oc[role].items():
+            rows.append([role, name, _pct(curve["clean_accuracy"]), _pct(curve["mean_accuracy"]),
+                         _num(curve["ratio"]), " ".join(f"{100 * a:.0f}" for a in curve["accuracy"])])
+    levels = " ".join(f"{v:g}" for v in oc["levels"])
+    return _table("occlusion", "Occlusion robustness",
+                  ["", "occluder", "clean", "mean occluded", "occluded / clean", f"top-1 % at IL {levels}"], rows,
+                  f"grid {oc['grid']} cells per side for patch drop and Hide-and-Seek; fill: {oc['fill']}")
+
+
+def _deletion(dl: dict) -> dict:
+    rows = []
+    for role in ("model", "baseline"):
+        part = dl.get(role)
+        if not part:
+            continue
+        for layer, rankings in part["layers"].items():
+            for ranking, orders in rankings.items():
+                lerf, morf = orders.get("lerf"), orders.get("morf")
+                rows.append([short_name(layer), ranking if role == "model" else f"{ranking} (baseline)",
+                             _num(lerf["accuracy_auc"]) if lerf else "", _num(morf["accuracy_auc"]) if morf else "",
+                             _num(lerf["accuracy_auc"] - morf["accuracy_auc"]) if lerf and morf else "",
+                             _num(lerf["probability_auc"]) if lerf else "",
+                             _num(morf["probability_auc"]) if morf else ""])
+    caption = (f"AUC over fractions {dl['fractions'][0]:g}-{dl['fractions'][-1]:g} (normalised: mean height); "
+               f"fill {dl['fill']}. A better ranking has a higher LeRF and a lower MoRF AUC. ")
+    cost = dl.get("cost")
+    if cost:
+        caption += (f"Cost: {cost['deletion_seconds']:.1f} s = {cost['ratio']:.1f}x one plain pass "
+                    f"({cost['method']} split, {cost['rows']} rows rerun, {cost['reused']} reused).")
+    return _table("deletion", "Feature deletion (top-1 AUC; probability AUC)",
+                  ["mask", "ranking", "LeRF acc", "MoRF acc", "LeRF - MoRF", "LeRF prob", "MoRF prob"], rows, caption)
+
+
+def _localization(lc: dict) -> dict:
+    rows = []
+    for layer, s in lc["layers"].items():
+        for kind in ("energy", "magnitude", "baseline_magnitude"):
+            if kind in s:
+                v = s[kind]
+                rows.append([short_name(layer), kind.replace("_", " "), _pct(v["pointing"]), _pct(v["mass_in_box"]),
+                             _num(v["iou"])])
+        rows.append([short_name(layer), "chance", _pct(s.get("pointing_chance")), _pct(s["box_fraction"]), ""])
+    return _table("localization", "Localization (object boxes)",
+                  ["mask", "map", "pointing game", "mass in box", "IoU"], rows,
+                  f"pointing game with {lc['tolerance_tokens']:g}-token tolerance; IoU of each map's top tokens "
+                  "with the box, as many per image as the hard mask kept (for energy: the hard mask's own IoU); "
+                  "chance: a uniformly random top token, and the share of tokens in the box")
+
+
+def build_tables(results: dict[str, Any]) -> list[dict]:
+    """Every table the results allow, in report order."""
+    builders = (("accuracy", _accuracy), ("sparsity", _sparsity), ("compute", _compute), ("occlusion", _occlusion),
+                ("deletion", _deletion), ("localization", _localization))
+    return [build(results[key]) for key, build in builders if results.get(key)]

@@ -1,0 +1,319 @@
+"""``evaluate``: the split reruns, batched deletion, the runner's known answers and the command's errors.
+
+Everything runs on test_resnet at 32 px with a handful of images; the masks are made to drop about
+half of their tokens, so sparsity, deletion reuse and localization see non-trivial masks.
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from click.testing import CliRunner
+from PIL import Image
+
+import ersm_surgery
+from ersm_surgery.cli.main import cli
+from ersm_surgery.eval import deletion_curve, energy_scores, magnitude_scores
+from ersm_surgery.eval.compute import conditional_flops, flop_breakdown
+from ersm_surgery.eval.feature_deletion import DeletionJob, run_deletion_jobs
+from ersm_surgery.eval.images import EvalImages, load_images
+from ersm_surgery.eval.runner import EvalSettings, evaluate
+from ersm_surgery.eval.split import Anchor, FxSplit, HookSplit, make_split
+
+SIZE = 32
+K = 4
+FRACTIONS = [i / 10 for i in range(10)]
+
+
+def sparsify(model: torch.nn.Module, seed: int = 0) -> torch.nn.Module:
+    """Random mask heads around the token price, so the hard masks keep about half of the tokens."""
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for layer in ersm_surgery.masks(model):
+            score = layer.head.score
+            score.weight.copy_(torch.randn(score.weight.shape, generator=g) * 3.0)
+            score.bias.fill_(layer.config.alpha)
+    return model
+
+
+def masked_model(**kwargs) -> torch.nn.Module:
+    torch.manual_seed(0)
+    model = ersm_surgery.inject("test_resnet", input_size=(3, SIZE, SIZE), num_classes=K, **kwargs)
+    return sparsify(model).eval()
+
+
+def run(*args: str):
+    return CliRunner().invoke(cli, list(args))
+
+
+def assert_one_line_error(result, *fragments: str) -> None:
+    assert result.exit_code != 0, result.output
+    lines = [line for line in result.output.strip().splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith("Error: "), result.output
+    for fragment in fragments:
+        assert fragment in lines[0], lines[0]
+
+
+# ------------------------------------------------------------------ the split
+
+
+def test_fx_split_rerun_equals_a_full_forward_with_the_same_substitution() -> None:
+    model = masked_model(stages=[2, 3])
+    names = ersm_surgery.masks(model).names()
+    anchors = [Anchor(n, module=n, capture_input=True) for n in names]
+    x = torch.randn(5, 3, SIZE, SIZE)
+    with torch.no_grad():
+        fx_split, hook_split = FxSplit(model, anchors), HookSplit(model, anchors)
+        clean = model(x)
+        assert torch.equal(fx_split.clean(x), clean) and torch.equal(hook_split.clean(x), clean)
+        rows = torch.tensor([4, 0, 0, 2, 1, 3, 3])  # mixed and repeated images in one call
+        for name in names:
+            feats = fx_split.features(name)
+            assert torch.equal(feats, hook_split.features(name))
+            assert torch.equal(fx_split.inputs(name), hook_split.inputs(name))
+            z = torch.randn(rows.numel(), *feats.shape[1:])
+            assert torch.equal(fx_split.rerun(name, z, rows), hook_split.rerun(name, z, rows))
+            # the untouched features give back the clean logits
+            assert torch.equal(fx_split.rerun(name, feats), clean)
+    fx_split.close()
+    hook_split.close()
+
+
+def test_split_inside_a_residual_block_carries_the_skip_branch() -> None:
+    model = masked_model(nodes=["layer3.0.act1"])
+    name = ersm_surgery.masks(model).names()[0]
+    x = torch.randn(3, 3, SIZE, SIZE)
+    with torch.no_grad():
+        split, full = FxSplit(model, [Anchor(name, module=name)]), HookSplit(model, [Anchor(name, module=name)])
+        split.clean(x)
+        full.clean(x)
+        assert split._frontier[name], "the downsample branch must be an input of the tail"
+        z = torch.randn_like(split.features(name))
+        assert torch.equal(split.rerun(name, z), full.rerun(name, z))
+        # a plain timm model split at a function node (the residual add) by qualname
+        import timm
+
+        base = timm.create_model("test_resnet", num_classes=K).eval()
+        node_split = FxSplit(base, [Anchor("add", node="layer3.0.add")])
+        assert torch.equal(node_split.clean(x), base(x))
+
+
+def test_make_split_falls_back_to_hooks_and_says_why() -> None:
+    model = masked_model(stages=[2])
+    name = ersm_surgery.masks(model).names()[0]
+    split, reason = make_split(model, [Anchor(name, module=name)], prefer="hook")
+    assert isinstance(split, HookSplit) and reason
+    # a module inside an fx leaf (the mask's own head) is no node of the trace, but a hook can reach it
+    split, reason = make_split(model, [Anchor("head", module=f"{name}.head")])
+    assert isinstance(split, HookSplit) and "not a node" in reason
+
+
+# ------------------------------------------------------------------ batched deletion
+
+
+def test_batched_deduplicated_deletion_equals_deletion_curve() -> None:
+    torch.manual_seed(0)
+    head = torch.nn.Sequential(torch.nn.Conv2d(6, 8, 3, padding=1), torch.nn.ReLU(), torch.nn.AdaptiveAvgPool2d(1),
+                               torch.nn.Flatten(), torch.nn.Linear(8, 5)).eval()
+    feats = torch.randn(7, 6, 5, 5)
+    feats[:, :, :2] = 0.0  # tokens a hard mask dropped: removing them changes nothing with zero fill
+    labels = torch.randint(0, 5, (7,))
+    scores = {"energy": torch.randn(7, 5, 5), "magnitude": magnitude_scores(feats)}
+    jobs = [DeletionJob(r, o, s) for r, s in scores.items() for o in ("lerf", "morf")]
+    calls = []
+
+    def rerun(z, rows):
+        calls.append(z.shape[0])
+        return head(z)
+
+    for fill in ("zero", "mean"):
+        calls.clear()
+        with torch.no_grad():
+            curves, counts = run_deletion_jobs(feats, jobs, rerun, head(feats), labels, FRACTIONS, fill, max_rows=16)
+        assert max(calls) <= 16
+        for job in jobs:
+            with torch.no_grad():
+                ref = deletion_curve(feats, job.scores, head, labels, FRACTIONS, job.order, fill)
+            got = curves[(job.ranking, job.order)]
+            for key in ("accuracy", "probability", "accuracy_auc", "probability_auc", "removed"):
+                assert got[key] == ref[key], (fill, job.ranking, job.order, key)
+        if fill == "zero":  # LeRF by magnitude removes the ten zero tokens first: fractions 0.1-0.4 are free
+            assert counts["reused"] >= 7 * 4 + 4 * 7  # + the clean fraction of every job
+        assert counts["rows"] + counts["reused"] == len(jobs) * len(FRACTIONS) * 7
+
+
+# ------------------------------------------------------------------ compute
+
+
+def test_conditional_flops_scale_the_modules_after_each_mask() -> None:
+    model = masked_model(stages=[2, 3])
+    breakdown = flop_breakdown(model, torch.randn(1, 3, SIZE, SIZE))
+    assert sum(m["flops"] for m in breakdown["modules"].values()) == breakdown["total"]
+    names = ersm_surgery.masks(model).names()
+    full = conditional_flops(breakdown, dict.fromkeys(names, 1.0))
+    assert full["conditional"] == full["dense"] == breakdown["total"]
+    half = conditional_flops(breakdown, dict.fromkeys(names, 0.5))
+    gated = sum(half["scaled"].values())
+    assert gated > 0 and half["conditional"] == pytest.approx(half["dense"] - 0.5 * gated)
+    # the classifier reads pooled features: never scaled; the layer4 convolutions follow layer3's mask
+    assert breakdown["modules"]["fc"]["spatial"] is False
+    assert breakdown["modules"]["layer4.0.conv1"]["mask"] == "layer3.ersm_mask"
+
+
+# ------------------------------------------------------------------ the runner
+
+
+@pytest.fixture(scope="module")
+def clutter_images() -> EvalImages:
+    from ersm_surgery.data import create_dataset
+
+    data = create_dataset("builtin:clutter", "validation", img_size=SIZE, seed=0, num_classes=K, size=12)
+    return load_images(data, 6, seed=0, batch_size=3)
+
+
+def test_runner_known_answers(clutter_images: EvalImages) -> None:
+    from ersm_surgery.train.source import strip_masks
+
+    model = masked_model(stages=[2, 3])
+    baseline = strip_masks(model).eval()
+    settings = EvalSettings(batch_size=3, latency_repeats=1, occlusion_levels=(0.0, 0.3), occlusion_grid=4,
+                            deletion_fractions=(0.0, 0.5, 0.9), figure_images=2)
+    result = evaluate(model, clutter_images, baseline, settings)
+    r = result.results
+    # IL = 0 through the runner is the clean accuracy of the feature pass
+    for role in ("model", "baseline"):
+        for curve in r["occlusion"][role].values():
+            assert curve["accuracy"][0] == curve["clean_accuracy"] == r["accuracy"][role]["top1"]
+    assert r["accuracy"]["delta"]["top1"] == r["accuracy"]["model"]["top1"] - r["accuracy"]["baseline"]["top1"]
+    # the hard masks keep part of the tokens; the density the sparsity table shows is the masks' own
+    for s in r["sparsity"]["layers"].values():
+        assert 0.0 < s["density"]["mean"] < 1.0
+        assert sum(s["histogram"]["counts"]) == len(clutter_images)
+    # deletion at f = 0 is the clean accuracy for every ranking; the baseline has magnitude only
+    for name, rankings in r["deletion"]["model"]["layers"].items():
+        assert set(rankings) == {"energy", "magnitude", "random"}
+        for orders in rankings.values():
+            assert orders["lerf"]["accuracy"][0] == orders["morf"]["accuracy"][0]
+            assert orders["lerf"]["accuracy"][0] == pytest.approx(r["accuracy"]["model"]["top1"])
+        assert rankings["random"]["lerf"] == rankings["random"]["morf"]
+        assert set(r["deletion"]["baseline"]["layers"][name]) == {"magnitude"}
+    assert r["deletion"]["cost"]["method"] == "fx" and r["deletion"]["cost"]["reused"] > 0
+    # the stripped baseline has the same features before the first mask: equal magnitude maps there
+    first = next(iter(r["localization"]["layers"].values()))
+    assert first["magnitude"] == first["baseline_magnitude"]
+    assert r["compute"]["model"]["conditional_flops"] < r["compute"]["model"]["dense_flops"]
+    assert r["compute"]["baseline"]["conditional_flops"] == r["compute"]["baseline"]["dense_flops"]
+    assert len(result.samples["images"]) == 2 and set(result.samples["layers"]) == set(r["sparsity"]["layers"])
+    # the same numbers with full reruns (the fallback) as with the fx split
+    hooked = evaluate(model, clutter_images, None, EvalSettings(batch_size=3, metrics=("deletion",), split="hook",
+                                                                deletion_fractions=(0.0, 0.5, 0.9)))
+    assert hooked.results["deletion"]["model"]["layers"] == r["deletion"]["model"]["layers"]
+    assert hooked.results["deletion"]["cost"]["method"] == "hook" and hooked.results["notes"]
+
+
+# ------------------------------------------------------------------ the command
+
+
+@pytest.fixture(scope="module")
+def saved(tmp_path_factory) -> dict[str, Path]:
+    from ersm_surgery.recipe import Recipe
+    from ersm_surgery.train.source import strip_masks
+
+    root = tmp_path_factory.mktemp("models")
+    model = masked_model(stages=[2, 3])
+    ersm_surgery.save(model, root / "masked")
+    ersm_surgery.save(strip_masks(model), root / "plain")
+    import timm
+
+    wrong = timm.create_model("test_resnet", num_classes=7)
+    wrong.ersm_recipe = Recipe(model="test_resnet", num_classes=7, input_size=(3, SIZE, SIZE))
+    ersm_surgery.save(wrong, root / "seven")
+    return {"masked": root / "masked", "plain": root / "plain", "seven": root / "seven"}
+
+
+SMALL = ["--num-images", "4", "-b", "4", "--occlusion-grid", "4", "--figure-images", "2"]
+
+
+@pytest.fixture(scope="module")
+def full_run(saved, tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("eval") / "out"
+    result = run("evaluate", str(saved["masked"]), "--dataset", "builtin:clutter", "--num-classes", str(K),
+                 "--baseline", str(saved["plain"]), "--out", str(out), "--json", *SMALL)
+    assert result.exit_code == 0, result.output
+    printed = json.loads(result.stdout)
+    assert printed["accuracy"]["model"]["images"] == 4
+    return out
+
+
+def test_evaluate_writes_results_figures_and_a_self_contained_report(full_run: Path) -> None:
+    names = {p.name for p in full_run.iterdir()}
+    assert {"results.json", "report.html", "masks.png", "density.png", "occlusion.png",
+            "deletion_layer2.png", "deletion_layer3.png"} <= names
+    r = json.loads((full_run / "results.json").read_text())
+    for key in ("accuracy", "sparsity", "compute", "occlusion", "deletion", "localization", "versions", "data",
+                "settings"):
+        assert key in r, key
+    assert r["data"]["kind"] == "builtin:clutter" and r["data"]["evaluated_images"] == 4
+    assert r["settings"]["seed"] == 0 and r["versions"]["torch"] == torch.__version__
+    assert r["models"]["model"]["masked"] and not r["models"]["baseline"]["masked"]
+    assert r["compute"]["model"]["theoretical"] is True and r["compute"]["model"]["latency"]["per_image_ms"] > 0
+    html = (full_run / "report.html").read_text()
+    assert html.count('src="data:image/png;base64,') == len(r["figures"]) and "src=\"http" not in html
+    for png in r["figures"].values():
+        with Image.open(full_run / png) as im:
+            assert im.size[0] > 100 and im.size[1] > 100
+
+
+def test_model_without_masks_is_evaluated_as_a_baseline_with_a_notice(saved, tmp_path) -> None:
+    result = run("evaluate", str(saved["plain"]), "--dataset", "builtin:clutter", "--num-classes", str(K),
+                 "--metrics", "accuracy,deletion,sparsity", "--out", str(tmp_path / "o"), *SMALL)
+    assert result.exit_code == 0, result.output
+    assert "no Energy-Mask layers: evaluated as a baseline only" in result.output
+    r = json.loads((tmp_path / "o" / "results.json").read_text())
+    assert "accuracy" in r and "deletion" not in r and "sparsity" not in r
+
+
+def test_data_without_boxes_skips_localization_and_says_so(saved, tmp_path) -> None:
+    for split in ("train", "validation"):
+        for c, colour in enumerate(("red", "green", "blue", "white")):
+            folder = tmp_path / "data" / split / f"class{c}"
+            folder.mkdir(parents=True)
+            Image.new("RGB", (SIZE, SIZE), colour).save(folder / "a.png")
+    result = run("evaluate", str(saved["masked"]), "--data-dir", str(tmp_path / "data"),
+                 "--metrics", "accuracy,localization", "--out", str(tmp_path / "o"), *SMALL)
+    assert result.exit_code == 0, result.output
+    assert "no object boxes: localization skipped" in result.output
+    assert "localization" not in json.loads((tmp_path / "o" / "results.json").read_text())
+
+
+def test_class_count_mismatch_is_one_line_naming_the_fix(saved, tmp_path) -> None:
+    result = run("evaluate", str(saved["masked"]), "--dataset", "builtin:clutter", "--out", str(tmp_path / "o"),
+                 *SMALL)
+    assert_one_line_error(result, "4-class head", "10 classes", "--num-classes 4")
+    result = run("evaluate", str(saved["masked"]), "--dataset", "builtin:clutter", "--num-classes", str(K),
+                 "--baseline", str(saved["seven"]), "--out", str(tmp_path / "o2"), *SMALL)
+    assert_one_line_error(result, "baseline has a 7-class head")
+
+
+def test_empty_split_and_bad_arguments_are_one_line_errors(saved, tmp_path) -> None:
+    (tmp_path / "data" / "train" / "a").mkdir(parents=True)
+    Image.new("RGB", (SIZE, SIZE)).save(tmp_path / "data" / "train" / "a" / "x.png")
+    (tmp_path / "data" / "validation" / "a").mkdir(parents=True)
+    result = run("evaluate", str(saved["masked"]), "--data-dir", str(tmp_path / "data"), "--out", str(tmp_path / "o"))
+    assert_one_line_error(result, "validation")
+    masked = str(saved["masked"])
+    for args, fragment in [
+        ([masked], "exactly one of --data-dir"),
+        ([masked, "--dataset", "builtin:clutter", "--data-dir", "x"], "exactly one of --data-dir"),
+        ([masked, "--dataset", "builtin:clutter", "--metrics", "speed"], "unknown metric(s) speed"),
+        ([masked, "--dataset", "builtin:clutter", "--num-images", "0"], "--num-images"),
+        ([str(tmp_path / "nothing"), "--dataset", "builtin:clutter"], "nothing"),
+    ]:
+        assert_one_line_error(run("evaluate", *args, "--out", str(tmp_path / "o3")), fragment)
+
+
+def test_energy_scores_rank_kept_tokens_first() -> None:
+    energy = torch.tensor([[[[-1.0, 2.0], [0.5, -3.0]]]])
+    assert energy_scores(energy).argmax().item() == 3
