@@ -16,8 +16,12 @@ COMMANDS: dict[str, tuple[str, str, str]] = {
     "plugins": ("ersm_surgery.cli.plugins_cmd", "plugins", "List installed plugins and what each registers."),
     "export": ("ersm_surgery.cli.export_cmd", "export", "Export a masked model: safetensors, ONNX, config, card."),
     "info": ("ersm_surgery.cli.info_cmd", "info", "Show what a .safetensors file holds (header only, instant)."),
-    "finetune": ("ersm_surgery.cli.finetune_cmd", "finetune", "Fine-tune with the energy regularizer (DDP via torchrun)."),
-    "evaluate": ("ersm_surgery.cli.evaluate_cmd", "evaluate", "What the masks bought: numbers, figures, HTML report."),
+    "finetune": ("ersm_surgery.cli.finetune_cmd", "finetune",
+                 "Fine-tune with the energy regularizer (DDP via torchrun)."),
+    "evaluate": ("ersm_surgery.cli.evaluate_cmd", "evaluate",
+                 "What the masks bought: numbers, figures, HTML report."),
+    "run": ("ersm_surgery.cli.run_cmd", "run", "The whole story: inject, fine-tune vs baseline, evaluate, export."),
+    "reproduce": ("ersm_surgery.cli.reproduce_cmd", "reproduce", "Test the paper's five claims on built-in data."),
 }
 
 

@@ -1,0 +1,116 @@
+"""``ersm-surgery run MODEL --stages 2,3``: the whole story in one command."""
+from __future__ import annotations
+
+import click
+
+from ._common import console, emit_json
+
+
+def pipeline_options(func):
+    """Options shared by ``run`` and ``reproduce``."""
+    options = [
+        click.option("--data-dir", type=click.Path(file_okay=False), help="ImageFolder with train/ and validation/."),
+        click.option("--dataset", default=None, help="Built-in data (default: builtin:clutter)."),
+        click.option("--epochs", type=click.IntRange(min=1), help="Fine-tuning epochs (ERSM and baseline alike)."),
+        click.option("--base-epochs", type=click.IntRange(min=1), help="Base-training epochs without pretrained weights."),
+        click.option("--img-size", type=click.IntRange(min=16), default=64, show_default=True),
+        click.option("--data-size", type=click.IntRange(min=8), help="Images per split of built-in data (default: its own)."),
+        click.option("-b", "--batch-size", type=click.IntRange(min=1), default=64, show_default=True),
+        click.option("--pretrained", is_flag=True, help="Start from timm's pretrained weights (needs the network)."),
+        click.option("--pretrained-path", type=click.Path(dir_okay=False), help="Start from local base weights."),
+        click.option("--seed", type=int, default=0, show_default=True),
+        click.option("--num-images", type=click.IntRange(min=1), default=256, show_default=True,
+                     help="Validation images evaluated."),
+        click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE",
+                     help="mask.* or finetune.* settings, e.g. mask.alpha=0.3."),
+        click.option("-o", "--output", help="Run folder."),
+        click.option("--force", is_flag=True, help="Write into an existing non-empty folder."),
+        click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON."),
+    ]
+    for option in reversed(options):
+        func = option(func)
+    return func
+
+
+def build_settings(model, stages, data_dir, dataset, epochs, base_epochs, img_size, data_size, batch_size,
+                   pretrained, pretrained_path, seed, num_images, overrides, output, force, defaults: dict):
+    from ..errors import DataError
+    from ..pipeline import PipelineSettings
+    from ..recipe import apply_overrides
+    from ..surgery import parse_stages
+
+    if data_dir and dataset:
+        raise click.UsageError("give one of --data-dir DATA or --dataset builtin:clutter")
+    if pretrained and pretrained_path:
+        raise click.UsageError("give one of --pretrained or --pretrained-path")
+    if data_dir:
+        from pathlib import Path
+
+        if not Path(data_dir).is_dir():
+            raise DataError(f"data dir {data_dir!r} does not exist", "pass a folder with train/ and validation/")
+    data = apply_overrides({"model": model}, list(overrides))
+    return PipelineSettings(
+        model=model, stages=parse_stages(stages), data=data_dir or dataset or "builtin:clutter",
+        output=output or f"{model}-ersm-run", epochs=epochs or defaults["epochs"],
+        base_epochs=base_epochs or defaults["base_epochs"], img_size=img_size, batch_size=batch_size,
+        pretrained=pretrained, pretrained_path=pretrained_path, seed=seed, num_images=num_images,
+        mask=data["mask"], finetune=data["finetune"], force=force,
+        data_options={"size": data_size} if data_size and not data_dir else {},
+    )
+
+
+def run_with_display(ctx: click.Context, settings, quiet: bool) -> dict:
+    """Run the pipeline with one progress display across the steps."""
+    from ..pipeline import run_pipeline
+    from ..pipeline.run import STEPS
+
+    out = console(ctx)
+    if quiet:
+        return run_pipeline(settings)
+    with out.status("starting") as status:
+        done: list[str] = []
+
+        def progress(step: str, message: str) -> None:
+            if step not in done:
+                done.append(step)
+            status.update(f"[{STEPS.index(step) + 1}/{len(STEPS)}] {message}")
+            out.log(f"{step}: {message}")
+
+        return run_pipeline(settings, progress)
+
+
+def render_summary(out, summary: dict) -> None:
+    from rich.table import Table
+
+    s = summary["summary"]
+    t = Table(title="ERSM vs baseline (same base, same fine-tuning budget, same images)")
+    t.add_column("measure")
+    t.add_column("value", justify="right")
+    for key, value in s.items():
+        t.add_row(key, f"{value:.4f}" if isinstance(value, float) else str(value))
+    out.print(t)
+    timings = ", ".join(f"{k} {v:.0f}s" for k, v in summary["timings"].items())
+    out.print(f"time: {timings}")
+    out.print(f"report: [bold]{summary['report']}[/]; export: {summary['settings']['output']}/export")
+
+
+@click.command("run")
+@click.argument("model")
+@click.option("--stages", required=True, help="feature_info indices to mask, e.g. 2,3.")
+@pipeline_options
+@click.pass_context
+def run(ctx: click.Context, model, stages, data_dir, dataset, epochs, base_epochs, img_size, data_size, batch_size,
+        pretrained, pretrained_path, seed, num_images, overrides, output, force, as_json) -> None:
+    """Inject MODEL, fine-tune it with ERSM and a baseline on the same budget, evaluate both, export.
+
+    \b
+      ersm-surgery run resnet18 --stages 2,3 --dataset builtin:clutter -o runs/r18
+    """
+    settings = build_settings(model, stages, data_dir, dataset, epochs, base_epochs, img_size, data_size, batch_size,
+                              pretrained, pretrained_path, seed, num_images, overrides, output, force,
+                              {"epochs": 2, "base_epochs": 4})
+    summary = run_with_display(ctx, settings, bool((ctx.obj or {}).get("quiet")) or as_json)
+    if as_json:
+        emit_json({k: v for k, v in summary.items() if k != "results"})
+        return
+    render_summary(console(ctx), summary)

@@ -1,0 +1,208 @@
+"""``run``: inject, fine-tune against a baseline on the same budget, evaluate both, export.
+
+Masks are meant for a trained model (DESIGN.md, "collapse"): without ``--pretrained`` or
+``--pretrained-path`` the base model is first trained briefly on the data itself. The ERSM model and the
+baseline then start from the same base weights and are fine-tuned with the same loop, data order,
+seed and number of steps; the evaluation runs both on the same images, occlusions and seeds.
+"""
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+__all__ = ["PipelineSettings", "run_pipeline", "STEPS"]
+
+_log = logging.getLogger(__name__)
+
+STEPS = ("base", "inject", "finetune", "baseline", "evaluate", "export")
+
+
+@dataclass
+class PipelineSettings:
+    """What ``run`` does.
+
+    Attributes:
+        model: timm model name.
+        stages: feature_info indices to mask.
+        data: ``builtin:clutter`` or an ImageFolder directory.
+        output: the run folder (base/, injected/, ersm/, baseline/, eval/, export/).
+        epochs: fine-tuning epochs for ERSM and for the baseline (the same budget).
+        base_epochs: epochs of base training when no pretrained weights are given.
+        img_size: image side.
+        batch_size: images per step.
+        lr: fine-tuning learning rate.
+        base_lr: base-training learning rate.
+        pretrained: start from timm's pretrained weights (network).
+        pretrained_path: start from local base weights.
+        seed: seeds data order, initialisation and evaluation.
+        num_images: images evaluated.
+        data_options: more ``create_dataset`` options (``size``, ``num_classes`` of builtin:clutter).
+        mask: ``mask.*`` settings for the injected layers.
+        finetune: more fine-tuning settings (``FinetuneConfig`` fields) for both fine-tunings.
+        formats: export formats.
+        force: write into a non-empty output folder.
+    """
+
+    model: str
+    stages: list[int]
+    data: str = "builtin:clutter"
+    output: str | Path = "ersm-run"
+    epochs: int = 2
+    base_epochs: int = 4
+    img_size: int = 64
+    batch_size: int = 64
+    lr: float = 5e-4
+    base_lr: float = 2e-3
+    pretrained: bool = False
+    pretrained_path: str | None = None
+    seed: int = 0
+    num_images: int = 256
+    data_options: dict[str, Any] = field(default_factory=dict)
+    mask: dict[str, Any] = field(default_factory=dict)
+    finetune: dict[str, Any] = field(default_factory=dict)
+    formats: tuple[str, ...] = ("safetensors", "onnx")
+    force: bool = False
+
+
+Progress = Callable[[str, str], None]  # (step, message)
+
+
+def _train(source: str, output: Path, settings: PipelineSettings, epochs: int, lr: float, *, no_masks: bool = False,
+           pretrained_path: str | None = None) -> dict[str, Any]:
+    from ..train import FinetuneConfig, RunInputs, finetune
+
+    config = FinetuneConfig(**{
+        "data": settings.data, "data_options": dict(settings.data_options), "epochs": epochs,
+        "batch_size": settings.batch_size, "lr": lr, "img_size": settings.img_size, "seed": settings.seed,
+        "workers": 0, "no_masks": no_masks, **settings.finetune,
+    })
+    inputs = RunInputs(source=source, output=output, force=True, pretrained=settings.pretrained and not pretrained_path,
+                       pretrained_path=pretrained_path, device="cpu" if not _cuda() else None,
+                       mask=settings.mask or None)
+    result = finetune(inputs, config)
+    last = result.rows[-1] if result.rows else {}
+    return {"folder": str(output), "rows": result.rows, "best": result.best, "last": last}
+
+
+def _cuda() -> bool:
+    import torch
+
+    return torch.cuda.is_available()
+
+
+def _base(settings: PipelineSettings, out: Path, progress: Progress) -> tuple[str | None, dict[str, Any]]:
+    """Local weights of the trained base model (None with --pretrained: inject downloads them)."""
+    if settings.pretrained_path:
+        return settings.pretrained_path, {"source": settings.pretrained_path}
+    if settings.pretrained:
+        return None, {"source": "timm pretrained weights"}
+    progress("base", f"training {settings.model} from random initialisation for {settings.base_epochs} epoch(s)")
+    info = _train(settings.model, out / "base", settings, settings.base_epochs, settings.base_lr, no_masks=True)
+    return str(out / "base" / "model.safetensors"), {"source": "trained here", **info}
+
+
+def _num_classes(settings: PipelineSettings) -> int:
+    from ..data import create_dataset
+
+    data = create_dataset(settings.data, split="train", img_size=settings.img_size, seed=settings.seed,
+                          **settings.data_options)
+    return data.num_classes
+
+
+def _evaluate(settings: PipelineSettings, ersm: Path, baseline: Path, out: Path, progress: Progress) -> dict[str, Any]:
+    from ..data import create_dataset
+    from ..eval.figures import write_figures
+    from ..eval.images import load_images
+    from ..eval.report import write_report
+    from ..eval.results import write_results
+    from ..eval.runner import EvalSettings, evaluate
+    from ..io import load, versions
+
+    model, base = load(ersm), load(baseline)
+    data = create_dataset(settings.data, split="validation", img_size=settings.img_size, seed=settings.seed,
+                          **settings.data_options)
+    images = load_images(data, settings.num_images, settings.seed)
+    progress("evaluate", f"evaluating both models on {len(images)} validation images")
+    result = evaluate(model, images, base, EvalSettings(seed=settings.seed),
+                      model_info={"source": str(ersm)}, baseline_info={"source": str(baseline)})
+    out.mkdir(parents=True, exist_ok=True)
+    result.results["versions"] = {k: str(v) for k, v in versions().items()}
+    figures = write_figures(result.results, result.samples, out)
+    result.results["figures"] = {k: p.name for k, p in figures.items()}
+    report = out / "report.html"
+    result.results["report"] = str(report)
+    write_results(result.results, out)
+    write_report(result.results, figures, report)
+    return result.results
+
+
+def run_pipeline(settings: PipelineSettings, progress: Progress | None = None) -> dict[str, Any]:
+    """Run every step; returns a summary (paths, figures, timings) that ``run --json`` prints.
+
+    Raises:
+        ErsmError subclasses from each step, before any training where the input is at fault (an unknown
+        model, a stage that cannot be masked, missing data): injection is checked first.
+    """
+    from ..api import inject
+    from ..io import check_output_dir, save
+    from ..io.export import export
+
+    progress = progress or (lambda step, message: _log.info("%s: %s", step, message))
+    out = check_output_dir(settings.output, settings.force)
+    out.mkdir(parents=True, exist_ok=True)
+    timings: dict[str, float] = {}
+    size = (3, settings.img_size, settings.img_size)
+
+    # fail fast: a model that cannot be masked stops before any training
+    start = time.perf_counter()
+    num_classes = _num_classes(settings)
+    inject(settings.model, stages=settings.stages, input_size=size, num_classes=num_classes,
+           pretrained=False, config=None)
+    timings["check"] = time.perf_counter() - start
+
+    start = time.perf_counter()
+    base_weights, base_info = _base(settings, out, progress)
+    timings["base"] = time.perf_counter() - start
+
+    start = time.perf_counter()
+    progress("inject", f"injecting masks after stages {settings.stages}")
+    masked = inject(settings.model, stages=settings.stages, input_size=size, num_classes=num_classes,
+                    pretrained=settings.pretrained and base_weights is None, pretrained_path=base_weights)
+    save(masked, out / "injected", force=True)
+    timings["inject"] = time.perf_counter() - start
+
+    start = time.perf_counter()
+    progress("finetune", f"fine-tuning with ERSM for {settings.epochs} epoch(s)")
+    ersm = _train(str(out / "injected"), out / "ersm", settings, settings.epochs, settings.lr)
+    timings["finetune"] = time.perf_counter() - start
+
+    start = time.perf_counter()
+    progress("baseline", f"fine-tuning the baseline (no masks) for {settings.epochs} epoch(s)")
+    baseline = _train(str(out / "injected"), out / "baseline", settings, settings.epochs, settings.lr, no_masks=True)
+    timings["baseline"] = time.perf_counter() - start
+
+    start = time.perf_counter()
+    results = _evaluate(settings, out / "ersm", out / "baseline", out / "eval", progress)
+    timings["evaluate"] = time.perf_counter() - start
+
+    start = time.perf_counter()
+    progress("export", f"exporting as {', '.join(settings.formats)}")
+    exported = export(out / "ersm", out / "export", formats=settings.formats, force=True,
+                      results=out / "eval" / "results.json")
+    timings["export"] = time.perf_counter() - start
+
+    return {
+        "settings": {**asdict(settings), "output": str(out)},
+        "base": {k: v for k, v in base_info.items() if k != "rows"},
+        "ersm": {"folder": ersm["folder"], "last": ersm["last"]},
+        "baseline": {"folder": baseline["folder"], "last": baseline["last"]},
+        "summary": results.get("summary", {}),
+        "results": results,
+        "export": exported,
+        "report": str(out / "eval" / "report.html"),
+        "timings": timings,
+    }

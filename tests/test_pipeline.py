@@ -1,0 +1,53 @@
+"""`run` and `reproduce`: the pipeline end to end on a tiny model and tiny built-in data."""
+import json
+
+import pytest
+from click.testing import CliRunner
+
+from ersm_surgery.cli.main import cli
+from ersm_surgery.pipeline import CLAIMS, judge_claims
+
+TINY = ["--epochs", "1", "--base-epochs", "1", "--data-size", "64", "--num-images", "16", "-b", "32",
+        "--img-size", "48"]
+
+
+def test_run_end_to_end(tmp_path):
+    out = tmp_path / "run"
+    result = CliRunner().invoke(cli, ["-q", "run", "test_resnet", "--stages", "2,3", *TINY, "-o", str(out), "--json"])
+    assert result.exit_code == 0, result.output
+    summary = json.loads(result.output)
+    for folder in ("base", "injected", "ersm", "baseline", "eval", "export"):
+        assert (out / folder).is_dir(), folder
+    assert (out / "eval" / "report.html").is_file() and (out / "export" / "model.onnx").is_file()
+    assert "top1.model" in summary["summary"] and "top1.baseline" in summary["summary"]
+    assert set(summary["timings"]) >= {"base", "finetune", "baseline", "evaluate", "export"}
+
+
+@pytest.mark.parametrize("args, fragment", [
+    (["run", "test_resnet", "--stages", "9"], "out of range"),
+    (["run", "resnet5", "--stages", "2"], "unknown model"),
+    (["run", "test_resnet", "--stages", "2", "--data-dir", "/no/such/data"], "does not exist"),
+])
+def test_run_stops_before_training_with_the_reason(tmp_path, args, fragment):
+    result = CliRunner().invoke(cli, [*args, "-o", str(tmp_path / "o")])
+    assert result.exit_code != 0
+    lines = result.output.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("Error:") and fragment in lines[0], result.output
+    assert not (tmp_path / "o" / "base").exists()
+
+
+def test_claims_are_judged_from_results_and_missing_ones_are_not_measured():
+    results = {
+        "accuracy": {"model": {"top1": 0.80}, "baseline": {"top1": 0.81}},
+        "sparsity": {"layers": {"a": {"density": {"mean": 0.4, "std": 0.1}}}},
+        "deletion": {"model": {"layers": {"a": {
+            "energy": {"lerf": {"accuracy_auc": 0.8}, "morf": {"accuracy_auc": 0.3}},
+            "magnitude": {"lerf": {"accuracy_auc": 0.7}, "morf": {"accuracy_auc": 0.4}}}}}},
+    }
+    rows = {r["claim"][:3]: r for r in judge_claims(results)}
+    assert len(rows) == len(CLAIMS) == 5
+    assert rows["(a)"]["verdict"] == "HOLDS" and rows["(b)"]["verdict"] == "HOLDS"
+    assert rows["(e)"]["verdict"] == "HOLDS" and rows["(e)"]["ersm"] == pytest.approx(0.5)
+    assert rows["(c)"]["verdict"] == "NOT MEASURED" and rows["(d)"]["verdict"] == "NOT MEASURED"
+    results["accuracy"]["model"]["top1"] = 0.70
+    assert judge_claims(results)[0]["verdict"] == "DOES NOT HOLD"
