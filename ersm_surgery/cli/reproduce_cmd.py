@@ -1,6 +1,9 @@
 """``ersm-surgery reproduce``: the paper's five claims tested on built-in data, each with a verdict."""
 from __future__ import annotations
 
+import json
+from pathlib import Path
+
 import click
 
 from ._common import console, emit_json
@@ -37,8 +40,6 @@ def reproduce(ctx: click.Context, model, stages, budget_minutes, data_dir, datas
     from ..pipeline import judge_claims
 
     rows = judge_claims(summary["results"])
-    import json
-    from pathlib import Path
 
     atomic_write_text(Path(settings.output) / "claims.json", json.dumps(to_jsonable(rows), indent=2) + "\n")
     if as_json:
@@ -51,7 +52,10 @@ def reproduce(ctx: click.Context, model, stages, budget_minutes, data_dir, datas
     for col in ("claim", "criterion", "ERSM", "baseline / magnitude", "verdict"):
         t.add_column(col)
     for r in rows:
-        fmt = (lambda v: "-" if v is None else f"{v:.3f}")
-        t.add_row(r["claim"], r["criterion"], fmt(r["ersm"]), fmt(r["comparison"]), r["verdict"])
+        t.add_row(r["claim"], r["criterion"], _fmt(r["ersm"]), _fmt(r["comparison"]), r["verdict"])
     out.print(t)
     out.print(f"report: [bold]{summary['report']}[/]; claims: {settings.output}/claims.json")
+
+
+def _fmt(value: float | None) -> str:
+    return "-" if value is None else f"{value:.3f}"
