@@ -226,3 +226,21 @@ def test_amp_accumulation_sgd_and_a_constant_schedule_run(injected, tmp_path):
     assert summary["updates"] == 1  # 12 images, batch 8: two micro-batches, one update
     assert summary["settings"]["opt"] == "sgd" and summary["settings"]["amp"] is True
     one_line_error(run("finetune", injected, *DATA, "--opt", "nosuchopt", "-o", tmp_path / "x"), "unknown optimizer")
+
+
+def test_help_states_the_real_defaults():
+    import re
+
+    from ersm_surgery.train import FinetuneConfig
+
+    text = " ".join(run("finetune", "--help").output.split())
+    defaults = FinetuneConfig()
+    for flag, key in (("--epochs", "epochs"), ("--batch-size", "batch_size"), ("--lr", "lr"), ("--opt", "opt"),
+                      ("--weight-decay", "weight_decay"), ("--sched", "sched"), ("--gamma", "gamma"),
+                      ("--gamma-warmup", "gamma_warmup"), ("--mask-lr-scale", "mask_lr_scale"), ("--seed", "seed"),
+                      ("--workers", "workers")):
+        found = re.search(re.escape(flag) + r" [A-Z]+ .*?\[default: ([^\]]+)\]", text)
+        assert found, flag
+        value = found.group(1).strip()
+        want = getattr(defaults, key)
+        assert (float(value) == want) if isinstance(want, (int, float)) else value == want, (flag, value, want)
