@@ -189,6 +189,17 @@ def test_data_problems_end_in_one_line(injected, tmp_path):
                    "unreadable image")
 
 
+def test_strict_data_error_in_a_worker_process_is_one_line(injected, tmp_path):
+    data = _folder(tmp_path / "data", size=64)
+    bad = data / "train" / "a" / "cut.jpg"
+    Image.fromarray(np.random.default_rng(1).integers(0, 255, (64, 64, 3), dtype=np.uint8)).save(bad)
+    bad.write_bytes(bad.read_bytes()[:-400])  # header intact: passes the scan, fails in the worker's decode
+    line = one_line_error(run("finetune", injected, "--data-dir", data, "--img-size", "32", "-b", "8", "-j", "1",
+                              "--epochs", "1", "--num-classes", "2", "--strict-data", "-o", tmp_path / "o"),
+                          "cannot read image", "cut.jpg")
+    assert "worker" not in line and "DataError:" not in line
+
+
 def test_sources_that_hold_no_model_end_in_one_line(tmp_path):
     (tmp_path / "empty").mkdir()
     one_line_error(run("finetune", tmp_path / "empty", *DATA, "-o", tmp_path / "o"), "holds no injected model")
