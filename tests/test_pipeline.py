@@ -21,6 +21,10 @@ def test_run_end_to_end(tmp_path):
     assert (out / "eval" / "report.html").is_file() and (out / "export" / "model.onnx").is_file()
     assert "top1.model" in summary["summary"] and "top1.baseline" in summary["summary"]
     assert set(summary["timings"]) >= {"base", "finetune", "baseline", "evaluate", "export"}
+    # the same budget for both: the last epochs are evaluated, not the best by val top-1
+    models = json.loads((out / "eval" / "results.json").read_text())["models"]
+    assert models["model"]["source"] == str(out / "ersm" / "last")
+    assert models["baseline"]["source"] == str(out / "baseline" / "last")
 
 
 @pytest.mark.parametrize("args, fragment", [
@@ -51,3 +55,28 @@ def test_claims_are_judged_from_results_and_missing_ones_are_not_measured():
     assert rows["(c)"]["verdict"] == "NOT MEASURED" and rows["(d)"]["verdict"] == "NOT MEASURED"
     results["accuracy"]["model"]["top1"] = 0.70
     assert judge_claims(results)[0]["verdict"] == "DOES NOT HOLD"
+
+
+def test_reproduce_prints_the_claims_and_two_runs_give_the_same_table(tmp_path):
+    tables = []
+    for name in ("r1", "r2"):
+        out = tmp_path / name
+        result = CliRunner().invoke(cli, ["-q", "reproduce", "--model", "test_resnet", *TINY, "-o", str(out), "--json"])
+        assert result.exit_code == 0, result.output
+        claims = json.loads(result.output)["claims"]
+        assert [c["claim"][:3] for c in claims] == ["(a)", "(b)", "(c)", "(d)", "(e)"]
+        assert all(c["verdict"] in ("HOLDS", "DOES NOT HOLD") for c in claims)  # built-in data has boxes
+        assert json.loads((out / "claims.json").read_text()) == claims
+        tables.append(claims)
+    assert tables[0] == tables[1]
+    # the built-in protocol's class count (the one the default mask settings were measured on)
+    assert "num_classes: 4" in (tmp_path / "r1" / "ersm" / "recipe.yaml").read_text()
+
+
+def test_run_refuses_built_in_data_options_with_a_folder(tmp_path):
+    (tmp_path / "data").mkdir()
+    result = CliRunner().invoke(cli, ["run", "test_resnet", "--stages", "2", "--data-dir", str(tmp_path / "data"),
+                                      "--num-classes", "3", "-o", str(tmp_path / "o")])
+    assert result.exit_code != 0
+    lines = result.output.strip().splitlines()
+    assert len(lines) == 1 and "--num-classes" in lines[0] and "built-in data only" in lines[0], result.output

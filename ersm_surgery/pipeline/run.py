@@ -41,6 +41,8 @@ class PipelineSettings:
         seed: seeds data order, initialisation and evaluation.
         num_images: images evaluated.
         data_options: more ``create_dataset`` options (``size``, ``num_classes`` of builtin:clutter).
+        base_data_options: data options for base training only, over ``data_options`` (e.g. a larger
+            ``size`` of built-in data: the base then sees more unique images rather than more epochs).
         mask: ``mask.*`` settings for the injected layers.
         finetune: more fine-tuning settings (``FinetuneConfig`` fields) for both fine-tunings.
         formats: export formats.
@@ -62,6 +64,7 @@ class PipelineSettings:
     seed: int = 0
     num_images: int = 256
     data_options: dict[str, Any] = field(default_factory=dict)
+    base_data_options: dict[str, Any] = field(default_factory=dict)
     mask: dict[str, Any] = field(default_factory=dict)
     finetune: dict[str, Any] = field(default_factory=dict)
     formats: tuple[str, ...] = ("safetensors", "onnx")
@@ -72,11 +75,11 @@ Progress = Callable[[str, str], None]  # (step, message)
 
 
 def _train(source: str, output: Path, settings: PipelineSettings, epochs: int, lr: float, *, no_masks: bool = False,
-           pretrained_path: str | None = None) -> dict[str, Any]:
+           pretrained_path: str | None = None, data_options: dict[str, Any] | None = None) -> dict[str, Any]:
     from ..train import FinetuneConfig, RunInputs, finetune
 
     config = FinetuneConfig(**{
-        "data": settings.data, "data_options": dict(settings.data_options), "epochs": epochs,
+        "data": settings.data, "data_options": {**settings.data_options, **(data_options or {})}, "epochs": epochs,
         "batch_size": settings.batch_size, "lr": lr, "img_size": settings.img_size, "seed": settings.seed,
         "workers": 0, "no_masks": no_masks, **settings.finetune,
     })
@@ -101,7 +104,8 @@ def _base(settings: PipelineSettings, out: Path, progress: Progress) -> tuple[st
     if settings.pretrained:
         return None, {"source": "timm pretrained weights"}
     progress("base", f"training {settings.model} from random initialisation for {settings.base_epochs} epoch(s)")
-    info = _train(settings.model, out / "base", settings, settings.base_epochs, settings.base_lr, no_masks=True)
+    info = _train(settings.model, out / "base", settings, settings.base_epochs, settings.base_lr, no_masks=True,
+                  data_options=settings.base_data_options)
     return str(out / "base" / "model.safetensors"), {"source": "trained here", **info}
 
 
@@ -186,12 +190,14 @@ def run_pipeline(settings: PipelineSettings, progress: Progress | None = None) -
     timings["baseline"] = time.perf_counter() - start
 
     start = time.perf_counter()
-    results = _evaluate(settings, out / "ersm", out / "baseline", out / "eval", progress)
+    # the last epochs, not the best: the same number of steps for both, and a choice by val top-1 would
+    # favour the first epochs of ERSM, before its masks close (and peek at the evaluation images)
+    results = _evaluate(settings, out / "ersm" / "last", out / "baseline" / "last", out / "eval", progress)
     timings["evaluate"] = time.perf_counter() - start
 
     start = time.perf_counter()
     progress("export", f"exporting as {', '.join(settings.formats)}")
-    exported = export(out / "ersm", out / "export", formats=settings.formats, force=True,
+    exported = export(out / "ersm" / "last", out / "export", formats=settings.formats, force=True,
                       results=out / "eval" / "results.json")
     timings["export"] = time.perf_counter() - start
 
