@@ -7,11 +7,14 @@ from pathlib import Path
 import click
 
 from ._common import console, emit_json
-from .run_cmd import build_settings, pipeline_options, run_with_display
+from .run_cmd import build_settings, pipeline_options, protocol_defaults, run_with_display
 
-# epochs that fit the default budget on a 2-core CPU (resnet18, 64 px, builtin:clutter)
+# The protocol of benchmarks/bench_finetune.py, where the default mask settings were measured: on the
+# built-in data 4 classes, a base trained on 6000 unique images for 4 epochs, then 3 epochs of fine-tuning
+# on 2000 at batch 32 and lr 3e-4. About 9 minutes on an idle 2-core CPU (benchmarks/README.md).
 DEFAULT_BUDGET_MINUTES = 20
-DEFAULT_EPOCHS = {"base_epochs": 8, "epochs": 4}
+DEFAULT_EPOCHS = {"base_epochs": 4, "epochs": 3}
+BASE_IMAGES = 6000
 
 
 @click.command("reproduce")
@@ -21,18 +24,15 @@ DEFAULT_EPOCHS = {"base_epochs": 8, "epochs": 4}
               help="Scales the default epochs (measured on a 2-core CPU) to this budget.")
 @pipeline_options
 @click.pass_context
-def reproduce(ctx: click.Context, model, stages, budget_minutes, data_dir, dataset, epochs, base_epochs, img_size,
-              data_size, batch_size, pretrained, pretrained_path, seed, num_images, overrides, output, force,
-              as_json) -> None:
+def reproduce(ctx: click.Context, model: str, stages: str, budget_minutes: float, as_json: bool, **options) -> None:
     """Train a base, fine-tune with ERSM and without masks for the same steps, and test the five claims.
 
     The criteria are fixed in ersm_surgery/pipeline/claims.py before any run and printed with the verdicts.
     """
     scale = budget_minutes / DEFAULT_BUDGET_MINUTES
-    defaults = {k: max(1, round(v * scale)) for k, v in DEFAULT_EPOCHS.items()}
-    settings = build_settings(model, stages, data_dir, dataset, epochs, base_epochs, img_size, data_size, batch_size,
-                              pretrained, pretrained_path, seed, num_images, overrides,
-                              output or f"{model}-reproduce", force, defaults)
+    epochs = {k: max(1, round(v * scale)) for k, v in DEFAULT_EPOCHS.items()}
+    defaults = protocol_defaults(options, epochs, BASE_IMAGES, f"{model}-reproduce")
+    settings = build_settings(model, stages, defaults, **options)
     summary = run_with_display(ctx, settings, bool((ctx.obj or {}).get("quiet")) or as_json)
 
     from ..eval.results import to_jsonable
@@ -48,7 +48,7 @@ def reproduce(ctx: click.Context, model, stages, budget_minutes, data_dir, datas
     from rich.table import Table
 
     out = console(ctx)
-    t = Table(title=f"ERSM claims on {settings.data} ({model}, stages {stages}, seed {seed})")
+    t = Table(title=f"ERSM claims on {settings.data} ({model}, stages {stages}, seed {settings.seed})")
     for col in ("claim", "criterion", "ERSM", "baseline / magnitude", "verdict"):
         t.add_column(col)
     for r in rows:

@@ -5,6 +5,10 @@ import click
 
 from ._common import console, emit_json
 
+# ``run`` on the built-in data in about 4 minutes on an idle 2-core CPU (benchmarks/README.md)
+RUN_EPOCHS = {"base_epochs": 3, "epochs": 3}
+RUN_BASE_IMAGES = 4000
+
 
 def pipeline_options(func):
     """Options shared by ``run`` and ``reproduce``."""
@@ -17,7 +21,10 @@ def pipeline_options(func):
         click.option("--img-size", type=click.IntRange(min=16), default=64, show_default=True),
         click.option("--data-size", type=click.IntRange(min=8),
                      help="Images per split of built-in data (default: its own)."),
-        click.option("-b", "--batch-size", type=click.IntRange(min=1), default=64, show_default=True),
+        click.option("--num-classes", type=click.IntRange(min=2),
+                     help="Classes of built-in data (default: the data set's; a folder's are its class folders)."),
+        click.option("-b", "--batch-size", type=click.IntRange(min=1),
+                     help="Images per step.  [default: 32]"),
         click.option("--pretrained", is_flag=True, help="Start from timm's pretrained weights (needs the network)."),
         click.option("--pretrained-path", type=click.Path(dir_okay=False), help="Start from local base weights."),
         click.option("--seed", type=int, default=0, show_default=True),
@@ -34,8 +41,23 @@ def pipeline_options(func):
     return func
 
 
-def build_settings(model, stages, data_dir, dataset, epochs, base_epochs, img_size, data_size, batch_size,
-                   pretrained, pretrained_path, seed, num_images, overrides, output, force, defaults: dict):
+def protocol_defaults(options: dict, epochs: dict[str, int], base_images: int, output: str) -> dict:
+    """The defaults of ``run`` and ``reproduce``: the protocol of benchmarks/bench_finetune.py.
+
+    That benchmark measured the default mask settings: fine-tuning at batch 32 and lr 3e-4 and, on the
+    built-in data, 4 classes with a base that sees ``base_images`` unique images (more images rather
+    than more epochs: the fine-tuning split alone is too small to train a base from scratch).
+    """
+    defaults: dict = {**epochs, "batch_size": 32, "lr": 3e-4, "output": output}
+    if options["dataset"] in (None, "builtin:clutter"):
+        defaults.update(data_options={"num_classes": 4}, base_data_options={"size": base_images})
+    return defaults
+
+
+def build_settings(model: str, stages: str, defaults: dict, *, data_dir, dataset, epochs, base_epochs, img_size,
+                   data_size, num_classes, batch_size, pretrained, pretrained_path, seed, num_images, overrides,
+                   output, force, **_):
+    """PipelineSettings from the shared options; ``defaults`` holds the command's epochs (and data options)."""
     from ..errors import DataError
     from ..pipeline import PipelineSettings
     from ..recipe import apply_overrides
@@ -50,14 +72,25 @@ def build_settings(model, stages, data_dir, dataset, epochs, base_epochs, img_si
 
         if not Path(data_dir).is_dir():
             raise DataError(f"data dir {data_dir!r} does not exist", "pass a folder with train/ and validation/")
+        if num_classes or data_size:
+            flag = "--num-classes" if num_classes else "--data-size"
+            raise click.BadParameter("applies to built-in data only; a folder's classes and images are its own",
+                                     param_hint=flag)
     data = apply_overrides({"model": model}, list(overrides))
+    data_options = {} if data_dir else dict(defaults.get("data_options", {}))
+    base_data_options = {} if data_dir or data_size else dict(defaults.get("base_data_options", {}))
+    if data_size:
+        data_options["size"] = data_size
+    if num_classes:
+        data_options["num_classes"] = num_classes
     return PipelineSettings(
         model=model, stages=parse_stages(stages), data=data_dir or dataset or "builtin:clutter",
-        output=output or f"{model}-ersm-run", epochs=epochs or defaults["epochs"],
-        base_epochs=base_epochs or defaults["base_epochs"], img_size=img_size, batch_size=batch_size,
+        output=output or defaults["output"], epochs=epochs or defaults["epochs"],
+        base_epochs=base_epochs or defaults["base_epochs"], img_size=img_size,
+        batch_size=batch_size or defaults["batch_size"], lr=defaults.get("lr", PipelineSettings.lr),
         pretrained=pretrained, pretrained_path=pretrained_path, seed=seed, num_images=num_images,
-        mask=data["mask"], finetune=data["finetune"], force=force,
-        data_options={"size": data_size} if data_size and not data_dir else {},
+        mask=data["mask"], finetune=data["finetune"], force=force, data_options=data_options,
+        base_data_options=base_data_options,
     )
 
 
@@ -101,16 +134,14 @@ def render_summary(out, summary: dict) -> None:
 @click.option("--stages", required=True, help="feature_info indices to mask, e.g. 2,3.")
 @pipeline_options
 @click.pass_context
-def run(ctx: click.Context, model, stages, data_dir, dataset, epochs, base_epochs, img_size, data_size, batch_size,
-        pretrained, pretrained_path, seed, num_images, overrides, output, force, as_json) -> None:
+def run(ctx: click.Context, model: str, stages: str, as_json: bool, **options) -> None:
     """Inject MODEL, fine-tune it with ERSM and a baseline on the same budget, evaluate both, export.
 
     \b
       ersm-surgery run resnet18 --stages 2,3 --dataset builtin:clutter -o runs/r18
     """
-    settings = build_settings(model, stages, data_dir, dataset, epochs, base_epochs, img_size, data_size, batch_size,
-                              pretrained, pretrained_path, seed, num_images, overrides, output, force,
-                              {"epochs": 2, "base_epochs": 4})
+    defaults = protocol_defaults(options, RUN_EPOCHS, RUN_BASE_IMAGES, f"{model}-ersm-run")
+    settings = build_settings(model, stages, defaults, **options)
     summary = run_with_display(ctx, settings, bool((ctx.obj or {}).get("quiet")) or as_json)
     if as_json:
         emit_json({k: v for k, v in summary.items() if k != "results"})
