@@ -15,7 +15,8 @@ class MaskConfig:
     """Settings of an Energy-Mask layer.
 
     Attributes:
-        alpha: price of keeping a token (the intrinsic cost in u = alpha - s).
+        alpha: price of keeping a token (the intrinsic cost in u = alpha - s). The default 0.2 is the
+            price benchmarks/bench_finetune.py measured on a trained resnet18 (docs/finetune.md).
         beta: strength of the Potts coherence term.
         tau: temperature of the mean-field sigmoids.
         steps: number of unrolled mean-field updates T.
@@ -31,7 +32,7 @@ class MaskConfig:
             the edge-aware plugin's term); empty for "potts".
     """
 
-    alpha: float = 0.5
+    alpha: float = 0.2
     beta: float = 0.25
     tau: float = 1.0
     steps: int = 3
