@@ -255,3 +255,13 @@ def test_help_states_the_real_defaults():
         value = found.group(1).strip()
         want = getattr(defaults, key)
         assert (float(value) == want) if isinstance(want, (int, float)) else value == want, (flag, value, want)
+
+
+def test_train_size_sizes_the_train_split_only():
+    from ersm_surgery.train import FinetuneConfig
+    from ersm_surgery.train.data import build_datasets
+
+    config = FinetuneConfig(data="builtin:clutter", data_options={"num_classes": 3, "size": 20, "train_size": 50})
+    train, val = build_datasets(config, 32)
+    assert (len(train), len(val), train.num_classes) == (50, 20, 3)
+    assert config.data_options["train_size"] == 50  # the config is not consumed

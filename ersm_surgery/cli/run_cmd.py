@@ -50,7 +50,7 @@ def protocol_defaults(options: dict, epochs: dict[str, int], base_images: int, o
     """
     defaults: dict = {**epochs, "batch_size": 32, "lr": 3e-4, "output": output}
     if options["dataset"] in (None, "builtin:clutter"):
-        defaults.update(data_options={"num_classes": 4}, base_data_options={"size": base_images})
+        defaults.update(data_options={"num_classes": 4}, base_data_options={"train_size": base_images})
     return defaults
 
 

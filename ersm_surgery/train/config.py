@@ -30,7 +30,8 @@ class FinetuneConfig:
 
     Attributes:
         data: ``"builtin:clutter"`` or a directory with ``train/`` and ``validation/`` (timm's layout).
-        data_options: more ``create_dataset`` arguments (``size``, ``num_classes`` for builtin:clutter).
+        data_options: more ``create_dataset`` arguments (``size``, ``num_classes`` for builtin:clutter;
+            ``train_size`` sets ``size`` of the train split only).
         epochs: epochs of the schedule.
         batch_size: images per process and step.
         lr: base learning rate.

@@ -89,7 +89,10 @@ def build_datasets(config: FinetuneConfig, img_size: int) -> tuple[ErsmDataset, 
         raise DataError(f"data option(s) {', '.join(reserved)} are set by their own flags",
                         "use --img-size, --seed, --strict-data and --augment instead")
     common = dict(img_size=img_size, seed=config.seed, strict=config.strict_data)
-    train = create_dataset(config.data, "train", train_augment=config.augment, **common, **opts)
+    # built-in data: more unique train images without a validation split of the same size
+    train_size = opts.pop("train_size", None)
+    train_opts = opts if train_size is None else {**opts, "size": train_size}
+    train = create_dataset(config.data, "train", train_augment=config.augment, **common, **train_opts)
     val = create_dataset(config.data, "validation", **common, **opts)
     if len(train) == 0 or len(val) == 0:
         raise DataError(f"the data in {config.data!r} has an empty split", "add images to train/ and validation/")
