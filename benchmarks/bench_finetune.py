@@ -1,6 +1,6 @@
 """ERSM fine-tuning against the plain fine-tuning of the same trained model (DESIGN.md 2b).
 
-    python benchmarks/bench_finetune.py                 # ~10 min on 2 free cores; the base is cached
+    python benchmarks/bench_finetune.py                 # ~7 min on 2 idle cores, ~2 min once the base is cached
 
 1. Train timm's resnet18 from random init on builtin:clutter at 64 px (the base; cached in a temp dir).
 2. Copy it twice. Fine-tune one copy with Energy-Masks after stages 2 and 3 (loss = CE + gamma(t) * R,
