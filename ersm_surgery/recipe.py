@@ -6,6 +6,7 @@ the saved weights, loaded strictly; nothing is ever unpickled.
 from __future__ import annotations
 
 import json
+import re
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
@@ -15,6 +16,22 @@ import yaml
 from .errors import RecipeError
 from .layers.config import MaskConfig
 from .surgery.placement import Placement
+
+
+class _YamlLoader(yaml.SafeLoader):
+    """SafeLoader that reads ``1e-4`` as a float: PyYAML follows YAML 1.1, where a float needs a dot."""
+
+
+_YamlLoader.add_implicit_resolver(
+    "tag:yaml.org,2002:float",
+    re.compile(r"^[-+]?(?:[0-9][0-9_]*)(?:\.[0-9_]*)?[eE][-+]?[0-9]+$"),
+    list("-+0123456789"),
+)
+
+
+def load_yaml(text: str) -> Any:
+    """``yaml.safe_load`` with YAML 1.2 exponent floats (``lr: 1e-4`` is a number, not a string)."""
+    return yaml.load(text, Loader=_YamlLoader)  # noqa: S506 - a SafeLoader subclass
 
 __all__ = ["Recipe", "RECIPE_VERSION", "load_recipe", "apply_overrides", "settable_keys"]
 
@@ -140,7 +157,7 @@ class Recipe:
     @classmethod
     def from_yaml(cls, text: str) -> Recipe:
         try:
-            return cls.from_dict(yaml.safe_load(text))
+            return cls.from_dict(load_yaml(text))
         except yaml.YAMLError as exc:
             raise RecipeError(f"recipe is not valid YAML ({str(exc).splitlines()[0]})", "fix the file") from exc
 
@@ -188,7 +205,7 @@ def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any
             problems.append(f"{item!r} is not key=value")
             continue
         try:
-            value = yaml.safe_load(raw) if raw.strip() else None
+            value = load_yaml(raw) if raw.strip() else None
         except yaml.YAMLError:
             value = raw
         head, _, rest = key.partition(".")

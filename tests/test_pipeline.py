@@ -2,6 +2,7 @@
 import json
 
 import pytest
+import yaml
 from click.testing import CliRunner
 
 from ersm_surgery.cli.main import cli
@@ -13,9 +14,13 @@ TINY = ["--epochs", "1", "--base-epochs", "1", "--data-size", "64", "--num-image
 
 def test_run_end_to_end(tmp_path):
     out = tmp_path / "run"
-    result = CliRunner().invoke(cli, ["-q", "run", "test_resnet", "--stages", "2,3", *TINY, "-o", str(out), "--json"])
+    result = CliRunner().invoke(cli, ["-q", "run", "test_resnet", "--stages", "2,3", *TINY, "-o", str(out), "--json",
+                                      "--set", "finetune.lr=1e-4"])
     assert result.exit_code == 0, result.output
     summary = json.loads(result.output)
+    # finetune.* settings change the two fine-tunings, not the base training
+    lr = {f: yaml.safe_load((out / f / "args.yaml").read_text())["config"]["lr"] for f in ("base", "ersm", "baseline")}
+    assert lr == {"base": 2e-3, "ersm": 1e-4, "baseline": 1e-4}
     for folder in ("base", "injected", "ersm", "baseline", "eval", "export"):
         assert (out / folder).is_dir(), folder
     assert (out / "eval" / "report.html").is_file() and (out / "export" / "model.onnx").is_file()
@@ -31,6 +36,10 @@ def test_run_end_to_end(tmp_path):
     (["run", "test_resnet", "--stages", "9"], "out of range"),
     (["run", "resnet5", "--stages", "2"], "unknown model"),
     (["run", "test_resnet", "--stages", "2", "--data-dir", "/no/such/data"], "does not exist"),
+    (["run", "test_resnet", "--stages", "2", "--set", "finetune.lr=fast"], "finetune.lr"),
+    (["run", "test_resnet", "--stages", "2", "--set", "finetune.nope=1"], "unknown setting(s) finetune.nope"),
+    (["run", "test_resnet", "--stages", "2", "--set", "mask.alpha=-1"], "mask.alpha must be >= 0"),
+    (["reproduce", "--model", "test_resnet", "--set", "mask.hidden=zero"], "invalid mask setting"),
 ])
 def test_run_stops_before_training_with_the_reason(tmp_path, args, fragment):
     result = CliRunner().invoke(cli, [*args, "-o", str(tmp_path / "o")])

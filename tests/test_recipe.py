@@ -56,3 +56,10 @@ def test_unknown_and_malformed_overrides_are_all_named():
     with pytest.raises(RecipeError) as err:
         apply_overrides({"model": "resnet50"}, ["mask.alpah=1", "oops", "mask.beta=0.1"])
     assert "mask.alpah" in str(err.value) and "'oops'" in str(err.value) and "settable keys" in str(err.value)
+
+
+def test_exponent_floats_are_numbers_in_overrides_and_recipe_files():
+    # PyYAML reads YAML 1.1, where "1e-4" (no dot) is a string; the recipe reader follows YAML 1.2
+    data = apply_overrides({"model": "resnet50"}, ["finetune.lr=1e-4", "mask.alpha=2E-1", "finetune.note=1e"])
+    assert data["finetune"]["lr"] == 1e-4 and data["mask"]["alpha"] == 0.2 and data["finetune"]["note"] == "1e"
+    assert Recipe.from_yaml("model: resnet50\nmask:\n  beta: 5e-1\n").mask.beta == 0.5

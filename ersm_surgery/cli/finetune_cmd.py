@@ -187,12 +187,13 @@ def _read_recipe_file(path: str) -> dict[str, Any]:
     import yaml
 
     from ..errors import RecipeError
+    from ..recipe import load_yaml
 
     file = Path(path)
     if not file.is_file():
         raise RecipeError(f"recipe file {path!r} does not exist", "check the path given to --recipe")
     try:
-        data = yaml.safe_load(file.read_text(encoding="utf-8"))  # JSON is YAML too
+        data = load_yaml(file.read_text(encoding="utf-8"))  # JSON is YAML too
     except yaml.YAMLError as exc:
         raise RecipeError(f"{path!r} is not valid YAML/JSON ({str(exc).splitlines()[0]})", "fix the file") from exc
     if not isinstance(data, dict):
@@ -204,7 +205,7 @@ def _read_recipe_file(path: str) -> dict[str, Any]:
 
 
 def _parse_pairs(items, flag: str) -> dict[str, Any]:
-    import yaml
+    from ..recipe import load_yaml
 
     out = {}
     for item in items:
@@ -212,7 +213,7 @@ def _parse_pairs(items, flag: str) -> dict[str, Any]:
             key, sep, raw = pair.partition("=")
             if not sep or not key:
                 raise click.BadParameter(f"{pair!r} is not KEY=VALUE", param_hint=flag)
-            out[key] = yaml.safe_load(raw) if raw else None
+            out[key] = load_yaml(raw) if raw else None
     return out
 
 

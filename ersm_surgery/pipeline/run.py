@@ -44,7 +44,8 @@ class PipelineSettings:
         base_data_options: data options for base training only, over ``data_options`` (e.g. a larger
             ``size`` of built-in data: the base then sees more unique images rather than more epochs).
         mask: ``mask.*`` settings for the injected layers.
-        finetune: more fine-tuning settings (``FinetuneConfig`` fields) for both fine-tunings.
+        finetune: more fine-tuning settings (``FinetuneConfig`` fields) for both fine-tunings; base
+            training takes only the ones that are not part of its own recipe (see ``BASE_KEEPS``).
         formats: export formats.
         force: write into a non-empty output folder.
     """
@@ -73,19 +74,43 @@ class PipelineSettings:
 
 Progress = Callable[[str, str], None]  # (step, message)
 
+# finetune.* settings that base training shares: how to run, not what to train (its epochs and lr are
+# --base-epochs and base_lr, so ``--set finetune.lr=...`` changes the fine-tunings only)
+BASE_KEEPS = ("amp", "strict_data", "grad_accum_steps")
 
-def _train(source: str, output: Path, settings: PipelineSettings, epochs: int, lr: float, *, no_masks: bool = False,
-           pretrained_path: str | None = None, data_options: dict[str, Any] | None = None) -> dict[str, Any]:
-    from ..train import FinetuneConfig, RunInputs, finetune
 
-    config = FinetuneConfig(**{
+def _config(settings: PipelineSettings, epochs: int, lr: float, no_masks: bool = False,
+            data_options: dict[str, Any] | None = None, base: bool = False):
+    """The validated FinetuneConfig of one training step (RecipeError names every bad finetune.* setting)."""
+    from ..train import FinetuneConfig
+
+    overrides = {k: v for k, v in settings.finetune.items() if k in BASE_KEEPS} if base else settings.finetune
+    return FinetuneConfig.from_sources({
         "data": settings.data, "data_options": {**settings.data_options, **(data_options or {})}, "epochs": epochs,
         "batch_size": settings.batch_size, "lr": lr, "img_size": settings.img_size, "seed": settings.seed,
-        "workers": 0, "no_masks": no_masks, **settings.finetune,
-    })
+        "workers": 0, "no_masks": no_masks,
+    }, overrides)
+
+
+def _mask_config(settings: PipelineSettings):
+    """The layers' settings, checked before any training; injection writes them into the recipe."""
+    from ..errors import RecipeError
+    from ..layers import MaskConfig
+
+    try:
+        return MaskConfig.from_dict({**MaskConfig().to_dict(), **settings.mask})
+    except (TypeError, ValueError) as exc:
+        raise RecipeError(f"invalid mask setting: {exc}", "see docs/recipe.md") from exc
+
+
+def _train(source: str, output: Path, settings: PipelineSettings, epochs: int, lr: float, *, no_masks: bool = False,
+           pretrained_path: str | None = None, data_options: dict[str, Any] | None = None,
+           base: bool = False) -> dict[str, Any]:
+    from ..train import RunInputs, finetune
+
+    config = _config(settings, epochs, lr, no_masks, data_options, base)
     inputs = RunInputs(source=source, output=output, force=True, pretrained=settings.pretrained and not pretrained_path,
-                       pretrained_path=pretrained_path, device="cpu" if not _cuda() else None,
-                       mask=settings.mask or None)
+                       pretrained_path=pretrained_path, device="cpu" if not _cuda() else None)
     result = finetune(inputs, config)
     last = result.rows[-1] if result.rows else {}
     return {"folder": str(output), "rows": result.rows, "best": result.best, "last": last}
@@ -105,7 +130,7 @@ def _base(settings: PipelineSettings, out: Path, progress: Progress) -> tuple[st
         return None, {"source": "timm pretrained weights"}
     progress("base", f"training {settings.model} from random initialisation for {settings.base_epochs} epoch(s)")
     info = _train(settings.model, out / "base", settings, settings.base_epochs, settings.base_lr, no_masks=True,
-                  data_options=settings.base_data_options)
+                  data_options=settings.base_data_options, base=True)
     return str(out / "base" / "model.safetensors"), {"source": "trained here", **info}
 
 
@@ -161,11 +186,13 @@ def run_pipeline(settings: PipelineSettings, progress: Progress | None = None) -
     timings: dict[str, float] = {}
     size = (3, settings.img_size, settings.img_size)
 
-    # fail fast: a model that cannot be masked stops before any training
+    # fail fast: bad settings and a model that cannot be masked stop before any training
     start = time.perf_counter()
+    _config(settings, settings.epochs, settings.lr)
+    mask = _mask_config(settings)
     num_classes = _num_classes(settings)
     inject(settings.model, stages=settings.stages, input_size=size, num_classes=num_classes,
-           pretrained=False, config=None)
+           pretrained=False, config=mask)
     timings["check"] = time.perf_counter() - start
 
     start = time.perf_counter()
@@ -175,7 +202,7 @@ def run_pipeline(settings: PipelineSettings, progress: Progress | None = None) -
     start = time.perf_counter()
     progress("inject", f"injecting masks after stages {settings.stages}")
     masked = inject(settings.model, stages=settings.stages, input_size=size, num_classes=num_classes,
-                    pretrained=settings.pretrained and base_weights is None, pretrained_path=base_weights)
+                    pretrained=settings.pretrained and base_weights is None, pretrained_path=base_weights, config=mask)
     save(masked, out / "injected", force=True)
     timings["inject"] = time.perf_counter() - start
 
