@@ -11,7 +11,7 @@ from .run_cmd import build_settings, pipeline_options, protocol_defaults, run_wi
 
 # The protocol of benchmarks/bench_finetune.py, where the default mask settings were measured: on the
 # built-in data 4 classes, a base trained on 6000 unique images for 4 epochs, then 3 epochs of fine-tuning
-# on 2000 at batch 32 and lr 3e-4. About 9 minutes on an idle 2-core CPU (benchmarks/README.md).
+# on 2000 at batch 32 and lr 3e-4. 6 min 20 s on an idle 2-core CPU (benchmarks/README.md).
 DEFAULT_BUDGET_MINUTES = 20
 DEFAULT_EPOCHS = {"base_epochs": 4, "epochs": 3}
 BASE_IMAGES = 6000
