@@ -13,7 +13,7 @@ from ersm_surgery.layers import (
     neighbour_kernel,
     potts_energy,
 )
-from ersm_surgery.layers.energy import neighbour_sum, shifted_neighbour_sum, weighted_neighbour_sum
+from ersm_surgery.layers.energy import border_scale, neighbour_sum, shifted_neighbour_sum, weighted_neighbour_sum
 
 ALL_3X3 = torch.tensor(list(itertools.product([0.0, 1.0], repeat=9))).view(512, 1, 3, 3)
 
@@ -181,3 +181,25 @@ def test_config_rejects_bad_values_all_at_once():
     with pytest.raises(ValueError) as err:
         MaskConfig(tau=0, neighbourhood=5, train_mode="x")
     assert "tau" in str(err.value) and "neighbourhood" in str(err.value) and "train_mode" in str(err.value)
+
+
+@pytest.mark.parametrize("neighbourhood", [4, 8])
+def test_normalised_border_removes_the_position_bias(neighbourhood):
+    unary = torch.full((2, 1, 5, 6), -1.0)  # every token equally important
+    _, zero = mean_field(unary, beta=0.25, tau=1.0, steps=3, neighbourhood=neighbourhood)
+    # the Potts energy on the grid: a corner (fewer neighbours) looks less important than the centre
+    assert zero[0, 0, 0, 0] - zero[0, 0, 2, 2] > 0.25
+    q, norm = mean_field(unary, beta=0.25, tau=1.0, steps=3, neighbourhood=neighbourhood, border="normalise")
+    assert (norm - norm[0, 0, 2, 2]).abs().max() < 1e-6 and (q - q[0, 0, 2, 2]).abs().max() < 1e-6
+    # a token whose whole neighbourhood lies inside the grid gets the same pull either way
+    scale = border_scale(5, 6, neighbourhood, unary)
+    corner_neighbours = 2 if neighbourhood == 4 else 3
+    assert torch.all(scale[..., 1:-1, 1:-1] == 1) and scale[0, 0, 0, 0] == neighbourhood / corner_neighbours
+
+
+def test_border_is_a_validated_mask_setting():
+    layer = EnergyMask(8, MaskConfig(border="normalise"))
+    x = torch.randn(2, 8, 4, 4)
+    assert layer(x).shape == x.shape and "border=normalise" in repr(layer)
+    with pytest.raises(ValueError, match="mask.border must be one of zero, normalise"):
+        MaskConfig(border="reflect")

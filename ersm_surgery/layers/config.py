@@ -4,10 +4,11 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field, fields
 from typing import Any
 
-__all__ = ["MaskConfig", "TRAIN_MODES", "EVAL_MODES"]
+__all__ = ["MaskConfig", "TRAIN_MODES", "EVAL_MODES", "BORDERS"]
 
 TRAIN_MODES = ("straight_through", "soft")
 EVAL_MODES = ("hard", "soft")
+BORDERS = ("zero", "normalise")  # how the pairwise pull treats tokens at the border (energy.mean_field)
 
 
 @dataclass
@@ -21,6 +22,9 @@ class MaskConfig:
         tau: temperature of the mean-field sigmoids.
         steps: number of unrolled mean-field updates T.
         neighbourhood: 4 or 8.
+        border: "zero" (the Potts energy on the grid: border tokens have fewer neighbours) or "normalise"
+            (each token's pairwise pull scaled by K / its neighbours, so border tokens are not ranked as
+            less important for their position); see ``layers.energy.mean_field``.
         train_mode: "straight_through" (hard forward, soft gradient) or "soft" (X * q).
         eval_mode: "hard" (X * 1[e < 0]) or "soft" (X * q).
         hidden: width of the unary head; None picks it from the channel count and the 1% budget.
@@ -37,6 +41,7 @@ class MaskConfig:
     tau: float = 1.0
     steps: int = 3
     neighbourhood: int = 4
+    border: str = "zero"
     train_mode: str = "straight_through"
     eval_mode: str = "hard"
     hidden: int | None = None
@@ -66,6 +71,8 @@ class MaskConfig:
             out.append(f"mask.steps must be an integer >= 0, got {self.steps}")
         if self.neighbourhood not in (4, 8):
             out.append(f"mask.neighbourhood must be 4 or 8, got {self.neighbourhood}")
+        if self.border not in BORDERS:
+            out.append(f"mask.border must be one of {', '.join(BORDERS)}, got {self.border!r}")
         if self.train_mode not in TRAIN_MODES:
             out.append(f"mask.train_mode must be one of {', '.join(TRAIN_MODES)}, got {self.train_mode!r}")
         if self.eval_mode not in EVAL_MODES:

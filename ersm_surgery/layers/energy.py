@@ -17,6 +17,8 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from .config import BORDERS
+
 __all__ = [
     "neighbour_kernel",
     "neighbour_sum",
@@ -28,6 +30,8 @@ __all__ = [
     "weighted_neighbour_sum",
     "pair_weights",
     "shifted_neighbour_sum",
+    "border_scale",
+    "BORDERS",
 ]
 
 
@@ -91,6 +95,13 @@ def weighted_neighbour_sum(x: torch.Tensor, weights: torch.Tensor) -> torch.Tens
     return total
 
 
+def border_scale(height: int, width: int, neighbourhood: int, like: torch.Tensor) -> torch.Tensor:
+    """K / (number of neighbours inside the grid) per token, shape (1, 1, H, W): 1 inside, > 1 at the border."""
+    inside = shifted_neighbour_sum(torch.ones(1, 1, height, width, dtype=like.dtype, device=like.device),
+                                   neighbourhood)
+    return neighbourhood / inside.clamp(min=1.0)
+
+
 def mean_field(
     unary: torch.Tensor,
     beta: float,
@@ -98,6 +109,7 @@ def mean_field(
     steps: int,
     neighbourhood: int = 4,
     pairwise_weights: torch.Tensor | None = None,
+    border: str = "zero",
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Unrolled mean-field minimisation of the Potts energy.
 
@@ -109,14 +121,25 @@ def mean_field(
         neighbourhood: 4 or 8.
         pairwise_weights: optional w_ij per direction, shape (B, K, H, W) (see
             :func:`weighted_neighbour_sum`); ``None`` means w_ij = 1 (the plain Potts term).
+        border: ``"zero"``: neighbours past the border are absent (the Potts energy on the grid, so a
+            border token of an open mask has a higher energy, by beta per missing neighbour, than an
+            interior token with the same unary energy). ``"normalise"``: each token's pairwise pull is
+            scaled by K / (its neighbours inside the grid), so the position on the grid does not shift
+            the energy ranking; interior tokens are unchanged.
 
     Returns:
         ``(q, e)``: keep probabilities after T steps and the token energies computed from them.
     """
+    if border not in BORDERS:
+        raise ValueError(f"border must be one of {', '.join(BORDERS)}, got {border!r}")
+    scale = border_scale(*unary.shape[-2:], neighbourhood, unary) if border == "normalise" else None
+
     def pull(q: torch.Tensor) -> torch.Tensor:
         if pairwise_weights is None:
-            return shifted_neighbour_sum(1.0 - 2.0 * q, neighbourhood)
-        return weighted_neighbour_sum(1.0 - 2.0 * q, pairwise_weights)
+            total = shifted_neighbour_sum(1.0 - 2.0 * q, neighbourhood)
+        else:
+            total = weighted_neighbour_sum(1.0 - 2.0 * q, pairwise_weights)
+        return total if scale is None else total * scale
 
     q = torch.sigmoid(-unary / tau)
     for _ in range(steps):

@@ -66,7 +66,7 @@ class EnergyMask(nn.Module):
         weights = self.pairwise(x)
         if weights is not None:
             weights = weights.float()
-        q, energy = mean_field(unary, cfg.beta, cfg.tau, cfg.steps, cfg.neighbourhood, weights)
+        q, energy = mean_field(unary, cfg.beta, cfg.tau, cfg.steps, cfg.neighbourhood, weights, cfg.border)
         hard = (energy < 0).to(q.dtype)
         mode = self.mode
         if mode == "straight_through":
@@ -86,5 +86,6 @@ class EnergyMask(nn.Module):
         c = self.config
         return (
             f"channels={self.channels}, hidden={self.hidden}, alpha={c.alpha}, beta={c.beta}, tau={c.tau}, "
-            f"steps={c.steps}, neighbourhood={c.neighbourhood}, train_mode={c.train_mode}, eval_mode={c.eval_mode}"
+            f"steps={c.steps}, neighbourhood={c.neighbourhood}, border={c.border}, train_mode={c.train_mode}, "
+            f"eval_mode={c.eval_mode}"
         )
