@@ -41,8 +41,8 @@ class PipelineSettings:
         seed: seeds data order, initialisation and evaluation.
         num_images: images evaluated.
         data_options: more ``create_dataset`` options (``size``, ``num_classes`` of builtin:clutter).
-        base_data_options: data options for base training only, over ``data_options`` (e.g. a larger
-            ``size`` of built-in data: the base then sees more unique images rather than more epochs).
+        base_data_options: data options for base training only, over ``data_options`` (e.g.
+            ``train_size`` of built-in data: the base then sees more unique images rather than more epochs).
         mask: ``mask.*`` settings for the injected layers.
         finetune: more fine-tuning settings (``FinetuneConfig`` fields) for both fine-tunings; base
             training takes only the ones that are not part of its own recipe (see ``BASE_KEEPS``).
