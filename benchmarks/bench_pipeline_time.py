@@ -39,7 +39,10 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--reproduce", action="store_true", help="also time `reproduce` (about 6-7 more minutes)")
     args = p.parse_args()
-    exe = shutil.which("ersm-surgery") or sys.exit("ersm-surgery is not on PATH: install the package first")
+    beside = Path(sys.executable).with_name("ersm-surgery")  # the environment this script runs in
+    exe = str(beside) if beside.exists() else shutil.which("ersm-surgery")
+    if exe is None:
+        sys.exit("ersm-surgery is not installed: pip install -e . first")
     print(f"machine: {platform.machine()}, {os.cpu_count()} CPUs, Python {platform.python_version()}")
     jobs = [("run", [exe, "-q", "run", "resnet18", "--stages", "2,3", "--dataset", "builtin:clutter"], 5.0)]
     if args.reproduce:
