@@ -19,6 +19,7 @@ import time
 
 import timm
 import torch
+from _timing import median_seconds
 from timm.layers import get_graph_node_names
 
 import ersm_surgery
@@ -26,28 +27,19 @@ from ersm_surgery.layers import MaskConfig
 from ersm_surgery.surgery import apply_placements, resolve_stages
 
 
-def median_time(fn, repeat: int) -> float:
-    times = []
-    for _ in range(repeat):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
-
-
 def surgery(repeat: int) -> None:
     base = timm.create_model("resnet50").eval()
     size = (3, 224, 224)
-    t_timm = median_time(lambda: get_graph_node_names(base), repeat)
+    t_timm = median_seconds(lambda: get_graph_node_names(base), repeat)
     copies = [copy.deepcopy(base) for _ in range(repeat)]
     it = iter(copies)
-    t_full = median_time(lambda: ersm_surgery.inject(next(it), stages=[2, 3], input_size=size), repeat)
+    t_full = median_seconds(lambda: ersm_surgery.inject(next(it), stages=[2, 3], input_size=size), repeat)
     # the same, split: resolving (one forward probe that checks the maps are (B, C, H, W)) and the fx edit
     placements = resolve_stages(base, [2, 3], size)
-    t_resolve = median_time(lambda: resolve_stages(base, [2, 3], size), repeat)
+    t_resolve = median_seconds(lambda: resolve_stages(base, [2, 3], size), repeat)
     copies = [copy.deepcopy(base) for _ in range(repeat)]
     it = iter(copies)
-    t_edit = median_time(lambda: apply_placements(next(it), copy.deepcopy(placements), MaskConfig()), repeat)
+    t_edit = median_seconds(lambda: apply_placements(next(it), copy.deepcopy(placements), MaskConfig()), repeat)
     print(f"[1] surgery resnet50 stages 2,3: inject() {t_full * 1e3:.1f} ms (probe {t_resolve * 1e3:.1f} ms + "
           f"fx edit {t_edit * 1e3:.1f} ms) vs timm get_graph_node_names {t_timm * 1e3:.1f} ms "
           f"-> ratio {t_full / t_timm:.2f}x (goal <= 1.5x)")
@@ -80,7 +72,7 @@ def latency(repeat: int) -> None:
 
 def cold_help(repeat: int) -> None:
     def run(args):
-        return median_time(lambda: subprocess.run(args, check=True, capture_output=True), repeat)
+        return median_seconds(lambda: subprocess.run(args, check=True, capture_output=True), repeat)
 
     bare = run([sys.executable, "-c", "pass"])
     helped = run([sys.executable, "-m", "ersm_surgery.cli.main", "--help"])

@@ -8,22 +8,12 @@ No network: the model has random weights.
 from __future__ import annotations
 
 import argparse
-import statistics
 import subprocess
 import sys
 import tempfile
-import time
-from collections.abc import Callable
 from pathlib import Path
 
-
-def _median_seconds(fn: Callable[[], object], repeat: int) -> float:
-    times = []
-    for _ in range(repeat):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
+from _timing import median_seconds
 
 
 def main() -> None:
@@ -47,10 +37,10 @@ def main() -> None:
             command = [sys.executable, "-m", "ersm_surgery.cli.main", "info", str(path), "--json"]
         run = lambda argv: subprocess.run(argv, check=True, capture_output=True)  # noqa: E731
         run(command)  # warm the page cache and the bytecode
-        t_lib = _median_seconds(lambda: file_info(path), args.repeat)
-        t_cli = _median_seconds(lambda: run(command), args.repeat)
-        t_python = _median_seconds(lambda: run([sys.executable, "-c", "pass"]), args.repeat)
-        t_verify = _median_seconds(lambda: file_info(path, verify=True), max(1, args.repeat // 2))
+        t_lib = median_seconds(lambda: file_info(path), args.repeat)
+        t_cli = median_seconds(lambda: run(command), args.repeat)
+        t_python = median_seconds(lambda: run([sys.executable, "-c", "pass"]), args.repeat)
+        t_verify = median_seconds(lambda: file_info(path, verify=True), max(1, args.repeat // 2))
 
     mib = info["file_bytes"] / 2**20
     print(f"file: {mib:.1f} MiB, {info['tensors']['count']} tensors, header {info['header_bytes']:,} bytes, "

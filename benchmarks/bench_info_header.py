@@ -9,25 +9,14 @@ its ``pread`` backend and against mmap plus a copy of every tensor, which do rea
 from __future__ import annotations
 
 import argparse
-import statistics
 import tempfile
-import time
-from collections.abc import Callable
 from pathlib import Path
 
 import torch
+from _timing import median_seconds
 from safetensors.torch import load_file, save_file
 
 from ersm_surgery.io.safetensors_header import read_header, tensor_data_sha256
-
-
-def _median_seconds(fn: Callable[[], object], repeat: int) -> float:
-    times = []
-    for _ in range(repeat):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
 
 
 def _make_file(path: Path, megabytes: int) -> None:
@@ -51,11 +40,11 @@ def main() -> None:
         _make_file(path, args.mb)
         header = read_header(path)
         load_file(str(path))  # warm the page cache so both sides read from memory
-        t_header = _median_seconds(lambda: read_header(path), args.repeat)
-        t_mmap = _median_seconds(lambda: load_file(str(path)), args.repeat)
-        t_pread = _median_seconds(lambda: load_file(str(path), backend="pread"), args.repeat)
-        t_copy = _median_seconds(lambda: [t.clone() for t in load_file(str(path)).values()], args.repeat)
-        t_hash = _median_seconds(lambda: tensor_data_sha256(path, header), args.repeat)
+        t_header = median_seconds(lambda: read_header(path), args.repeat)
+        t_mmap = median_seconds(lambda: load_file(str(path)), args.repeat)
+        t_pread = median_seconds(lambda: load_file(str(path), backend="pread"), args.repeat)
+        t_copy = median_seconds(lambda: [t.clone() for t in load_file(str(path)).values()], args.repeat)
+        t_hash = median_seconds(lambda: tensor_data_sha256(path, header), args.repeat)
     size_mb = header.file_size / 2**20
     print(f"file: {size_mb:.1f} MiB, {header.num_tensors} tensors, header {header.header_size} bytes")
     print(f"read_header             median of {args.repeat}: {t_header * 1e3:9.3f} ms")
