@@ -14,6 +14,12 @@ Configurations (each a ratio to the plain pass measured in the same run):
 - ``hook, batched`` (with --with-hook): full network reruns with a hook substitution (the fallback).
 
     python benchmarks/bench_deletion_cost.py [--model resnet18] [--img-size 64] [--images 64] [-b 32]
+    python benchmarks/bench_deletion_cost.py --from DIR --images 500   # trained masks, e.g. from
+        # bench_finetune.py --save DIR (DIR/ersm), on builtin:clutter validation images
+
+Freshly injected masks are the worst case, not the usual one: trained masks drop tokens, so with zero
+fill the first LeRF fractions remove already-zero tokens and MoRF reaches all-zero features early,
+and those fractions reuse earlier logits.
 """
 from __future__ import annotations
 
@@ -45,6 +51,17 @@ def deletion_cost(model, data: EvalImages, batch: int, rows: int, split: str) ->
     return evaluate(model, data, settings=settings).results["deletion"]["cost"]
 
 
+def trained(source: str, count: int) -> tuple[torch.nn.Module, EvalImages]:
+    """A saved masked model and ``count`` built-in validation images at its input size and class count."""
+    from ersm_surgery.data import create_dataset
+    from ersm_surgery.eval.images import load_images
+
+    model = ersm_surgery.load(source).eval()
+    side = model.ersm_recipe.input_size[-1]
+    data = create_dataset("builtin:clutter", "validation", img_size=side, num_classes=model.num_classes)
+    return model, load_images(data, count, 0)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", default="resnet18")
@@ -55,17 +72,25 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--repeat", type=int, default=3, help="plain passes timed (median)")
     parser.add_argument("--with-hook", action="store_true", help="also time the full-rerun fallback")
+    parser.add_argument("--from", dest="source", help="a saved masked model (trained masks) instead of --model")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
 
-    size = (3, args.img_size, args.img_size)
-    stages = [int(s) for s in args.stages.split(",")]
-    model = ersm_surgery.inject(args.model, stages=stages, input_size=size, num_classes=10).eval()
-    images = torch.randn(args.images, *size)
-    data = EvalImages(images=images, labels=torch.arange(args.images) % 10, boxes=None,
-                      indices=list(range(args.images)), classes=[str(i) for i in range(10)],
-                      mean=(0.0,) * 3, std=(1.0,) * 3, description={"kind": "random normal"})
+    if args.source:
+        model, data = trained(args.source, args.images)
+        images = data.images
+        what = f"trained masks from {args.source}, {args.images} builtin:clutter validation images"
+    else:
+        size = (3, args.img_size, args.img_size)
+        stages = [int(s) for s in args.stages.split(",")]
+        model = ersm_surgery.inject(args.model, stages=stages, input_size=size, num_classes=10).eval()
+        images = torch.randn(args.images, *size)
+        data = EvalImages(images=images, labels=torch.arange(args.images) % 10, boxes=None,
+                          indices=list(range(args.images)), classes=[str(i) for i in range(10)],
+                          mean=(0.0,) * 3, std=(1.0,) * 3, description={"kind": "random normal"})
+        what = (f"{args.model} stages {args.stages}, fresh masks (every token kept: the worst case), "
+                f"{args.images} images at {args.img_size} px")
     b = args.batch_size
     configs = [("fx, batched", 8 * b, "fx"), ("fx, per fraction", b, "fx")]
     if args.with_hook:
@@ -81,8 +106,8 @@ def main() -> None:
     wall = statistics.median(p[0] for p in plains)
     cpu = statistics.median(p[1] for p in plains)
 
-    print(f"# deletion test cost, {args.model} stages {args.stages}, {args.images} images at {args.img_size} px, "
-          f"batch {b}, {args.threads} threads, torch {torch.__version__}, {platform.machine()}")
+    print(f"# deletion test cost, {what}, batch {b}, {args.threads} threads, torch {torch.__version__}, "
+          f"{platform.machine()}")
     print(f"plain pass: wall {wall:.3f} s, CPU {cpu:.3f} s (medians of {len(plains)}; wall "
           f"{', '.join(f'{p[0]:.2f}' for p in plains)})")
     header = (f"{'configuration':<18} {'wall s':>8} {'wall x':>7} {'CPU s':>8} {'CPU x':>7} {'rows':>6} {'calls':>6}"
