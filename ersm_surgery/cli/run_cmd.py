@@ -58,7 +58,7 @@ def protocol_defaults(options: dict, epochs: dict[str, int], base_images: int, o
 
 def build_settings(model: str, stages: str, defaults: dict, *, data_dir, dataset, epochs, base_epochs, img_size,
                    data_size, num_classes, batch_size, pretrained, pretrained_path, seed, num_images, overrides,
-                   output, force, **_):
+                   output, force):
     """PipelineSettings from the shared options; ``defaults`` holds the command's epochs (and data options)."""
     from ..errors import DataError
     from ..pipeline import PipelineSettings
