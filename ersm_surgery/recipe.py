@@ -35,7 +35,10 @@ def load_yaml(text: str) -> Any:
 
 __all__ = ["Recipe", "RECIPE_VERSION", "load_recipe", "apply_overrides", "settable_keys"]
 
-RECIPE_VERSION = 1
+# 2: data_config (the preprocessing a model was fine-tuned with). A version-1 recipe has none and means the
+# preprocessing of that time (ImageNet or the built-in data's statistics, crop fraction 1.0); a version-2
+# recipe without one means the model's own timm pretrained config (see ersm_surgery.data.resolve).
+RECIPE_VERSION = 2
 
 # top-level keys a user may set with --set (placements are set with --stages/--nodes)
 _TOP_SETTABLE = ("model", "num_classes", "input_size")
@@ -57,6 +60,9 @@ class Recipe:
         plugins: which plugin provides each plugin component the model uses, e.g.
             ``{"pairwise:edge_aware": "ersm-edge-aware"}`` (see ``ersm_surgery.plugins``); empty, and
             left out of the file, when the model uses built-in components only.
+        data_config: the preprocessing the model was fine-tuned with, as timm's data config (input_size,
+            interpolation, mean, std, crop_pct, crop_mode); None until ``finetune`` records it (then see
+            ``version``), and left out of the file.
     """
 
     model: str
@@ -68,6 +74,7 @@ class Recipe:
     finetune: dict[str, Any] = field(default_factory=dict)
     version: int = RECIPE_VERSION
     plugins: dict[str, str] = field(default_factory=dict)
+    data_config: dict[str, Any] | None = None
 
     def __post_init__(self) -> None:
         problems = self.problems()
@@ -90,10 +97,14 @@ class Recipe:
             out.append("model_kwargs must be a mapping")
         if not isinstance(self.plugins, dict) or not all(isinstance(v, str) for v in self.plugins.values()):
             out.append(f"plugins must map components to plugin names, got {self.plugins!r}")
+        if self.data_config is not None:
+            out += _data_config_problems(self.data_config)
         return out + self.mask.problems()
 
     def to_dict(self) -> dict[str, Any]:
-        extra = {"plugins": dict(self.plugins)} if self.plugins else {}
+        extra: dict[str, Any] = {"plugins": dict(self.plugins)} if self.plugins else {}
+        if self.data_config is not None:
+            extra["data_config"] = dict(self.data_config)
         return {
             "version": self.version,
             "model": self.model,
@@ -167,6 +178,22 @@ class Recipe:
 
         path = Path(path)
         atomic_write_text(path, self.to_json() if path.suffix == ".json" else self.to_yaml())
+
+
+def _data_config_problems(data: Any) -> list[str]:
+    from .data.preprocessing import DATA_CONFIG_KEYS, Preprocessing
+    from .errors import DataError
+
+    if not isinstance(data, dict):
+        return [f"data_config must be a mapping of {', '.join(DATA_CONFIG_KEYS)}, got {data!r}"]
+    unknown = sorted(set(data) - set(DATA_CONFIG_KEYS))
+    if unknown:
+        return [f"unknown data_config key(s) {', '.join(unknown)} (valid: {', '.join(DATA_CONFIG_KEYS)})"]
+    try:
+        Preprocessing.from_dict(data)
+    except DataError as exc:
+        return [f"data_config: {exc.problem}"]
+    return []
 
 
 def load_recipe(path: str | Path) -> Recipe:

@@ -46,6 +46,12 @@ def _positive(_ctx, param, value):
               help="Images evaluated (a seeded subset of the split).")
 @click.option("--img-size", type=int, callback=_positive,
               help="Image side (default: the size the model was injected at).")
+@click.option("--mean", type=float, nargs=3, default=None, metavar="R G B",
+              help="Normalisation mean (default: the model's recorded preprocessing, else its pretrained config).")
+@click.option("--std", type=float, nargs=3, default=None, metavar="R G B",
+              help="Normalisation std (default: as --mean).")
+@click.option("--interpolation", help="Resize filter: bilinear, bicubic, ... (default: as --mean).")
+@click.option("--crop-pct", type=float, help="Centre-crop fraction of evaluation (default: as --mean).")
 @click.option("-b", "--batch-size", type=int, default=32, show_default=True, callback=_positive,
               help="Images per forward pass.")
 @click.option("--seed", type=int, default=0, show_default=True,
@@ -66,8 +72,8 @@ def _positive(_ctx, param, value):
 @click.option("--json", "as_json", is_flag=True, help="Print results.json to stdout.")
 @click.pass_context
 def evaluate(ctx: click.Context, source: str, data_dir, dataset, split, baseline, baseline_weights, metrics, num_images,
-             img_size, batch_size, seed, num_classes, deletion_fill, occlusion_grid, figure_images, device, workers,
-             out_dir, report, force, as_json) -> None:
+             img_size, mean, std, interpolation, crop_pct, batch_size, seed, num_classes, deletion_fill, occlusion_grid,
+             figure_images, device, workers, out_dir, report, force, as_json) -> None:
     """Measure a masked model (DIR) and its baseline on the same images: numbers, figures, an HTML report.
 
     \b
@@ -91,8 +97,12 @@ def evaluate(ctx: click.Context, source: str, data_dir, dataset, split, baseline
 
     model, model_info = _load(source, None, None, "DIR")
     spec = data_dir if data_dir is not None else dataset
-    size = img_size or _default_size(model)
-    data = _dataset(spec, data_dir is not None, split, size, seed, num_classes)
+    from ..data import resolve_preprocessing
+
+    # the model's recorded preprocessing (or its own pretrained config); the baseline sees the same images
+    pre = resolve_preprocessing(model, spec, img_size=img_size, mean=mean, std=std, interpolation=interpolation,
+                                crop_pct=crop_pct)
+    data = _dataset(spec, data_dir is not None, split, pre, seed, num_classes)
     base, base_info = (None, None)
     if baseline:
         base, base_info = _load(baseline, baseline_weights, getattr(model, "num_classes", None), "--baseline")
@@ -145,15 +155,7 @@ def _load(spec: str, weights: str | None, num_classes: int | None, what: str) ->
     return model.eval(), info
 
 
-def _default_size(model) -> int:
-    from ..api import default_input_size
-
-    recipe = getattr(model, "ersm_recipe", None)
-    size = recipe.input_size if recipe is not None and recipe.input_size else default_input_size(model)
-    return int(size[-1])
-
-
-def _dataset(spec: str, is_dir: bool, split: str, size: int, seed: int, num_classes: int | None):
+def _dataset(spec: str, is_dir: bool, split: str, preprocessing, seed: int, num_classes: int | None):
     from ..data import BUILTIN_PREFIX, create_dataset
 
     options = {}
@@ -162,7 +164,7 @@ def _dataset(spec: str, is_dir: bool, split: str, size: int, seed: int, num_clas
             raise click.BadParameter("applies to built-in data only; a folder's classes are its class folders",
                                      param_hint="--num-classes")
         options["num_classes"] = num_classes
-    return create_dataset(spec, split=split, img_size=size, seed=seed, **options)
+    return create_dataset(spec, split=split, seed=seed, preprocessing=preprocessing, **options)
 
 
 class _RichProgress:

@@ -11,9 +11,9 @@ from typing import Any
 import torch
 from PIL import Image
 from torch.utils.data import Dataset
-from torchvision import transforms
 
 from ..errors import DataError
+from .preprocessing import Preprocessing
 
 __all__ = [
     "Box",
@@ -67,25 +67,25 @@ def build_transform(
     augment: bool = False,
     resize: bool = True,
 ) -> Callable[[Image.Image], torch.Tensor]:
-    """PIL image to a normalised float tensor (C, img_size, img_size).
+    """PIL image to a normalised float tensor (C, img_size, img_size) with timm's transforms.
+
+    A shortcut for :class:`~ersm_surgery.data.preprocessing.Preprocessing` with bilinear resizing and crop
+    fraction 1.0; data sets build their transforms from a full ``Preprocessing`` instead.
 
     Args:
         img_size: output side in pixels.
         mean: per-channel mean for Normalize.
         std: per-channel std for Normalize.
-        augment: random resized crop (scale 0.5 to 1) and horizontal flip; boxes no longer match.
-        resize: resize the shorter side and center-crop; off when images are generated at ``img_size``.
+        augment: timm's training transform (random resized crop, flip, colour jitter); boxes no longer match.
+        resize: kept for compatibility: the evaluation transform's resize is the identity on an image that
+            already is ``img_size`` square.
 
     Returns:
         A torchvision transform.
     """
-    steps: list[Callable] = []
-    if augment:
-        steps += [transforms.RandomResizedCrop(img_size, scale=(0.5, 1.0)), transforms.RandomHorizontalFlip()]
-    elif resize:
-        steps += [transforms.Resize(img_size), transforms.CenterCrop(img_size)]
-    steps += [transforms.ToTensor(), transforms.Normalize(mean, std)]
-    return transforms.Compose(steps)
+    del resize  # a square image of img_size passes timm's resize and crop unchanged
+    pre = Preprocessing(input_size=(len(mean), int(img_size), int(img_size)), mean=tuple(mean), std=tuple(std))
+    return pre.transform(train=augment)
 
 
 class ErsmDataset(Dataset):
@@ -96,6 +96,7 @@ class ErsmDataset(Dataset):
         has_boxes: whether :meth:`box` returns object boxes.
         mean: per-channel mean used to normalise the images.
         std: per-channel std used to normalise the images.
+        preprocessing: the full timm data config the images go through (see ``data.preprocessing``).
         split: ``"train"`` or ``"validation"``.
         img_size: side of the returned square images.
         train_augment: whether random augmentation is applied (boxes then do not match the pixels).
@@ -108,6 +109,24 @@ class ErsmDataset(Dataset):
     split: str
     img_size: int
     train_augment: bool = False
+    preprocessing: Preprocessing
+
+    def set_preprocessing(self, preprocessing: Preprocessing, auto_augment: str | None = None) -> None:
+        """Prepare the images with ``preprocessing`` from now on: timm's training transform (with
+        ``auto_augment``) when ``train_augment``, else its evaluation transform.
+
+        Raises:
+            DataError: timm rejects ``auto_augment``, or the data set cannot be prepared at that size.
+        """
+        self._set_preprocessing(preprocessing, auto_augment)
+
+    def _set_preprocessing(self, preprocessing: Preprocessing, auto_augment: str | None = None) -> None:
+        self.preprocessing = preprocessing
+        self.mean = tuple(preprocessing.mean)
+        self.std = tuple(preprocessing.std)
+        self.img_size = preprocessing.img_size
+        self.auto_augment = auto_augment if self.train_augment else None
+        self.transform = preprocessing.transform(train=self.train_augment, auto_augment=self.auto_augment)
 
     @property
     def num_classes(self) -> int:

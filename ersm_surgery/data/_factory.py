@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import inspect
+import logging
 import os
 
 import torch
@@ -12,6 +13,9 @@ from ..errors import DataError
 from ._base import ErsmDataset
 from .clutter import ClutterDataset
 from .folder import FolderDataset
+from .preprocessing import Preprocessing
+
+_log = logging.getLogger(__name__)
 
 __all__ = ["create_dataset", "make_loader", "list_builtin_datasets", "BUILTIN_PREFIX"]
 
@@ -22,6 +26,16 @@ _BUILTINS: dict[str, type[ErsmDataset]] = {"clutter": ClutterDataset}
 def list_builtin_datasets() -> list[str]:
     """Specs of the built-in data sets, e.g. ``["builtin:clutter"]``."""
     return [BUILTIN_PREFIX + name for name in sorted(_BUILTINS)]
+
+
+def _accepts(factory, name: str) -> bool:
+    if factory is None:
+        return False
+    try:
+        params = inspect.signature(factory).parameters
+    except (TypeError, ValueError):
+        return False
+    return name in params or any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values())
 
 
 def _check_kwargs(cls: type, kwargs: dict, fixed: set[str], what: str) -> None:
@@ -35,9 +49,10 @@ def _check_kwargs(cls: type, kwargs: dict, fixed: set[str], what: str) -> None:
 def create_dataset(
     spec: str | os.PathLike,
     split: str = "train",
-    img_size: int = 64,
+    img_size: int | None = None,
     seed: int = 0,
     strict: bool = False,
+    preprocessing: Preprocessing | None = None,
     **kwargs,
 ) -> ErsmDataset:
     """Build a data set from a spec: ``"builtin:clutter"``, a plugin's ``"<plugin>:<name>"`` or a directory.
@@ -48,11 +63,14 @@ def create_dataset(
             kwargs, and ``strict`` only when true) or a path in timm's ImageFolder layout holding ``train/``
             and ``validation/`` (timm's synonyms such as ``training/``, ``val/``, ``valid/`` are accepted).
         split: ``train``/``training`` or ``validation``/``val``/``valid``/``validate``/``eval``/``test``.
-        img_size: side of the returned square images.
+        img_size: side of the returned square images (default: the side of ``preprocessing``, else 64).
         seed: seed of a generated data set (ignored for folders: their order is fixed by file names).
         strict: folders only: raise on an unreadable image instead of skipping and counting it.
-        **kwargs: ``train_augment`` for every data set; ``num_classes``, ``size`` and ``spurious_cue`` for
-            ``builtin:clutter``.
+        preprocessing: the timm data config the images go through (the model's: see
+            ``ersm_surgery.data.resolve_preprocessing``); None keeps the data set's own (recipe version 1)
+            preprocessing. A plugin data set gets it only when its factory takes a ``preprocessing`` argument.
+        **kwargs: ``train_augment`` and ``auto_augment`` for every data set; ``num_classes``, ``size`` and
+            ``spurious_cue`` for ``builtin:clutter``.
 
     Returns:
         An :class:`ErsmDataset` yielding ``(normalised CxHxW float tensor, int target)``.
@@ -62,6 +80,13 @@ def create_dataset(
             directory or split, empty class folder, no images, unreadable image with ``strict``).
     """
     text = os.fspath(spec)
+    if preprocessing is not None:
+        if img_size is not None and int(img_size) != preprocessing.img_size:
+            raise DataError(f"img_size {img_size} differs from the preprocessing's input size "
+                            f"{preprocessing.img_size}", "pass one of them, or the same size to both")
+        img_size = preprocessing.img_size
+        kwargs["preprocessing"] = preprocessing
+    img_size = 64 if img_size is None else int(img_size)
     if text.startswith(BUILTIN_PREFIX):
         name = text[len(BUILTIN_PREFIX):]
         if name not in _BUILTINS:
@@ -75,6 +100,10 @@ def create_dataset(
     if plugins.is_plugin_dataset_spec(text):
         # strict goes to a plugin only when asked for, so factories that do not know it keep working
         extra = {"strict": True} if strict else {}
+        if "preprocessing" in kwargs and not _accepts(plugins.get_dataset_factory(text), "preprocessing"):
+            kwargs.pop("preprocessing")
+            _log.warning("the plugin data set %s prepares its own images; the model's preprocessing is not applied",
+                         text)
         return plugins.create_plugin_dataset(text, split=split, img_size=img_size, seed=seed, **extra, **kwargs)
     _check_kwargs(FolderDataset, kwargs, {"root", "split", "img_size", "strict"}, "a data directory")
     return FolderDataset(text, split=split, img_size=img_size, strict=strict, **kwargs)

@@ -22,7 +22,8 @@ from PIL import Image
 
 from ..errors import DataError
 from . import _render
-from ._base import Box, ErsmDataset, build_transform, canonical_split
+from ._base import Box, ErsmDataset, canonical_split
+from .preprocessing import Preprocessing, legacy_preprocessing
 
 __all__ = ["ClutterDataset", "ClutterSample", "CLUTTER_CLASSES", "CLUTTER_MEAN", "CLUTTER_STD"]
 
@@ -40,9 +41,9 @@ class ClutterSample:
     """One generated sample before the tensor transform.
 
     Attributes:
-        image: the RGB picture at ``img_size``.
+        image: the RGB picture at the render size (``img_size`` unless the crop fraction is below 1).
         target: class index (the shape).
-        box: tight object box ``(x0, y0, x1, y1)`` in [0, 1].
+        box: tight object box ``(x0, y0, x1, y1)`` in [0, 1] of ``image`` (before the transform's crop).
         shape: class name.
         cue: class whose tint colours the background, or None when no cue was planted.
     """
@@ -64,7 +65,12 @@ class ClutterDataset(ErsmDataset):
         num_classes: how many shapes, 2 to 10, taken in order from :data:`CLUTTER_CLASSES`.
         size: number of samples; default 2000 for train, 500 for validation.
         spurious_cue: probability in [0, 1] of a background tint (label-correlated in train only).
-        train_augment: random resized crop and flip; boxes then only match the un-augmented image.
+        train_augment: timm's training transform; boxes then only match the un-augmented image.
+        preprocessing: the model's data config (default: this data set's own statistics, no crop). Images
+            are rendered at the side timm's evaluation transform resizes to (``floor(side / crop_pct)``), so
+            that resize is the identity and no pixel is interpolated; with ``crop_pct`` 1.0 (the default for
+            generated data, which has no border to crop) the evaluation transform only normalises.
+        auto_augment: timm's auto-augment policy of the training transform (with ``train_augment``).
 
     Raises:
         DataError: a value is out of range.
@@ -83,6 +89,8 @@ class ClutterDataset(ErsmDataset):
         size: int | None = None,
         spurious_cue: float = 0.0,
         train_augment: bool = False,
+        preprocessing: Preprocessing | None = None,
+        auto_augment: str | None = None,
     ) -> None:
         self.split = canonical_split(split)
         problems = []
@@ -104,7 +112,16 @@ class ClutterDataset(ErsmDataset):
         self.spurious_cue = float(spurious_cue)
         self.train_augment = bool(train_augment)
         self._split_code = zlib.crc32(self.split.encode())  # stable across runs, unlike hash()
-        self.transform = build_transform(self.img_size, self.mean, self.std, augment=self.train_augment, resize=False)
+        default = legacy_preprocessing(self.img_size, CLUTTER_MEAN, CLUTTER_STD)
+        self._set_preprocessing(preprocessing or default, auto_augment)
+
+    def _set_preprocessing(self, preprocessing: Preprocessing, auto_augment: str | None = None) -> None:
+        if preprocessing.img_size < 32:
+            raise DataError(f"invalid builtin:clutter settings: input size {preprocessing.img_size} (at least 32)",
+                            "pass --img-size 32 or more")
+        super()._set_preprocessing(preprocessing, auto_augment)
+        # the side timm's eval transform resizes to: rendering there makes that resize the identity
+        self.render_size = preprocessing.scale_size
 
     def __len__(self) -> int:
         return self.size
@@ -120,7 +137,8 @@ class ClutterDataset(ErsmDataset):
 
     def _alpha(self, index: int, obj_rng: np.random.Generator) -> np.ndarray:
         shape = self.classes[self.target(index)]
-        return _render.render_alpha(_render.object_polygons(obj_rng, shape, self.img_size, _SCALE), self.img_size)
+        size = self.render_size
+        return _render.render_alpha(_render.object_polygons(obj_rng, shape, size, _SCALE), size)
 
     def sample(self, index: int) -> ClutterSample:
         """Generate sample ``index`` with its metadata (box, shape, planted cue)."""
@@ -128,7 +146,7 @@ class ClutterDataset(ErsmDataset):
         obj_rng, bg_rng, cue_rng, paint_rng = self._rngs(index)
         target = self.target(index)
         alpha = self._alpha(index, obj_rng)
-        img = _render.background(bg_rng, self.img_size)
+        img = _render.background(bg_rng, self.render_size)
         cue = None
         if cue_rng.random() < self.spurious_cue:
             # train: the tint names the label; validation: the tint is independent of it
@@ -143,9 +161,15 @@ class ClutterDataset(ErsmDataset):
         return self.transform(s.image), s.target
 
     def box(self, index: int) -> Box:
-        """Tight object box ``(x0, y0, x1, y1)`` in [0, 1]; exact for the un-augmented image."""
+        """Tight object box ``(x0, y0, x1, y1)`` in [0, 1] of the evaluation transform's output (after its crop).
+
+        Exact for the un-augmented image; a part of the object that the crop removes is clipped away.
+        """
         index = self._check_index(index)
-        return _render.alpha_box(self._alpha(index, self._rngs(index)[0]))
+        rendered = _render.alpha_box(self._alpha(index, self._rngs(index)[0]))
+        if self.render_size == self.img_size:
+            return rendered
+        return self.preprocessing.map_box(rendered, self.render_size, self.render_size)
 
     def description(self) -> dict[str, Any]:
         return {
@@ -158,4 +182,6 @@ class ClutterDataset(ErsmDataset):
             "classes": list(self.classes),
             "spurious_cue": self.spurious_cue,
             "train_augment": self.train_augment,
+            "auto_augment": self.auto_augment,
+            "preprocessing": self.preprocessing.to_dict(),
         }

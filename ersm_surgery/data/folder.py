@@ -24,7 +24,8 @@ from timm.data.readers.img_extensions import get_img_extensions
 from timm.utils.misc import natural_key
 
 from ..errors import DataError
-from ._base import EVAL_SPLITS, TRAIN_SPLITS, ErsmDataset, build_transform, canonical_split
+from ._base import EVAL_SPLITS, TRAIN_SPLITS, ErsmDataset, canonical_split
+from .preprocessing import Preprocessing, legacy_preprocessing
 
 __all__ = ["FolderDataset", "find_split_dir"]
 
@@ -59,14 +60,17 @@ def _image_files(class_dir: Path, extensions: set[str]) -> list[str]:
 
 
 class FolderDataset(ErsmDataset):
-    """A split of an image folder in timm's layout, normalised with ImageNet statistics.
+    """A split of an image folder in timm's layout, prepared with timm's transforms of a data config.
 
     Args:
         root: the data directory holding ``train/`` and ``validation/`` (or their timm synonyms).
         split: any train or validation split name.
-        img_size: output side; eval resizes the shorter side and centre-crops.
+        img_size: output side when no ``preprocessing`` is given; evaluation then resizes the shorter side
+            and centre-crops the whole image (crop fraction 1.0), normalised with ImageNet statistics.
         strict: check every file when built and raise on any unreadable image instead of skipping it.
-        train_augment: random resized crop and flip.
+        train_augment: timm's training transform (random resized crop, flip, colour jitter or auto-augment).
+        preprocessing: the model's data config (mean, std, interpolation, crop_pct, input size).
+        auto_augment: timm's auto-augment policy of the training transform (with ``train_augment``).
 
     Raises:
         DataError: the directory, the split, the class folders or the images are missing or unusable.
@@ -77,7 +81,8 @@ class FolderDataset(ErsmDataset):
     std = IMAGENET_DEFAULT_STD
 
     def __init__(self, root: str | os.PathLike, split: str = "train", img_size: int = 64, strict: bool = False,
-                 train_augment: bool = False) -> None:
+                 train_augment: bool = False, preprocessing: Preprocessing | None = None,
+                 auto_augment: str | None = None) -> None:
         self.root = Path(root).expanduser()
         self.split = canonical_split(split)
         self.img_size = int(img_size)
@@ -93,7 +98,7 @@ class FolderDataset(ErsmDataset):
                             f"create '{self.root / names[0]}/<class>/' with images, or rename the split folder "
                             "to one of those names")
         self.classes, self.samples = self._scan()
-        self.transform = build_transform(self.img_size, self.mean, self.std, augment=self.train_augment)
+        self._set_preprocessing(preprocessing or legacy_preprocessing(self.img_size), auto_augment)
         # shared memory, so flags set in DataLoader workers are seen by the main process
         self._bad = torch.zeros(len(self.samples), dtype=torch.uint8).share_memory_()
         self._warned = torch.zeros(1, dtype=torch.uint8).share_memory_()
@@ -184,5 +189,7 @@ class FolderDataset(ErsmDataset):
             "num_classes": self.num_classes,
             "classes": list(self.classes),
             "train_augment": self.train_augment,
+            "auto_augment": self.auto_augment,
+            "preprocessing": self.preprocessing.to_dict(),
             "skipped": self.skipped,
         }

@@ -86,10 +86,14 @@ def _jsonable(value: Any) -> Any:
 
 
 def input_config(model: nn.Module) -> dict[str, Any]:
-    """input_size, interpolation, mean, std, crop_pct, crop_mode from the model's timm pretrained_cfg."""
-    from timm.data import resolve_model_data_config
+    """input_size, interpolation, mean, std, crop_pct, crop_mode: the preprocessing the model was trained with.
 
-    return _jsonable(resolve_model_data_config(model))
+    The recipe's ``data_config`` when ``finetune`` recorded one, else what the recipe version implies (see
+    ``ersm_surgery.data.resolve``): the model's own timm pretrained config for a current recipe.
+    """
+    from ..data.resolve import recorded_data_config
+
+    return _jsonable(recorded_data_config(model))
 
 
 def _manual_config(model: nn.Module, recipe: Recipe, labels: list[str] | None) -> dict[str, Any]:
@@ -121,6 +125,10 @@ def timm_config(model: nn.Module, recipe: Recipe, labels: list[str] | None = Non
     except Exception as exc:  # an older timm, or a model argument timm cannot serialise
         _log.debug("timm's save_config_for_hf failed (%s); writing the config by hand", exc)
         cfg = _manual_config(model, recipe, labels)
+    # timm reads the preprocessing from pretrained_cfg: publish what the model was trained with
+    pretrained = cfg.get("pretrained_cfg")
+    if isinstance(pretrained, dict):
+        pretrained.update(input_config(model))
     cfg["ersm"] = {**recipe.to_dict(), "versions": versions()}
     return _jsonable(cfg)
 

@@ -242,9 +242,9 @@ def model_card(model: nn.Module, recipe: Recipe, files: dict[str, Any], labels: 
              f"- base model: `{name}` (timm), kwargs `{json.dumps(recipe.model_kwargs, default=str)}`",
              f"- classes: {model.num_classes}" + (f" ({', '.join(labels[:10])}{', ...' if len(labels) > 10 else ''})"
                                                   if labels else ""),
-             f"- preprocessing (timm pretrained_cfg): input {input_cfg.get('input_size')}, mean {input_cfg.get('mean')}"
-             f", std {input_cfg.get('std')}, interpolation {input_cfg.get('interpolation')}, "
-             f"crop_pct {input_cfg.get('crop_pct')}",
+             f"- preprocessing (as trained; timm data config): input {input_cfg.get('input_size')}, "
+             f"mean {input_cfg.get('mean')}, std {input_cfg.get('std')}, "
+             f"interpolation {input_cfg.get('interpolation')}, crop_pct {input_cfg.get('crop_pct')}",
              f"- masks placed and checked at input size {list(recipe.input_size) if recipe.input_size else 'default'}",
              f"- parameters: {sum(p.numel() for p in model.parameters()):,}, of which masks "
              f"{sum(p.numel() for p in masks(model).parameters()):,}",
