@@ -14,7 +14,7 @@ import click
 from ._common import console, emit_json, is_tty
 
 _RUN_FLAGS = ("output", "force", "resume", "stop_after", "pretrained", "pretrained_path", "device", "recipe_path",
-              "overrides", "as_json", "source", "data_dir", "dataset", "data_opt")
+              "overrides", "as_json", "source", "data_dir", "dataset", "data_opt", "log_tensorboard")
 _MASK_FLAGS = {"alpha": "alpha", "beta": "beta", "tau": "tau", "mf_steps": "steps", "mask_mode": "train_mode"}
 
 
@@ -39,7 +39,28 @@ _MASK_FLAGS = {"alpha": "alpha", "beta": "beta", "tau": "tau", "mf_steps": "step
 @click.option("--img-size", type=int, help="Image side (default: the size the model was injected at).")
 @click.option("-j", "--workers", type=int, help="DataLoader workers.  [default: 2]")
 @click.option("--seed", type=int, help="Seed of data order, augmentation and a reset head.  [default: 42]")
-@click.option("--augment", is_flag=True, help="Random resized crop and flip on the train split.")
+@click.option("--augment", is_flag=True, help="timm's training transform on the train split (random resized crop, "
+              "flip, colour jitter); off: the evaluation transform.")
+@click.option("--aa", help="timm auto-augment policy of the training transform, e.g. rand-m9-mstd0.5 (with --augment).")
+@click.option("--mean", type=float, nargs=3, default=None, metavar="R G B",
+              help="Normalisation mean (default: the recorded preprocessing, else the model's pretrained config).")
+@click.option("--std", type=float, nargs=3, default=None, metavar="R G B",
+              help="Normalisation std (default: as --mean).")
+@click.option("--interpolation", help="Resize filter: bilinear, bicubic, ... (default: as --mean).")
+@click.option("--crop-pct", type=float, help="Centre-crop fraction of evaluation (default: as --mean; 1.0 for built-in "
+              "data).")
+@click.option("--smoothing", type=float, help="Label smoothing.  [default: 0]")
+@click.option("--mixup", type=float, help="Mixup alpha (timm Mixup; 0 is off).  [default: 0]")
+@click.option("--cutmix", type=float, help="CutMix alpha (timm Mixup; 0 is off).  [default: 0]")
+@click.option("--model-ema", is_flag=True, help="Keep an EMA of the weights (timm ModelEmaV3); the EMA weights are "
+              "validated and saved.")
+@click.option("--model-ema-decay", type=float, help="EMA decay per update.  [default: 0.9998]")
+@click.option("--drop-path", type=float, help="Stochastic depth rate (timm drop_path_rate).")
+@click.option("--channels-last", is_flag=True, help="Channels-last memory format for the model and inputs.")
+@click.option("--amp-dtype", type=click.Choice(["float16", "bfloat16"]),
+              help="Autocast dtype with --amp (default: float16 on CUDA, bfloat16 on CPU).")
+@click.option("--log-tensorboard", type=click.Path(file_okay=False), metavar="DIR",
+              help='Write TensorBoard logs here (pip install "ersm-surgery[tensorboard]").')
 @click.option("--strict-data", is_flag=True, help="Stop on an unreadable image instead of skipping it.")
 @click.option("--freeze-backbone", is_flag=True, help="Train only the mask layers and the classifier.")
 @click.option("--num-classes", type=int, help="Reset the classifier to this many classes (the data's count).")
@@ -107,7 +128,8 @@ def _run(ctx: click.Context, source: str, opts: dict[str, Any], primary: bool) -
     output = opts["output"] or (_resume_root(opts["resume"]) if opts["resume"] else f"{source.rstrip('/')}-ft")
     inputs = RunInputs(source=source, output=output, mask=mask, resume=opts["resume"], stop_after=opts["stop_after"],
                        force=opts["force"], pretrained=opts["pretrained"], pretrained_path=opts["pretrained_path"],
-                       device=opts["device"], args=_args(source, output, opts, settings))
+                       device=opts["device"], args=_args(source, output, opts, settings),
+                       log_tensorboard=opts["log_tensorboard"])
     out = console(ctx)
     if not primary:
         out.quiet = True
@@ -222,7 +244,8 @@ def _args(source: str, output: str, opts: dict[str, Any], config) -> dict[str, A
 
     from ..io import versions
 
-    run = {k: opts.get(k) for k in ("resume", "stop_after", "force", "pretrained", "pretrained_path", "device")}
+    run = {k: opts.get(k) for k in ("resume", "stop_after", "force", "pretrained", "pretrained_path", "device",
+                                    "log_tensorboard")}
     return {"command": " ".join(["ersm-surgery", *sys.argv[1:]]) if sys.argv else "", "source": source,
             "output": output, **run, "versions": {k: str(v) for k, v in versions().items()}}
 
@@ -270,7 +293,8 @@ class _Progress:
         self.batches = self.progress.add_task("batches", total=info["batches"])
         where = f"{info['world_size']} processes" if info["world_size"] > 1 else "1 process"
         masks = ", ".join(info["masks"]) or "none (baseline)"
-        self.out.print(f"fine-tuning on {where}; masks: {masks}")
+        ema = "; EMA weights are validated and saved" if info.get("model_ema") else ""
+        self.out.print(f"fine-tuning on {where}; masks: {masks}{ema}")
 
     def on_epoch_start(self, epoch: int, batches: int) -> None:
         self.progress.reset(self.batches, total=batches, description=f"epoch {epoch + 1} train")

@@ -30,7 +30,8 @@ from ..errors import ArtifactError
 from ..io import atomic_path, atomic_write_text, read_metadata, save
 from ..io.artifact import SHA256_KEY, WEIGHTS
 
-__all__ = ["RunFolder", "capture_rng", "restore_rng", "load_train_state", "find_train_state", "STATE_FILE",
+__all__ = ["RunFolder", "capture_rng", "restore_rng", "seed_everything", "load_train_state", "find_train_state",
+           "STATE_FILE",
            "STATE_FORMAT"]
 
 STATE_FILE = "train_state.pt"
@@ -51,6 +52,13 @@ def capture_rng() -> dict[str, Any]:
     if torch.cuda.is_available():
         state["cuda"] = [s.cpu() for s in torch.cuda.get_rng_state_all()]
     return state
+
+
+def seed_everything(seed: int, rank: int = 0) -> None:
+    """Seed python, numpy and torch with ``seed + rank`` (timm's ``random_seed``)."""
+    random.seed(seed + rank)
+    np.random.seed((seed + rank) % 2**32)
+    torch.manual_seed(seed + rank)
 
 
 def restore_rng(state: dict[str, Any]) -> None:

@@ -57,6 +57,21 @@ class FinetuneConfig:
         tau_end: anneal tau linearly from mask.tau to this value over the run (None: constant).
         mask_lr_scale: learning rate of the mask layers relative to ``lr``.
         no_masks: baseline: strip the masks and train the base model with the same loop.
+        mean: normalisation mean (None: the recorded one, else the model's pretrained config).
+        std: normalisation std (None: as ``mean``).
+        interpolation: resize filter (None: as ``mean``).
+        crop_pct: evaluation crop fraction (None: as ``mean``; 1.0 for built-in data).
+        aa: timm auto-augment policy of the training transform (needs ``augment``).
+        smoothing: label smoothing (timm's LabelSmoothingCrossEntropy; in the mixed targets with mixup).
+        mixup: mixup alpha (timm's Mixup; 0 is off).
+        cutmix: cutmix alpha (timm's Mixup; 0 is off).
+        model_ema: keep an exponential moving average of the weights (timm's ModelEmaV3); the EMA weights
+            are the ones validated and saved.
+        model_ema_decay: the EMA's decay per update.
+        drop_path: stochastic depth rate (timm's ``drop_path_rate``; the model is rebuilt with it and the
+            rate is recorded in ``recipe.model_kwargs``).
+        channels_last: channels-last memory format for the model and its inputs.
+        amp_dtype: ``float16`` or ``bfloat16`` under ``amp`` (None: float16 on CUDA, bfloat16 on CPU).
     """
 
     data: str | None = None
@@ -86,6 +101,24 @@ class FinetuneConfig:
     tau_end: float | None = None
     mask_lr_scale: float = 10.0
     no_masks: bool = False
+    mean: list[float] | None = None
+    std: list[float] | None = None
+    interpolation: str | None = None
+    crop_pct: float | None = None
+    aa: str | None = None
+    smoothing: float = 0.0
+    mixup: float = 0.0
+    cutmix: float = 0.0
+    model_ema: bool = False
+    model_ema_decay: float = 0.9998
+    drop_path: float | None = None
+    channels_last: bool = False
+    amp_dtype: str | None = None
+
+    @property
+    def mixes(self) -> bool:
+        """Whether mixup or cutmix is on (the loss then takes soft targets)."""
+        return self.mixup > 0 or self.cutmix > 0
 
     def problems(self) -> list[str]:
         """Every invalid setting as ``finetune.<key>: <reason>`` (empty when valid)."""
@@ -119,8 +152,28 @@ class FinetuneConfig:
              "must be a positive integer")
         need(isinstance(self.opt, str) and bool(self.opt), "opt", "must be a timm optimizer name")
         need(isinstance(self.sched, str) and bool(self.sched), "sched", "must be a timm scheduler name")
-        for key in ("amp", "augment", "strict_data", "freeze_backbone", "no_masks"):
+        for key in ("amp", "augment", "strict_data", "freeze_backbone", "no_masks", "model_ema", "channels_last"):
             need(isinstance(getattr(self, key), bool), key, "must be true or false")
+        for key in ("mean", "std"):
+            value = getattr(self, key)
+            need(value is None or (isinstance(value, (list, tuple)) and len(value) > 0 and all(map(is_num, value))),
+                 key, "must be a list of numbers, one per channel")
+        need(self.interpolation is None or isinstance(self.interpolation, str), "interpolation",
+             "must be a resize filter name (bilinear, bicubic, ...)")
+        need(self.crop_pct is None or (is_num(self.crop_pct) and 0 < self.crop_pct <= 1), "crop_pct",
+             "must be in (0, 1]")
+        need(self.aa is None or (isinstance(self.aa, str) and bool(self.aa)), "aa", "must be a timm policy string")
+        need(self.aa is None or self.augment is True, "aa", "needs finetune.augment (--augment): auto-augment is "
+             "part of the training transform")
+        for key in ("mixup", "cutmix"):
+            need(is_num(getattr(self, key)) and getattr(self, key) >= 0, key, "must be an alpha >= 0 (0 is off)")
+        need(is_num(self.smoothing) and 0 <= self.smoothing < 1, "smoothing", "must be in [0, 1)")
+        need(is_num(self.model_ema_decay) and 0 < self.model_ema_decay < 1, "model_ema_decay", "must be in (0, 1)")
+        need(self.drop_path is None or (is_num(self.drop_path) and 0 <= self.drop_path < 1), "drop_path",
+             "must be in [0, 1)")
+        need(self.amp_dtype in (None, "float16", "bfloat16"), "amp_dtype", "must be float16 or bfloat16")
+        if self.mixes and is_int(self.batch_size):
+            need(self.batch_size % 2 == 0, "batch_size", "must be even with mixup/cutmix (timm's Mixup pairs images)")
         return out
 
     def to_dict(self) -> dict[str, Any]:
@@ -162,7 +215,12 @@ class FinetuneConfig:
         for key in ("lr", "momentum", "weight_decay", "warmup_epochs", "warmup_lr", "min_lr", "gamma",
                     "gamma_warmup", "mask_lr_scale"):
             setattr(config, key, float(getattr(config, key)))
-        for key in ("clip_grad", "tau_end"):
+        for key in ("smoothing", "mixup", "cutmix", "model_ema_decay"):
+            setattr(config, key, float(getattr(config, key)))
+        for key in ("clip_grad", "tau_end", "crop_pct", "drop_path"):
             if getattr(config, key) is not None:
                 setattr(config, key, float(getattr(config, key)))
+        for key in ("mean", "std"):
+            if getattr(config, key) is not None:
+                setattr(config, key, [float(v) for v in getattr(config, key)])
         return config

@@ -18,10 +18,11 @@ from torch.utils.data import DataLoader, Sampler
 
 from ..data import create_dataset
 from ..data._base import ErsmDataset
+from ..data.preprocessing import Preprocessing
 from ..errors import DataError
 from .config import FinetuneConfig
 
-__all__ = ["EpochSampler", "build_datasets", "build_loader", "set_epoch"]
+__all__ = ["EpochSampler", "build_datasets", "build_loader", "set_epoch", "apply_preprocessing"]
 
 
 def _seed_of(*parts: int) -> int:
@@ -74,8 +75,13 @@ class EpochSampler(Sampler[int]):
         return len(range(self.rank, self.size, self.world_size))
 
 
-def build_datasets(config: FinetuneConfig, img_size: int) -> tuple[ErsmDataset, ErsmDataset]:
-    """The train and validation splits of ``config.data`` at ``img_size``.
+def build_datasets(config: FinetuneConfig, img_size: int | None = None,
+                   preprocessing: Preprocessing | None = None) -> tuple[ErsmDataset, ErsmDataset]:
+    """The train and validation splits of ``config.data``, prepared with ``preprocessing`` (timm's transforms).
+
+    The train split gets timm's training transform when ``config.augment`` (with ``config.aa``), else the
+    same deterministic evaluation transform as the validation split. Without ``preprocessing`` the data
+    sets keep their own (recipe version 1) preprocessing at ``img_size``.
 
     Raises:
         DataError: no data named, or a problem with the data (see ``ersm_surgery.data.create_dataset``).
@@ -84,15 +90,21 @@ def build_datasets(config: FinetuneConfig, img_size: int) -> tuple[ErsmDataset, 
         raise DataError("no data given", "pass --data-dir DATA (train/ and validation/ folders) or --dataset "
                         "builtin:clutter")
     opts = dict(config.data_options)
-    reserved = sorted(set(opts) & {"split", "img_size", "seed", "strict", "train_augment"})
+    reserved = sorted(set(opts) & {"split", "img_size", "seed", "strict", "train_augment", "preprocessing",
+                                   "auto_augment"})
     if reserved:
         raise DataError(f"data option(s) {', '.join(reserved)} are set by their own flags",
-                        "use --img-size, --seed, --strict-data and --augment instead")
-    common = dict(img_size=img_size, seed=config.seed, strict=config.strict_data)
+                        "use --img-size, --seed, --strict-data, --augment, --aa and --mean/--std/--crop-pct instead")
+    common: dict = dict(seed=config.seed, strict=config.strict_data)
+    if preprocessing is not None:
+        common["preprocessing"] = preprocessing
+    else:
+        common["img_size"] = img_size
+    augment = {"train_augment": config.augment, **({"auto_augment": config.aa} if config.aa else {})}
     # built-in data: more unique train images without a validation split of the same size
     train_size = opts.pop("train_size", None)
     train_opts = opts if train_size is None else {**opts, "size": train_size}
-    train = create_dataset(config.data, "train", train_augment=config.augment, **common, **train_opts)
+    train = create_dataset(config.data, "train", **augment, **common, **train_opts)
     val = create_dataset(config.data, "validation", **common, **opts)
     if len(train) == 0 or len(val) == 0:
         raise DataError(f"the data in {config.data!r} has an empty split", "add images to train/ and validation/")
@@ -100,6 +112,22 @@ def build_datasets(config: FinetuneConfig, img_size: int) -> tuple[ErsmDataset, 
         raise DataError(f"the splits of {config.data!r} name different classes",
                         "give validation/ the same class folders as train/")
     return train, val
+
+
+def apply_preprocessing(datasets: tuple[ErsmDataset, ...], preprocessing: Preprocessing,
+                        config: FinetuneConfig) -> bool:
+    """Point already built splits at ``preprocessing`` (the train split's augmentation as ``config`` says).
+
+    Returns:
+        False when a data set (a plugin's) has no ``set_preprocessing`` and keeps its own preparation.
+    """
+    applied = True
+    for ds in datasets:
+        if not hasattr(ds, "set_preprocessing"):
+            applied = False
+            continue
+        ds.set_preprocessing(preprocessing, config.aa if getattr(ds, "train_augment", False) else None)
+    return applied
 
 
 def build_loader(dataset: ErsmDataset, config: FinetuneConfig, train: bool, rank: int = 0,
@@ -114,7 +142,7 @@ def build_loader(dataset: ErsmDataset, config: FinetuneConfig, train: bool, rank
         sampler=sampler,
         num_workers=config.workers,
         generator=generator,
-        drop_last=False,
+        drop_last=train and config.mixes,  # timm's Mixup needs every batch of an even size
         pin_memory=torch.cuda.is_available(),
         persistent_workers=False,  # fresh workers each epoch, seeded from (seed, epoch)
     )

@@ -8,31 +8,30 @@ in one process or under DDP (``torchrun``); only the primary process writes file
 """
 from __future__ import annotations
 
-import contextlib
-import dataclasses
 import logging
-import random
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..io.artifact import recipe_of
+from ..errors import DataError
 from ..mask_set import MaskSet, masks, unwrap
-from .checkpoint import RunFolder, capture_rng, restore_rng
+from .checkpoint import RunFolder, capture_rng, restore_rng, seed_everything
 from .config import FinetuneConfig
 from .data import build_loader, set_epoch
 from .distributed import DistInfo, all_true, broadcast_buffers, gather_objects, no_sync, ranks_agree
 from .errors import DivergedError
 from .metrics import EpochMeter
 from .optim import base_lr, create_optimizer, create_scheduler, updates_per_epoch
+from .regularization import amp_dtype, autocast_factory, create_ema, create_mixup, task_criterion, to_channels_last
+from .run_state import checkpoint, restore
 from .schedule import MaskSchedule
 from .source import freeze_backbone, frozen_norms
+from .tensorboard import TensorboardLog, require_tensorboard
 
 __all__ = ["fit", "Callbacks", "FitResult", "seed_everything"]
 
@@ -66,13 +65,6 @@ class FitResult:
     world_size: int = 1
 
 
-def seed_everything(seed: int, rank: int = 0) -> None:
-    """Seed python, numpy and torch with ``seed + rank`` (timm's ``random_seed``)."""
-    random.seed(seed + rank)
-    np.random.seed((seed + rank) % 2**32)
-    torch.manual_seed(seed + rank)
-
-
 @dataclass
 class _Run:
     """Everything the epoch functions share."""
@@ -87,16 +79,24 @@ class _Run:
     schedule: MaskSchedule
     autocast: Any
     frozen: list[nn.Module]
+    criterion: nn.Module
+    mixup: Any = None
+    ema: Any = None  # timm ModelEmaV3: its module is what is validated and saved
     update: int = 0
     gamma: float = 0.0
     tau: float = 1.0
     saved_epoch: int | None = None
 
 
-def _forward_loss(run: _Run, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, ...]:
+def evaluated_model(run: _Run) -> nn.Module:
+    """The weights that are validated and saved: the EMA copy when ``model_ema`` is on, else the model."""
+    return run.ema.module if run.ema is not None else unwrap(run.model)
+
+
+def _forward_loss(run: _Run, x: torch.Tensor, target: torch.Tensor) -> tuple[torch.Tensor, ...]:
     with run.autocast():
         logits = run.model(x)
-    task = F.cross_entropy(logits.float(), y)
+    task = run.criterion(logits.float(), target)
     energy = run.layers.regularizer() if len(run.layers) else task.new_zeros(())
     return logits, task, energy, task + run.gamma * energy
 
@@ -114,6 +114,8 @@ def _optimizer_step(run: _Run) -> None:
         run.optimizer.step()
     run.optimizer.zero_grad(set_to_none=True)
     run.update += 1
+    if run.ema is not None:
+        run.ema.update(unwrap(run.model), step=run.update)
     if run.scheduler is not None:
         run.scheduler.step_update(run.update)
 
@@ -128,11 +130,16 @@ def _train_epoch(run: _Run, loader, epoch: int, callbacks: Callbacks) -> dict[st
     full = (n // accum) * accum
     for i, (x, y) in enumerate(loader):
         x, y = x.to(run.info.device, non_blocking=True), y.to(run.info.device, non_blocking=True)
+        if run.config.channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+        target = y if run.mixup is None else None
+        if run.mixup is not None:
+            x, target = run.mixup(x, y)  # mixed images and soft (smoothed) targets; y stays for accuracy
         group = accum if i < full else n - full
         final = (i + 1) % accum == 0 or i + 1 == n
         run.gamma, run.tau = run.schedule.apply(run.layers, run.update)
         with no_sync(run.model, not final):
-            logits, task, energy, loss = _forward_loss(run, x, y)
+            logits, task, energy, loss = _forward_loss(run, x, target)
             if not all_true(bool(torch.isfinite(loss)), run.info):
                 raise _diverged(run, epoch, i, task, energy)
             scaled = loss / group
@@ -170,57 +177,51 @@ def _diverged(run: _Run, epoch: int, batch: int, task: torch.Tensor, energy: tor
 
 @torch.no_grad()
 def _validate(run: _Run, loader, epoch: int, callbacks: Callbacks) -> dict[str, float]:
-    model = unwrap(run.model)
-    broadcast_buffers(model, run.info)
+    broadcast_buffers(unwrap(run.model), run.info)
+    model = evaluated_model(run)
+    layers = masks(model)
+    for layer in layers:  # the EMA copy's layers follow the tau schedule too
+        layer.config.tau = run.tau
     was = model.training
     model.eval()
-    meter = EpochMeter(run.layers.names())
+    meter = EpochMeter(layers.names())
     if run.info.primary:
         callbacks.on_validate(epoch, len(loader))
     try:
         for x, y in loader:
             x, y = x.to(run.info.device, non_blocking=True), y.to(run.info.device, non_blocking=True)
+            if run.config.channels_last:
+                x = x.contiguous(memory_format=torch.channels_last)
             with run.autocast():
                 logits = model(x)
             loss = F.cross_entropy(logits.float(), y, reduction="sum")
-            density = run.layers.density() if len(run.layers) else None
+            density = layers.density() if len(layers) else None
             meter.add_batch(float(loss) / max(1, y.numel()), 0.0, logits, y, density)
-            run.layers.clear()
+            layers.clear()
     finally:
         model.train(was)
     return meter.reduce(run.info)
 
 
 def _make_run(model: nn.Module, config: FinetuneConfig, info: DistInfo, steps_per_epoch: int,
-              tau_start: float) -> _Run:
+              tau_start: float, num_classes: int) -> _Run:
     if config.freeze_backbone:
         freeze_backbone(model)
     optimizer = create_optimizer(model, config)
     scheduler = create_scheduler(optimizer, config, updates_per_epoch(steps_per_epoch, config.grad_accum_steps))
     cuda = info.device.type == "cuda"
-    scaler = torch.amp.GradScaler("cuda") if config.amp and cuda else None
-    dtype = torch.float16 if cuda else torch.bfloat16
-
-    def autocast():
-        if not config.amp:
-            return contextlib.nullcontext()
-        return torch.autocast(device_type=info.device.type, dtype=dtype)
-
+    dtype = amp_dtype(config, info.device)
+    autocast = autocast_factory(config, info.device, dtype)
+    scaler = torch.amp.GradScaler("cuda") if config.amp and cuda and dtype == torch.float16 else None
+    ema = create_ema(model, config)  # before DDP wraps the model, as timm's train.py does
     wrapped = model
     if info.distributed:
         wrapped = nn.parallel.DistributedDataParallel(model, device_ids=[info.device.index] if cuda else None)
     total = config.epochs * updates_per_epoch(steps_per_epoch, config.grad_accum_steps)
     schedule = MaskSchedule(total, config.gamma, config.gamma_warmup, tau_start, config.tau_end)
     return _Run(wrapped, masks(model), config, info, optimizer, scheduler, scaler, schedule, autocast,
-                frozen_norms(model) if config.freeze_backbone else [], tau=tau_start)
-
-
-def _record(model: nn.Module, config: FinetuneConfig, run: _Run, labels: list[str], result: dict[str, Any]) -> None:
-    """Write the settings, labels and results into the recipe, and the current tau into recipe.mask."""
-    recipe = recipe_of(model)
-    if len(run.layers):
-        recipe.mask = dataclasses.replace(recipe.mask, tau=float(run.layers.layers[run.layers.names()[0]].config.tau))
-    recipe.finetune = {**config.to_dict(), "label_names": list(labels), "result": result}
+                frozen_norms(model) if config.freeze_backbone else [], task_criterion(config),
+                create_mixup(config, num_classes), ema, tau=tau_start)
 
 
 def fit(
@@ -234,6 +235,7 @@ def fit(
     stop_after: int | None = None,
     callbacks: Callbacks | None = None,
     run_args: dict[str, Any] | None = None,
+    tensorboard: str | Path | None = None,
 ) -> FitResult:
     """Fine-tune ``model`` (masked or not) on ``train_set``, validating on ``val_set`` after each epoch.
 
@@ -248,35 +250,61 @@ def fit(
         stop_after: stop once this many epochs are done (the schedules still span ``config.epochs``).
         callbacks: progress hooks, called on the primary process.
         run_args: recorded in ``args.yaml``.
+        tensorboard: write TensorBoard event files here, one point per epoch (primary process only).
 
     Returns:
-        A :class:`FitResult`.
+        A :class:`FitResult`; with ``config.model_ema`` its model is the EMA copy (what was validated and saved).
 
     Raises:
         DivergedError: the loss became NaN or infinite (the last good checkpoint is kept).
-        TrainingError: an optimizer or scheduler timm does not know, nothing to train.
+        TrainingError: an optimizer or scheduler timm does not know, nothing to train, tensorboard missing.
+        DataError: mixup with fewer train images than one batch.
     """
     info = info or DistInfo(next(model.parameters()).device)
     callbacks = callbacks or Callbacks()
-    model = unwrap(model).to(info.device)
+    model = to_channels_last(unwrap(model).to(info.device), config)
+    board = None
+    if tensorboard is not None:
+        require_tensorboard()  # on every rank, so a missing package stops all of them alike
     folder = RunFolder(output) if output is not None and info.primary else None
     train_loader = build_loader(train_set, config, True, info.rank, info.world_size)
     val_loader = build_loader(val_set, config, False, info.rank, info.world_size)
     layers = masks(model)
     tau_start = resume["tau_start"] if resume else (next(iter(layers)).config.tau if len(layers) else 1.0)
-    run = _make_run(model, config, info, len(train_loader), tau_start)
-    result = FitResult(unwrap(run.model), world_size=info.world_size)
+    if len(train_loader) == 0:
+        raise DataError(f"the train split has {len(train_set)} image(s), fewer than one batch of {config.batch_size}, "
+                        "and mixup/cutmix drops incomplete batches", "lower --batch-size (keep it even)")
+    num_classes = int(getattr(model, "num_classes", None) or train_set.num_classes)
+    run = _make_run(model, config, info, len(train_loader), tau_start, num_classes)
+    result = FitResult(evaluated_model(run), world_size=info.world_size)
     start = 0
     if resume:
-        start = _restore(run, resume, result)
+        start = restore(run, resume, result)
     else:
         seed_everything(config.seed, info.rank)
     if folder is not None:
         folder.root.mkdir(parents=True, exist_ok=True)
         folder.write_args({**(run_args or {}), "config": config.to_dict()})
+    if tensorboard is not None and info.primary:
+        board = TensorboardLog(tensorboard)
+    try:
+        _epochs(run, result, config, info, folder, board, callbacks, train_loader, val_loader, train_set, val_set,
+                start, stop_after)
+    finally:
+        if board is not None:
+            board.close()
+    result.updates = run.update
+    result.ranks_in_sync = ranks_agree(unwrap(run.model), info)
+    return result
+
+
+def _epochs(run: _Run, result: FitResult, config: FinetuneConfig, info: DistInfo, folder: RunFolder | None,
+            board: TensorboardLog | None, callbacks: Callbacks, train_loader, val_loader, train_set, val_set,
+            start: int, stop_after: int | None) -> None:
     if info.primary:
         callbacks.on_start({"epochs": config.epochs, "start_epoch": start, "batches": len(train_loader),
-                            "world_size": info.world_size, "masks": layers.names()})
+                            "world_size": info.world_size, "masks": run.layers.names(),
+                            "model_ema": run.ema is not None})
     labels = list(train_set.classes)
     for epoch in range(start, config.epochs):
         if stop_after is not None and epoch >= stop_after:
@@ -295,15 +323,15 @@ def fit(
             result.best = {"epoch": epoch + 1, "val_top1": row["val_top1"], "val_top5": row["val_top5"]}
         rng = gather_objects(capture_rng(), info)
         if folder is not None:
-            _checkpoint(folder, result, run, config, labels, rng, best=result.best["epoch"] == epoch + 1)
+            checkpoint(folder, result, run, config, labels, rng, best=result.best["epoch"] == epoch + 1,
+                        preprocessing=getattr(val_set, "preprocessing", None))
             run.saved_epoch = epoch + 1
             restore_rng(rng[0])  # writing files must not move the RNGs the next epoch starts from
+        if board is not None:
+            board.write(row)
         result.updates = run.update
         if info.primary:
             callbacks.on_epoch_end(row)
-    result.updates = run.update
-    result.ranks_in_sync = ranks_agree(result.model, info)
-    return result
 
 
 def _row(epoch: int, run: _Run, train: dict, val: dict, seconds: float, train_set, val_set) -> dict[str, Any]:
@@ -316,50 +344,3 @@ def _row(epoch: int, run: _Run, train: dict, val: dict, seconds: float, train_se
     row["skipped_images"] = int(getattr(train_set, "skipped", 0)) + int(getattr(val_set, "skipped", 0))
     row["epoch_s"] = round(seconds, 2)
     return row
-
-
-def _checkpoint(folder: RunFolder, result: FitResult, run: _Run, config: FinetuneConfig, labels: list[str],
-                rng: list[dict], best: bool) -> None:
-    model = result.model
-    last = result.rows[-1]
-    _record(model, config, run, labels, {"epochs_done": last["epoch"], "best_epoch": result.best["epoch"],
-                                         "best_val_top1": result.best["val_top1"], "val_top1": last["val_top1"]})
-    state = {
-        "epoch": last["epoch"],
-        "update": run.update,
-        "optimizer": run.optimizer.state_dict(),
-        "scheduler": run.scheduler.state_dict() if run.scheduler is not None else None,
-        "scaler": run.scaler.state_dict() if run.scaler is not None else None,
-        "rng": rng,
-        "data_order": {"seed": config.seed, "next_epoch": last["epoch"], "order": "permutation of (seed, epoch)"},
-        "tau_start": run.schedule.tau_start,
-        "best": dict(result.best),
-        "history": [dict(r) for r in result.rows],
-        "config": config.to_dict(),
-        "recipe": recipe_of(model).to_json(),
-        "world_size": run.info.world_size,
-    }
-    folder.save_last(model, state)
-    if best:
-        folder.save_best(model)
-    folder.write_summary(result.rows)
-
-
-def _restore(run: _Run, state: dict[str, Any], result: FitResult) -> int:
-    run.optimizer.load_state_dict(state["optimizer"])
-    if run.scheduler is not None and state.get("scheduler") is not None:
-        run.scheduler.load_state_dict(state["scheduler"])
-    if run.scaler is not None and state.get("scaler") is not None:
-        run.scaler.load_state_dict(state["scaler"])
-    run.update = int(state["update"])
-    run.saved_epoch = int(state["epoch"])
-    result.rows = [dict(r) for r in state.get("history", [])]
-    result.best = dict(state.get("best") or {})
-    rng = state.get("rng") or []
-    if len(rng) == run.info.world_size:
-        restore_rng(rng[run.info.rank])
-    else:
-        _log.warning("the run was saved with %d process(es) and resumes with %d: the data order is kept, the "
-                     "random augmentation is not", len(rng), run.info.world_size)
-        seed_everything(int(state["config"]["seed"]) + int(state["epoch"]), run.info.rank)
-    return int(state["epoch"])

@@ -15,6 +15,7 @@ from typing import Any
 
 from torch import nn
 
+from ..data.resolve import resolve_preprocessing
 from ..errors import DataError, RecipeError
 from ..io import check_output_dir, read_metadata
 from ..io.artifact import RECIPE_KEY, WEIGHTS, recipe_of
@@ -22,11 +23,11 @@ from ..layers import MaskConfig
 from ..recipe import Recipe
 from .checkpoint import load_train_state
 from .config import FinetuneConfig
-from .data import build_datasets
+from .data import apply_preprocessing, build_datasets
 from .distributed import DistInfo, init_distributed, shutdown
 from .errors import TrainingError
 from .loop import Callbacks, FitResult, fit, seed_everything
-from .source import SourceError, load_source, reset_head, strip_masks
+from .source import SourceError, load_source, reset_head, set_drop_path, strip_masks
 
 __all__ = ["finetune", "RunInputs", "set_mask_settings", "MUTABLE_MASK_KEYS", "recorded_settings"]
 
@@ -51,6 +52,7 @@ class RunInputs:
         pretrained_path: timm model name only: local base weights.
         device: ``cuda``/``cpu`` (default: CUDA when available).
         args: recorded in args.yaml.
+        log_tensorboard: write TensorBoard event files of every epoch into this folder.
     """
 
     source: str
@@ -63,6 +65,7 @@ class RunInputs:
     pretrained_path: str | None = None
     device: str | None = None
     args: dict[str, Any] | None = None
+    log_tensorboard: str | Path | None = None
 
 
 def set_mask_settings(model: nn.Module, settings: dict[str, Any]) -> None:
@@ -200,8 +203,15 @@ def _finetune(inputs: RunInputs, config: FinetuneConfig, info: DistInfo, callbac
         if getattr(model, "num_classes", None) != train_set.num_classes:
             raise DataError(f"the data has {train_set.num_classes} classes but the resumed model's classifier has "
                             f"{model.num_classes}", "resume with the data the run was started with")
+    if config.drop_path is not None:
+        model = set_drop_path(model, config.drop_path)
+    preprocessing = resolve_preprocessing(model, config.data, img_size=config.img_size, mean=config.mean,
+                                          std=config.std, interpolation=config.interpolation, crop_pct=config.crop_pct)
+    if not apply_preprocessing((train_set, val_set), preprocessing, config):
+        _log.warning("the data set %s prepares its own images: the model's preprocessing is not applied", config.data)
+    _log.info("preprocessing: %s", preprocessing.to_dict())
     return fit(model, train_set, val_set, config, out, info=info, resume=resume, stop_after=inputs.stop_after,
-               callbacks=callbacks, run_args=inputs.args)
+               callbacks=callbacks, run_args=inputs.args, tensorboard=inputs.log_tensorboard)
 
 
 def _same_run(out: Path, resume: str | Path) -> bool:

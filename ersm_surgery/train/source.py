@@ -22,7 +22,8 @@ from ..mask_set import masks
 from ..models import create_base_model
 from ..recipe import Recipe
 
-__all__ = ["load_source", "strip_masks", "reset_head", "freeze_backbone", "describe_source", "SourceError"]
+__all__ = ["load_source", "strip_masks", "set_drop_path", "reset_head", "freeze_backbone", "describe_source",
+           "SourceError"]
 
 _log = logging.getLogger(__name__)
 
@@ -95,9 +96,41 @@ def strip_masks(model: nn.Module) -> nn.Module:
                             "the folder was written by another version; re-inject the model") from exc
     stripped = Recipe(model=recipe.model, model_kwargs=dict(recipe.model_kwargs), num_classes=recipe.num_classes,
                       input_size=recipe.input_size, placements=[], mask=dataclasses.replace(recipe.mask),
-                      finetune=dict(recipe.finetune))
+                      finetune=dict(recipe.finetune), version=recipe.version,
+                      data_config=dict(recipe.data_config) if recipe.data_config else None)
     setattr(base, RECIPE_ATTR, stripped)
     return base.train(model.training)
+
+
+def set_drop_path(model: nn.Module, rate: float) -> nn.Module:
+    """``model`` rebuilt with timm's ``drop_path_rate=rate`` and the same weights (recorded in ``recipe.model_kwargs``).
+
+    timm builds its DropPath layers when the model is created (a rate of 0 leaves none), so the rate can only
+    reach the model by rebuilding it; the weights are copied over strictly. A model already at ``rate`` is
+    returned as it is.
+
+    Raises:
+        ArtifactError: the model does not take ``drop_path_rate`` or the weights do not fit the rebuilt model.
+    """
+    recipe = recipe_of(model)
+    if float(recipe.model_kwargs.get("drop_path_rate", 0.0)) == float(rate):
+        return model
+    from ..api import build_model
+
+    data = recipe.to_dict()
+    data["model_kwargs"] = {**recipe.model_kwargs, "drop_path_rate": float(rate)}
+    rebuilt_recipe = Recipe.from_dict(data)
+    try:
+        rebuilt = build_model(rebuilt_recipe)
+        rebuilt.load_state_dict(model.state_dict(), strict=True)
+    except (TypeError, RuntimeError) as exc:
+        first = (str(exc).strip().splitlines() or [""])[0][:200]
+        raise ArtifactError(f"cannot set drop_path_rate={rate} on {recipe.model} ({first})",
+                            "drop --drop-path for this model") from exc
+    param = next(model.parameters(), None)
+    if param is not None:
+        rebuilt = rebuilt.to(param.device)
+    return rebuilt.train(model.training)
 
 
 def reset_head(model: nn.Module, num_classes: int) -> None:
