@@ -53,12 +53,13 @@ def deletion_cost(model, data: EvalImages, batch: int, rows: int, split: str) ->
 
 def trained(source: str, count: int) -> tuple[torch.nn.Module, EvalImages]:
     """A saved masked model and ``count`` built-in validation images at its input size and class count."""
-    from ersm_surgery.data import create_dataset
+    from ersm_surgery.data import create_dataset, resolve_preprocessing
     from ersm_surgery.eval.images import load_images
 
     model = ersm_surgery.load(source).eval()
     side = model.ersm_recipe.input_size[-1]
-    data = create_dataset("builtin:clutter", "validation", img_size=side, num_classes=model.num_classes)
+    pre = resolve_preprocessing(model, "builtin:clutter", img_size=side)  # what it was fine-tuned with
+    data = create_dataset("builtin:clutter", "validation", preprocessing=pre, num_classes=model.num_classes)
     return model, load_images(data, count, 0)
 
 

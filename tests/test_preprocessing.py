@@ -18,11 +18,11 @@ from ersm_surgery.data import (
     CLUTTER_MEAN,
     CLUTTER_STD,
     Preprocessing,
+    _render,
     base_preprocessing,
     create_dataset,
     resolve_preprocessing,
 )
-from ersm_surgery.data import _render
 from ersm_surgery.errors import DataError
 from ersm_surgery.recipe import Recipe
 

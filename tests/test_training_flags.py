@@ -196,7 +196,8 @@ def _has_tensorboard():
     return True
 
 
-@pytest.mark.skipif(not _has_tensorboard(), reason='tensorboard is not installed (pip install "ersm-surgery[tensorboard]")')
+@pytest.mark.skipif(not _has_tensorboard(),
+                    reason='tensorboard is not installed (pip install "ersm-surgery[tensorboard]")')
 def test_tensorboard_writes_losses_lr_densities_and_val_metrics(injected, tmp_path):
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 

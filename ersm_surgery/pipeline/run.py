@@ -143,7 +143,7 @@ def _num_classes(settings: PipelineSettings) -> int:
 
 
 def _evaluate(settings: PipelineSettings, ersm: Path, baseline: Path, out: Path, progress: Progress) -> dict[str, Any]:
-    from ..data import create_dataset
+    from ..data import create_dataset, resolve_preprocessing
     from ..eval.figures import write_figures
     from ..eval.images import load_images
     from ..eval.report import write_report
@@ -152,7 +152,9 @@ def _evaluate(settings: PipelineSettings, ersm: Path, baseline: Path, out: Path,
     from ..io import load, versions
 
     model, base = load(ersm), load(baseline)
-    data = create_dataset(settings.data, split="validation", img_size=settings.img_size, seed=settings.seed,
+    # the preprocessing the fine-tuning recorded (both models were fine-tuned on the same data the same way)
+    pre = resolve_preprocessing(model, settings.data, img_size=settings.img_size)
+    data = create_dataset(settings.data, split="validation", preprocessing=pre, seed=settings.seed,
                           **settings.data_options)
     images = load_images(data, settings.num_images, settings.seed)
     progress("evaluate", f"evaluating both models on {len(images)} validation images")
