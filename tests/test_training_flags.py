@@ -78,7 +78,8 @@ def _spy_criterion(monkeypatch):
 
 
 def test_model_ema_is_what_is_validated_and_saved_and_resume_is_exact(injected, tmp_path):
-    flags = ["--model-ema", "--model-ema-decay", "0.5", "--epochs", "2"]
+    flags = ["--model-ema", "--model-ema-decay", "0.5", "--epochs", "2", "--mixup", "0.4", "--smoothing", "0.1",
+             "--drop-path", "0.1", "--augment"]
     ok(run("finetune", injected, *DATA, *flags, "-o", tmp_path / "full"))
     state = torch.load(tmp_path / "full" / "last" / "train_state.pt", weights_only=True)
     ema = load_file(str(tmp_path / "full" / "last" / "model.safetensors"))

@@ -77,8 +77,8 @@ def build_transform(
         mean: per-channel mean for Normalize.
         std: per-channel std for Normalize.
         augment: timm's training transform (random resized crop, flip, colour jitter); boxes no longer match.
-        resize: kept for compatibility: the evaluation transform's resize is the identity on an image that
-            already is ``img_size`` square.
+        resize: ignored, kept for compatibility (timm's evaluation transform always resizes the shorter side
+            to ``img_size`` and centre-crops, the identity on an image that already is ``img_size`` square).
 
     Returns:
         A torchvision transform.
@@ -97,6 +97,7 @@ class ErsmDataset(Dataset):
         mean: per-channel mean used to normalise the images.
         std: per-channel std used to normalise the images.
         preprocessing: the full timm data config the images go through (see ``data.preprocessing``).
+        auto_augment: timm's auto-augment policy of the training transform, or None.
         split: ``"train"`` or ``"validation"``.
         img_size: side of the returned square images.
         train_augment: whether random augmentation is applied (boxes then do not match the pixels).
@@ -109,7 +110,8 @@ class ErsmDataset(Dataset):
     split: str
     img_size: int
     train_augment: bool = False
-    preprocessing: Preprocessing
+    auto_augment: str | None = None
+    preprocessing: Preprocessing | None = None
 
     def set_preprocessing(self, preprocessing: Preprocessing, auto_augment: str | None = None) -> None:
         """Prepare the images with ``preprocessing`` from now on: timm's training transform (with

@@ -48,7 +48,7 @@ class FinetuneConfig:
         img_size: image side (None: the size the model was injected at).
         workers: DataLoader worker processes.
         seed: seed of the data order, the augmentation and the initialisation of a reset head.
-        augment: random resized crop and flip on the train split.
+        augment: timm's training transform on the train split (else the evaluation transform).
         strict_data: stop on an unreadable image instead of skipping and counting it.
         freeze_backbone: train only the mask layers and the classifier.
         num_classes: reset the classifier to this many classes (None: keep the model's head).
