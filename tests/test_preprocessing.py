@@ -82,6 +82,10 @@ def test_evaluate_and_export_use_the_recorded_preprocessing(trained, tmp_path):
     assert json.loads(meta["input_config"])["mean"] == [0.5, 0.5, 0.5]
     card = next((tmp_path / "ex").glob("*.md")).read_text()
     assert "mean [0.5, 0.5, 0.5]" in card and "crop_pct 0.95" in card
+    # evaluating the export uses the preprocessing recorded in it
+    ok(run("evaluate", tmp_path / "ex", "--data-dir", data, "--metrics", "accuracy", "--num-images", "4",
+           "--out", tmp_path / "ev2"))
+    assert json.loads((tmp_path / "ev2" / "results.json").read_text())["data"]["preprocessing"] == used
 
 
 def test_flags_override_and_are_recorded_then_reused(trained, tmp_path):
