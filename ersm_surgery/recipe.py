@@ -57,6 +57,10 @@ class Recipe:
         plugins: which plugin provides each plugin component the model uses, e.g.
             ``{"pairwise:edge_aware": "ersm-edge-aware"}`` (see ``ersm_surgery.plugins``); empty, and
             left out of the file, when the model uses built-in components only.
+        base_model: where the base weights came from, when known: the ``hf-hub:ORG/NAME`` or
+            ``local-dir:PATH`` the model was built from, or the Hub repo timm fetched ``--pretrained``
+            weights from. Provenance only (the model card's ``base_model``); the model is rebuilt from
+            ``model``. Left out of the file when unknown.
     """
 
     model: str
@@ -68,6 +72,7 @@ class Recipe:
     finetune: dict[str, Any] = field(default_factory=dict)
     version: int = RECIPE_VERSION
     plugins: dict[str, str] = field(default_factory=dict)
+    base_model: str | None = None
 
     def __post_init__(self) -> None:
         problems = self.problems()
@@ -88,12 +93,16 @@ class Recipe:
             out.append(f"recipe version {self.version} is newer than this ersm-surgery understands ({RECIPE_VERSION})")
         if not isinstance(self.model_kwargs, dict):
             out.append("model_kwargs must be a mapping")
+        if self.base_model is not None and not isinstance(self.base_model, str):
+            out.append(f"base_model must be a string, got {self.base_model!r}")
         if not isinstance(self.plugins, dict) or not all(isinstance(v, str) for v in self.plugins.values()):
             out.append(f"plugins must map components to plugin names, got {self.plugins!r}")
         return out + self.mask.problems()
 
     def to_dict(self) -> dict[str, Any]:
-        extra = {"plugins": dict(self.plugins)} if self.plugins else {}
+        extra: dict[str, Any] = {"plugins": dict(self.plugins)} if self.plugins else {}
+        if self.base_model:
+            extra["base_model"] = self.base_model
         return {
             "version": self.version,
             "model": self.model,
