@@ -116,7 +116,16 @@ def run_with_display(ctx: click.Context, settings, quiet: bool) -> dict:
         return run_pipeline(settings, progress)
 
 
+def skipped_exports(summary: dict) -> dict[str, str]:
+    """Formats the run did not export because their optional dependencies are missing -> the install line."""
+    from ..io.export import skipped_formats
+
+    formats = summary["settings"].get("formats") or ()
+    return {fmt: why for fmt, why in skipped_formats().items() if fmt not in formats}
+
+
 def render_summary(out, summary: dict) -> None:
+    from rich.markup import escape
     from rich.table import Table
 
     s = summary["summary"]
@@ -129,6 +138,8 @@ def render_summary(out, summary: dict) -> None:
     timings = ", ".join(f"{k} {v:.0f}s" for k, v in summary["timings"].items())
     out.print(f"time: {timings}")
     out.print(f"report: [bold]{summary['report']}[/]; export: {summary['settings']['output']}/export")
+    for fmt, why in skipped_exports(summary).items():
+        out.print(escape(f"skipped {fmt} export: {why}"), style="yellow")
 
 
 @click.command("run")
@@ -146,6 +157,6 @@ def run(ctx: click.Context, model: str, stages: str, as_json: bool, **options) -
     settings = build_settings(model, stages, defaults, **options)
     summary = run_with_display(ctx, settings, bool((ctx.obj or {}).get("quiet")) or as_json)
     if as_json:
-        emit_json({k: v for k, v in summary.items() if k != "results"})
+        emit_json({**{k: v for k, v in summary.items() if k != "results"}, "export_skipped": skipped_exports(summary)})
         return
     render_summary(console(ctx), summary)
