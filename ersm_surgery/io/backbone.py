@@ -7,6 +7,7 @@ off (:meth:`MaskSet.switched_off`); the export checks this by loading the folder
 """
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -23,6 +24,8 @@ if TYPE_CHECKING:
 __all__ = ["BACKBONE_DIR", "strip_masks", "plain_model", "write_backbone", "load_with_timm"]
 
 BACKBONE_DIR = "backbone"
+# the keys of timm's data config, read back by resolve_model_data_config from the pretrained_cfg
+_DATA_KEYS = ("input_size", "interpolation", "mean", "std", "crop_pct", "crop_mode")
 
 
 def strip_masks(model: nn.Module) -> dict[str, torch.Tensor]:
@@ -78,7 +81,11 @@ def write_backbone(model: nn.Module, recipe: Recipe, folder: Path, labels: list[
         save_file(strip_masks(model), str(tmp), metadata=meta)
     model_config = {"label_names": list(labels)} if labels else None
     with atomic_path(folder / CONFIG) as tmp:
-        save_config_for_hf(plain, str(tmp), model_config=model_config, data_config=data_config or None)
+        save_config_for_hf(plain, str(tmp), model_config=model_config)
+        if data_config:  # set by hand: save_config_for_hf takes a data_config only from timm 1.0.29 on
+            config = json.loads(tmp.read_text(encoding="utf-8"))
+            config["pretrained_cfg"].update({k: v for k, v in data_config.items() if k in _DATA_KEYS})
+            tmp.write_text(json.dumps(config, indent=2) + "\n", encoding="utf-8")
     atomic_write_text(folder / "README.md", _readme(recipe))
     return {f"{BACKBONE_DIR}/{WEIGHTS}": "the backbone's weights without masks (a plain timm state dict)",
             f"{BACKBONE_DIR}/{CONFIG}": "timm's config for it",
