@@ -71,21 +71,23 @@ def hub_errors(name: str) -> Iterator[None]:
     except ImportError:  # no hub support: timm raises its own error, caught by the caller
         yield
         return
-    repo = name.partition(":")[2]
+    repo = name.partition(":")[2].split("@")[0] if is_source_name(name) else ""
     try:
         yield
     except hf.LocalEntryNotFoundError:  # offline (HF_HUB_OFFLINE=1 or no network) and not cached
-        raise UnknownModelError(
-            f"cannot reach the Hugging Face Hub for {name!r} and no local copy is cached",
-            "connect to the network, or download the repo (hf download "
-            f"{repo.split('@')[0]} --local-dir DIR) and pass local-dir:DIR") from None
+        fix = (f"connect to the network, or download the repo (hf download {repo} --local-dir DIR) and pass "
+               "local-dir:DIR" if repo else
+               "connect to the network, or pass local weights (--pretrained-path FILE, or local-dir:DIR)")
+        raise UnknownModelError(f"cannot reach the Hugging Face Hub for {name!r} and no local copy is cached",
+                                fix) from None
     except (hf.RepositoryNotFoundError, hf.GatedRepoError) as exc:
         raise UnknownModelError(f"the Hub repo of {name!r} does not exist or is not accessible "
                                 f"({type(exc).__name__})",
                                 "check the name (hf-hub:ORG/NAME), or log in with hf auth login") from None
-    except hf.EntryNotFoundError:
-        raise UnknownModelError(f"the Hub repo of {name!r} has no config.json: it is not a timm model",
-                                "name a timm model repo, e.g. hf-hub:timm/resnet18.a1_in1k") from None
+    except hf.EntryNotFoundError as exc:
+        raise UnknownModelError(f"the Hub repo of {name!r} lacks a file it needs ({str(exc).splitlines()[0][:150]})",
+                                "name a timm model repo (config.json + model.safetensors), e.g. "
+                                "hf-hub:timm/resnet18.a1_in1k") from None
     except hf.HfHubHTTPError as exc:
         raise UnknownModelError(f"the Hugging Face Hub refused {name!r} ({str(exc).splitlines()[0][:150]})",
                                 "retry later, or download the repo and pass local-dir:DIR") from None

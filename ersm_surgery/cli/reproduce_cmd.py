@@ -6,6 +6,7 @@ from pathlib import Path
 
 import click
 
+from ..model_source import short_name
 from ._common import console, emit_json
 from .run_cmd import build_settings, pipeline_options, protocol_defaults, run_with_display
 
@@ -31,7 +32,7 @@ def reproduce(ctx: click.Context, model: str, stages: str, budget_minutes: float
     """
     scale = budget_minutes / DEFAULT_BUDGET_MINUTES
     epochs = {k: max(1, round(v * scale)) for k, v in DEFAULT_EPOCHS.items()}
-    defaults = protocol_defaults(options, epochs, BASE_IMAGES, f"{model}-reproduce")
+    defaults = protocol_defaults(options, epochs, BASE_IMAGES, f"{short_name(model)}-reproduce")
     settings = build_settings(model, stages, defaults, **options)
     summary = run_with_display(ctx, settings, bool((ctx.obj or {}).get("quiet")) or as_json)
 

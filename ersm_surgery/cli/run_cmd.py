@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import click
 
+from ..model_source import short_name
 from ._common import console, emit_json
 
 # ``run`` on the built-in data: 4 min 29 s on an idle 2-core CPU (benchmarks/README.md), inside the 5-minute goal
@@ -153,7 +154,7 @@ def run(ctx: click.Context, model: str, stages: str, as_json: bool, **options) -
     \b
       ersm-surgery run resnet18 --stages 2,3 --dataset builtin:clutter -o runs/r18
     """
-    defaults = protocol_defaults(options, RUN_EPOCHS, RUN_BASE_IMAGES, f"{model}-ersm-run")
+    defaults = protocol_defaults(options, RUN_EPOCHS, RUN_BASE_IMAGES, f"{short_name(model)}-ersm-run")
     settings = build_settings(model, stages, defaults, **options)
     summary = run_with_display(ctx, settings, bool((ctx.obj or {}).get("quiet")) or as_json)
     if as_json:
