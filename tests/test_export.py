@@ -180,12 +180,16 @@ def test_stripped_backbone_loads_in_plain_timm(saved: Path, tmp_path: Path) -> N
 
 def test_force_replaces_an_export_and_drops_its_stale_files(saved: Path, tmp_path: Path) -> None:
     out = tmp_path / "out"
-    assert _run("export", saved, "-o", out, "--format", "onnx", "--no-validate").exit_code == 0
-    assert (out / ONNX).exists() and not (out / VALIDATION).exists()
+    assert _run("export", saved, "-o", out, "--format", "onnx", "--no-validate", "--strip-masks").exit_code == 0
+    assert (out / ONNX).exists() and not (out / VALIDATION).exists() and (out / BACKBONE / "config.json").exists()
     (out / "notes.txt").write_text("mine")
+    for old in ("model_card.md", "backbone.safetensors"):  # what exports before README.md and backbone/ wrote
+        (out / old).write_text("old")
     result = _run("export", saved, "-o", out, "--format", "safetensors", "--force")
     assert result.exit_code == 0, result.output
     assert not (out / ONNX).exists() and (out / VALIDATION).exists() and (out / "model.safetensors").exists()
+    assert not (out / "model_card.md").exists() and not (out / "backbone.safetensors").exists()
+    assert not (out / BACKBONE).exists()  # the old export's backbone/ folder went with it
     assert (out / "notes.txt").read_text() == "mine"  # files that are not the export's are kept
 
 
