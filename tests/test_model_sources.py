@@ -161,3 +161,12 @@ def test_load_takes_a_cloned_hub_repo_and_names_an_lfs_pointer(tmp_path: Path) -
     (export / "model.safetensors").write_text("version https://git-lfs.github.com/spec/v1\noid sha256:00\n")
     result = _run("export", export, "-o", tmp_path / "o")
     assert result.exit_code == 1 and "Git LFS pointer" in result.output and "git lfs pull" in result.output
+
+
+@pytest.mark.parametrize("command", ["run", "reproduce"])
+def test_run_and_reproduce_check_the_name_before_any_training(command: str, tmp_path: Path) -> None:
+    name_args = ["local-dir:/no/such/folder", "--stages", "2,3"] if command == "run" else \
+        ["--model", "local-dir:/no/such/folder"]
+    result = _run(command, *name_args, "-o", tmp_path / "r")
+    lines = result.output.strip().splitlines()
+    assert result.exit_code == 1 and len(lines) == 1 and "does not exist" in lines[0], result.output
