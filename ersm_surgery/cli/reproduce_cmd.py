@@ -19,7 +19,8 @@ BASE_IMAGES = 6000
 
 
 @click.command("reproduce")
-@click.option("--model", default="resnet18", show_default=True)
+@click.option("--model", default="resnet18", show_default=True,
+              help="A timm name, hf-hub:ORG/NAME or local-dir:PATH.")
 @click.option("--stages", default="2,3", show_default=True)
 @click.option("--budget-minutes", type=click.FloatRange(min=1), default=DEFAULT_BUDGET_MINUTES, show_default=True,
               help="Scales the default epochs (measured on a 2-core CPU) to this budget.")

@@ -151,6 +151,8 @@ def render_summary(out, summary: dict) -> None:
 def run(ctx: click.Context, model: str, stages: str, as_json: bool, **options) -> None:
     """Inject MODEL, fine-tune it with ERSM and a baseline on the same budget, evaluate both, export.
 
+    MODEL is a timm name, hf-hub:ORG/NAME or local-dir:PATH, as in timm.create_model.
+
     \b
       ersm-surgery run resnet18 --stages 2,3 --dataset builtin:clutter -o runs/r18
     """
