@@ -9,7 +9,7 @@ from torch import nn
 
 from .errors import PlacementError
 from .layers import MaskConfig, auto_hidden
-from .models import create_base_model, model_name_of
+from .models import create_base_model, model_name_of, recorded_name
 from .plugins import components_of, provenance, require_components
 from .recipe import Recipe
 from .surgery import apply_placements, resolve_nodes, resolve_stages
@@ -47,13 +47,17 @@ def inject(
     """Insert Energy-Mask layers into a timm model.
 
     Args:
-        model_or_name: a timm model instance (edited in place) or a timm model name.
+        model_or_name: a timm model instance (edited in place) or a name: a timm model name,
+            ``hf-hub:ORG/NAME`` or ``local-dir:PATH`` (the recipe then records the registry architecture and
+            the source's saved arguments, so that ``load()`` rebuilds it offline; the source goes to
+            ``recipe.base_model``).
         stages: timm ``feature_info`` indices; a mask goes after each stage's output.
         nodes: node qualnames (see ``ersm-surgery inspect MODEL --all-nodes``); a mask goes after each.
         config: the layers' settings (a :class:`MaskConfig` or a dict of its fields).
         input_size: (C, H, W) used to check the feature maps; defaults to the model's pretrained_cfg.
         num_classes: classifier size when a name is given.
-        pretrained: load timm's pretrained weights when a name is given (needs the network).
+        pretrained: load the pretrained weights when a name is given (timm's Hub weights, or a
+            ``local-dir:`` folder's own).
         pretrained_path: local weights for the base model when a name is given.
         model_kwargs: more ``timm.create_model`` arguments when a name is given; for an instance,
             the arguments it was made with, so that ``load()`` can rebuild it exactly.
@@ -67,9 +71,10 @@ def inject(
         (``config`` names a head or pairwise term that no installed plugin registers).
     """
     kwargs = dict(model_kwargs or {})
+    base_model = None
     if isinstance(model_or_name, str):
         model = create_base_model(model_or_name, pretrained, pretrained_path, num_classes, **kwargs)
-        name = model_or_name
+        name, kwargs, base_model = recorded_name(model_or_name, model, pretrained, kwargs)
     else:
         model = model_or_name
         name = model_name_of(model)
@@ -102,6 +107,7 @@ def inject(
         placements=placements,
         mask=config,
         plugins=provenance(components_of(config, placements)),
+        base_model=base_model,
     )
     setattr(model, RECIPE_ATTR, recipe)
     return model

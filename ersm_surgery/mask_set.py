@@ -1,6 +1,7 @@
 """Access to a masked model's Energy-Mask layers: their states, density and the regularizer."""
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Iterator
 
 import torch
@@ -65,6 +66,21 @@ class MaskSet:
         """Drop the stored states (and the autograd graph they hold)."""
         for layer in self.layers.values():
             layer.state = None
+
+    @contextlib.contextmanager
+    def switched_off(self) -> Iterator[None]:
+        """Inside the block every mask layer passes its input through unchanged (states cleared after).
+
+        The model then computes what its backbone computes without masks, which is what the stripped
+        backbone of an export must reproduce.
+        """
+        handles = [layer.register_forward_hook(lambda _m, args, _out: args[0]) for layer in self.layers.values()]
+        try:
+            yield
+        finally:
+            for handle in handles:
+                handle.remove()
+            self.clear()
 
     def set_mode(self, train_mode: str | None = None, eval_mode: str | None = None) -> None:
         for layer in self.layers.values():

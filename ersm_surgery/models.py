@@ -1,7 +1,6 @@
 """Creating timm base models by name, with weights from the hub or a local file (never unpickled)."""
 from __future__ import annotations
 
-import difflib
 import logging
 from pathlib import Path
 from typing import Any
@@ -10,22 +9,21 @@ import torch
 from torch import nn
 
 from .errors import UnknownModelError, WeightsError
+from .model_source import ModelName, hub_errors, resolve_model_name
 
-__all__ = ["check_model_name", "create_base_model", "read_state_dict", "load_base_weights", "model_name_of"]
+__all__ = ["check_model_name", "create_base_model", "recorded_name", "read_state_dict", "load_base_weights",
+           "model_name_of"]
 
 _log = logging.getLogger(__name__)
 
 
-def check_model_name(name: str) -> None:
-    """Raise :class:`UnknownModelError` with close matches when timm does not know ``name``."""
-    import timm
+def check_model_name(name: str) -> ModelName:
+    """Resolve ``name`` (a timm name, ``hf-hub:ORG/NAME`` or ``local-dir:PATH``) or raise one clear line.
 
-    if timm.is_model(name):
-        return
-    close = difflib.get_close_matches(name, timm.list_models(), n=5, cutoff=0.6)
-    hint = (f"did you mean {', '.join(close)}?" if close
-            else "list names with: python -c 'import timm; print(timm.list_models())'")
-    raise UnknownModelError(f"unknown model {name!r}", hint)
+    Raises:
+        UnknownModelError: with close matches for an unknown registry name; for a source name, what to do.
+    """
+    return resolve_model_name(name)
 
 
 def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
@@ -92,6 +90,22 @@ def _classifier_keys(model: nn.Module) -> list[str]:
     return [f"{n}.{s}" for n in names for s in ("weight", "bias")]
 
 
+def recorded_name(name: str, model: nn.Module, pretrained: bool,
+                  kwargs: dict[str, Any]) -> tuple[str, dict[str, Any], str | None]:
+    """What a recipe records for a base model built from ``name``: (architecture, kwargs, base_model).
+
+    A source name (``hf-hub:``, ``local-dir:``) is recorded as the registry architecture plus the source's
+    saved arguments, so that the model rebuilds offline and wherever the folder moves; the source itself
+    becomes ``base_model``. A registry name built with ``pretrained`` records the Hub repo timm fetched the
+    weights from, when it was one.
+    """
+    resolved = resolve_model_name(name)
+    if resolved.source:
+        return resolved.architecture, {**resolved.model_args, **kwargs}, name
+    repo = (getattr(model, "pretrained_cfg", None) or {}).get("hf_hub_id") if pretrained else None
+    return name, dict(kwargs), f"hf-hub:{repo}" if repo else None
+
+
 def model_name_of(model: nn.Module) -> str:
     """The timm architecture name of a model instance (its class name when unknown)."""
     cfg = getattr(model, "pretrained_cfg", None) or {}
@@ -108,8 +122,9 @@ def create_base_model(
     """``timm.create_model`` with checked arguments and safe local weights.
 
     Args:
-        name: timm model name.
-        pretrained: download timm's pretrained weights (needs the network).
+        name: timm model name, ``hf-hub:ORG/NAME[@revision]`` or ``local-dir:PATH`` (timm reads the source's
+            config.json; with ``pretrained`` also its weights).
+        pretrained: timm's pretrained weights (from the Hub, or the ``local-dir:`` folder's own).
         pretrained_path: local .safetensors / torch state dict for the base model.
         num_classes: classifier size (None keeps the model's default).
         **kwargs: passed to ``timm.create_model`` (drop_path_rate, in_chans, ...).
@@ -119,7 +134,11 @@ def create_base_model(
     """
     import timm
 
-    check_model_name(name)
+    resolved = check_model_name(name)
+    if resolved.ersm_export:
+        raise UnknownModelError(f"{name!r} is an ersm-surgery export (a model with masks), not a plain timm model",
+                                "load it with ersm_surgery.load() (or pass it as DIR), or use its backbone/ "
+                                "sub-folder (export --strip-masks) for the model without masks")
     if num_classes is not None and num_classes <= 0:
         raise ValueError(f"num_classes must be > 0, got {num_classes}")
     if pretrained and pretrained_path:
@@ -127,13 +146,16 @@ def create_base_model(
     if num_classes is not None:
         kwargs["num_classes"] = num_classes
     try:
-        model = timm.create_model(name, pretrained=pretrained, **kwargs)
+        with hub_errors(name):
+            model = timm.create_model(name, pretrained=pretrained, **kwargs)
     except TypeError as exc:
         raise UnknownModelError(f"{name} does not accept these arguments: {exc}", "check --set model_kwargs.*") from exc
     except (OSError, RuntimeError) as exc:
         if pretrained:
-            raise WeightsError(f"cannot fetch pretrained weights for {name} ({exc})",
-                               "check the network, or pass --pretrained-path FILE") from exc
+            fix = ("put the weights (model.safetensors) in the folder, or drop --pretrained"
+                   if resolved.source == "local-dir" else "check the network, or pass --pretrained-path FILE")
+            first = (str(exc).strip().splitlines() or [""])[0][:200]
+            raise WeightsError(f"cannot load pretrained weights for {name} ({first})", fix) from exc
         raise
     if pretrained_path:
         load_base_weights(model, pretrained_path)

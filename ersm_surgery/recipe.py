@@ -63,6 +63,10 @@ class Recipe:
         data_config: the preprocessing the model was fine-tuned with, as timm's data config (input_size,
             interpolation, mean, std, crop_pct, crop_mode); None until ``finetune`` records it (then see
             ``version``), and left out of the file.
+        base_model: where the base weights came from, when known: the ``hf-hub:ORG/NAME`` or
+            ``local-dir:PATH`` the model was built from, or the Hub repo timm fetched ``--pretrained``
+            weights from. Provenance only (the model card's ``base_model``); the model is rebuilt from
+            ``model``. Left out of the file when unknown.
     """
 
     model: str
@@ -75,6 +79,7 @@ class Recipe:
     version: int = RECIPE_VERSION
     plugins: dict[str, str] = field(default_factory=dict)
     data_config: dict[str, Any] | None = None
+    base_model: str | None = None
 
     def __post_init__(self) -> None:
         problems = self.problems()
@@ -95,6 +100,8 @@ class Recipe:
             out.append(f"recipe version {self.version} is newer than this ersm-surgery understands ({RECIPE_VERSION})")
         if not isinstance(self.model_kwargs, dict):
             out.append("model_kwargs must be a mapping")
+        if self.base_model is not None and not isinstance(self.base_model, str):
+            out.append(f"base_model must be a string, got {self.base_model!r}")
         if not isinstance(self.plugins, dict) or not all(isinstance(v, str) for v in self.plugins.values()):
             out.append(f"plugins must map components to plugin names, got {self.plugins!r}")
         if self.data_config is not None:
@@ -105,6 +112,8 @@ class Recipe:
         extra: dict[str, Any] = {"plugins": dict(self.plugins)} if self.plugins else {}
         if self.data_config is not None:
             extra["data_config"] = dict(self.data_config)
+        if self.base_model:
+            extra["base_model"] = self.base_model
         return {
             "version": self.version,
             "model": self.model,

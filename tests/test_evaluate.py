@@ -233,14 +233,14 @@ def saved(tmp_path_factory) -> dict[str, Path]:
     return {"masked": root / "masked", "plain": root / "plain", "seven": root / "seven"}
 
 
-SMALL = ["--num-images", "4", "-b", "4", "--occlusion-grid", "4", "--figure-images", "2"]
+SMALL = ["--num-images", "4", "-b", "4", "-j", "0", "--occlusion-grid", "4", "--figure-images", "2"]
 
 
 @pytest.fixture(scope="module")
 def full_run(saved, tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("eval") / "out"
     result = run("evaluate", str(saved["masked"]), "--dataset", "builtin:clutter", "--num-classes", str(K),
-                 "--baseline", str(saved["plain"]), "--out", str(out), "--json", *SMALL)
+                 "--baseline", str(saved["plain"]), "-o", str(out), "--json", *SMALL)
     assert result.exit_code == 0, result.output
     printed = json.loads(result.stdout)
     assert printed["accuracy"]["model"]["images"] == 4
@@ -268,7 +268,7 @@ def test_evaluate_writes_results_figures_and_a_self_contained_report(full_run: P
 
 def test_model_without_masks_is_evaluated_as_a_baseline_with_a_notice(saved, tmp_path) -> None:
     result = run("evaluate", str(saved["plain"]), "--dataset", "builtin:clutter", "--num-classes", str(K),
-                 "--metrics", "accuracy,deletion,sparsity", "--out", str(tmp_path / "o"), *SMALL)
+                 "--metrics", "accuracy,deletion,sparsity", "-o", str(tmp_path / "o"), *SMALL)
     assert result.exit_code == 0, result.output
     assert "no Energy-Mask layers: evaluated as a baseline only" in result.output
     r = json.loads((tmp_path / "o" / "results.json").read_text())
@@ -282,18 +282,18 @@ def test_data_without_boxes_skips_localization_and_says_so(saved, tmp_path) -> N
             folder.mkdir(parents=True)
             Image.new("RGB", (SIZE, SIZE), colour).save(folder / "a.png")
     result = run("evaluate", str(saved["masked"]), "--data-dir", str(tmp_path / "data"),
-                 "--metrics", "accuracy,localization", "--out", str(tmp_path / "o"), *SMALL)
+                 "--metrics", "accuracy,localization", "-o", str(tmp_path / "o"), *SMALL)
     assert result.exit_code == 0, result.output
     assert "no object boxes: localization skipped" in result.output
     assert "localization" not in json.loads((tmp_path / "o" / "results.json").read_text())
 
 
 def test_class_count_mismatch_is_one_line_naming_the_fix(saved, tmp_path) -> None:
-    result = run("evaluate", str(saved["masked"]), "--dataset", "builtin:clutter", "--out", str(tmp_path / "o"),
+    result = run("evaluate", str(saved["masked"]), "--dataset", "builtin:clutter", "-o", str(tmp_path / "o"),
                  *SMALL)
     assert_one_line_error(result, "4-class head", "10 classes", "--num-classes 4")
     result = run("evaluate", str(saved["masked"]), "--dataset", "builtin:clutter", "--num-classes", str(K),
-                 "--baseline", str(saved["seven"]), "--out", str(tmp_path / "o2"), *SMALL)
+                 "--baseline", str(saved["seven"]), "-o", str(tmp_path / "o2"), *SMALL)
     assert_one_line_error(result, "baseline has a 7-class head")
 
 
@@ -301,7 +301,7 @@ def test_empty_split_and_bad_arguments_are_one_line_errors(saved, tmp_path) -> N
     (tmp_path / "data" / "train" / "a").mkdir(parents=True)
     Image.new("RGB", (SIZE, SIZE)).save(tmp_path / "data" / "train" / "a" / "x.png")
     (tmp_path / "data" / "validation" / "a").mkdir(parents=True)
-    result = run("evaluate", str(saved["masked"]), "--data-dir", str(tmp_path / "data"), "--out", str(tmp_path / "o"))
+    result = run("evaluate", str(saved["masked"]), "--data-dir", str(tmp_path / "data"), "-o", str(tmp_path / "o"))
     assert_one_line_error(result, "validation")
     masked = str(saved["masked"])
     for args, fragment in [
@@ -311,7 +311,7 @@ def test_empty_split_and_bad_arguments_are_one_line_errors(saved, tmp_path) -> N
         ([masked, "--dataset", "builtin:clutter", "--num-images", "0"], "--num-images"),
         ([str(tmp_path / "nothing"), "--dataset", "builtin:clutter"], "nothing"),
     ]:
-        assert_one_line_error(run("evaluate", *args, "--out", str(tmp_path / "o3")), fragment)
+        assert_one_line_error(run("evaluate", *args, "-o", str(tmp_path / "o3")), fragment)
 
 
 def test_energy_scores_rank_kept_tokens_first() -> None:

@@ -15,6 +15,7 @@ from ersm_surgery.cli.main import cli
 from ersm_surgery.io.artifact import (
     RECIPE_KEY,
     SHA256_KEY,
+    input_config,
     state_sha256,
     state_to_save,
     weights_metadata,
@@ -126,7 +127,7 @@ def test_export_writes_every_file_and_validates(saved: Path, tmp_path: Path) -> 
                   "--mask-mode", "soft", "--json")
     assert result.exit_code == 0, result.output
     summary = json.loads(result.stdout)
-    names = {"model.safetensors", "recipe.yaml", "config.json", "model_card.md", ONNX, BACKBONE, VALIDATION}
+    names = {"model.safetensors", "recipe.yaml", "config.json", "README.md", ONNX, BACKBONE, VALIDATION}
     assert {p.name for p in out.iterdir()} == names  # no temporary file left behind
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]
 
@@ -143,8 +144,8 @@ def test_export_writes_every_file_and_validates(saved: Path, tmp_path: Path) -> 
     assert config["architecture"] == "test_resnet" and config["num_classes"] == 5
     assert config["label_names"][0] == "cat" and config["ersm"]["mask"]["eval_mode"] == "soft"
     assert "pretrained_cfg" in config and config["ersm"]["versions"]["timm"]
-    card = (out / "model_card.md").read_text()
-    for text in ("test_resnet", "layer2.ersm_mask", "stage 3 (layer3)", "accuracy.masked", "0.8123", "timm "):
+    card = (out / "README.md").read_text()
+    for text in ("test\\_resnet", "layer2.ersm\\_mask", "stage 3 (layer3)", "accuracy.masked", "0.8123", "timm "):
         assert text in card
 
     # the export loads back as the model it came from, with the exported mask mode
@@ -156,25 +157,39 @@ def test_export_writes_every_file_and_validates(saved: Path, tmp_path: Path) -> 
 
 
 def test_stripped_backbone_loads_in_plain_timm(saved: Path, tmp_path: Path) -> None:
+    """backbone/ opens with timm.create_model("local-dir:...", pretrained=True) and nothing else, and its
+    outputs equal the masked model's with the masks switched off (and differ with them on)."""
     out = tmp_path / "out"
     assert _run("export", saved, "-o", out, "--format", "safetensors", "--strip-masks").exit_code == 0
-    from_file = timm.create_model("test_resnet", pretrained=True, num_classes=5,
-                                  pretrained_cfg_overlay=dict(file=str(out / BACKBONE), num_classes=5)).eval()
-    plain = timm.create_model("test_resnet", num_classes=5).eval()
-    plain.load_state_dict(strip_masks(ersm_surgery.load(saved)), strict=True)
+    assert {p.name for p in (out / BACKBONE).iterdir()} == {"config.json", "model.safetensors", "README.md"}
+    from_timm = timm.create_model(f"local-dir:{out / BACKBONE}", pretrained=True).eval()
+    masked = ersm_surgery.load(saved)
+    ersm_surgery.masks(masked).set_mode(eval_mode="soft")  # fresh masks are open but not exactly 1
+    x = _x()
     with torch.no_grad():
-        assert torch.equal(from_file(_x()), plain(_x()))
-    assert _run("info", out / BACKBONE).output.count("plain safetensors") == 1
+        with ersm_surgery.masks(masked).switched_off():
+            unmasked = masked(x)
+        assert from_timm.num_classes == 5 and (from_timm(x) - unmasked).abs().max() <= 1e-5
+        assert not torch.equal(masked(x), unmasked)  # the masks do act when switched on
+    recorded = input_config(masked)  # the preprocessing the export records is what timm resolves for backbone/
+    resolved = timm.data.resolve_model_data_config(from_timm)
+    assert {k: list(v) if isinstance(v, tuple) else v for k, v in resolved.items()} == recorded
+    assert json.loads((out / BACKBONE / "config.json").read_text())["label_names"][0] == "cat"
+    assert _run("info", out / BACKBONE / "model.safetensors").output.count("plain safetensors") == 1
 
 
 def test_force_replaces_an_export_and_drops_its_stale_files(saved: Path, tmp_path: Path) -> None:
     out = tmp_path / "out"
-    assert _run("export", saved, "-o", out, "--format", "onnx", "--no-validate").exit_code == 0
-    assert (out / ONNX).exists() and not (out / VALIDATION).exists()
+    assert _run("export", saved, "-o", out, "--format", "onnx", "--no-validate", "--strip-masks").exit_code == 0
+    assert (out / ONNX).exists() and not (out / VALIDATION).exists() and (out / BACKBONE / "config.json").exists()
     (out / "notes.txt").write_text("mine")
+    for old in ("model_card.md", "backbone.safetensors"):  # what exports before README.md and backbone/ wrote
+        (out / old).write_text("old")
     result = _run("export", saved, "-o", out, "--format", "safetensors", "--force")
     assert result.exit_code == 0, result.output
     assert not (out / ONNX).exists() and (out / VALIDATION).exists() and (out / "model.safetensors").exists()
+    assert not (out / "model_card.md").exists() and not (out / "backbone.safetensors").exists()
+    assert not (out / BACKBONE).exists()  # the old export's backbone/ folder went with it
     assert (out / "notes.txt").read_text() == "mine"  # files that are not the export's are kept
 
 

@@ -17,7 +17,7 @@ from safetensors.torch import load_file, save_file
 import ersm_surgery
 from ersm_surgery.cli.main import cli
 from ersm_surgery.errors import ArtifactError
-from ersm_surgery.io import artifact, export
+from ersm_surgery.io import artifact, export, publish
 from ersm_surgery.io.artifact import RECIPE_KEY, SHA256_KEY, state_sha256
 
 SIZE = (3, 64, 64)
@@ -216,7 +216,7 @@ def test_failure_while_moving_into_place_rolls_back(saved: Path, tmp_path: Path,
                 raise OSError(errno.EACCES, "Permission denied")
         return real(src, dst)
 
-    monkeypatch.setattr(export.os, "replace", flaky)
+    monkeypatch.setattr(publish.os, "replace", flaky)
     _fails("export", saved, "-o", out, "--format", "safetensors", "--no-validate", "--force",
            match="Permission denied")
     assert {p.name: p.read_bytes() for p in out.iterdir()} == before
@@ -240,6 +240,6 @@ def test_unwritable_output_location_simulated(saved: Path, tmp_path: Path, monke
     def denied(*args, **kwargs):
         raise PermissionError(errno.EACCES, "Permission denied")
 
-    monkeypatch.setattr(export.tempfile, "mkdtemp", denied)
+    monkeypatch.setattr(publish.tempfile, "mkdtemp", denied)
     _fails("export", saved, "-o", tmp_path / "out", match="Permission denied")
     assert not (tmp_path / "out").exists()

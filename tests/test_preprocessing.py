@@ -71,7 +71,7 @@ def test_finetune_records_the_models_own_preprocessing(trained):
 def test_evaluate_and_export_use_the_recorded_preprocessing(trained, tmp_path):
     root, data = trained
     ok(run("evaluate", root / "ft", "--data-dir", data, "--metrics", "accuracy", "--num-images", "4",
-           "--out", tmp_path / "ev"))
+           "-o", tmp_path / "ev"))
     used = json.loads((tmp_path / "ev" / "results.json").read_text())["data"]["preprocessing"]
     assert used["mean"] == [0.5, 0.5, 0.5] and used["crop_pct"] == 0.95 and used["input_size"] == [3, 32, 32]
     ok(run("export", root / "ft", "--format", "safetensors", "-o", tmp_path / "ex"))
@@ -80,11 +80,11 @@ def test_evaluate_and_export_use_the_recorded_preprocessing(trained, tmp_path):
     assert cfg["crop_pct"] == 0.95 and cfg["input_size"] == [3, 32, 32]
     meta = ersm_surgery.io.read_metadata(tmp_path / "ex")
     assert json.loads(meta["input_config"])["mean"] == [0.5, 0.5, 0.5]
-    card = next((tmp_path / "ex").glob("*.md")).read_text()
-    assert "mean [0.5, 0.5, 0.5]" in card and "crop_pct 0.95" in card
+    card = (tmp_path / "ex" / "README.md").read_text()  # the Hugging Face model card (Markdown-escaped)
+    assert "mean [0.5, 0.5, 0.5]" in card and "crop\\_pct 0.95" in card
     # evaluating the export uses the preprocessing recorded in it
     ok(run("evaluate", tmp_path / "ex", "--data-dir", data, "--metrics", "accuracy", "--num-images", "4",
-           "--out", tmp_path / "ev2"))
+           "-o", tmp_path / "ev2"))
     assert json.loads((tmp_path / "ev2" / "results.json").read_text())["data"]["preprocessing"] == used
 
 
@@ -98,7 +98,7 @@ def test_flags_override_and_are_recorded_then_reused(trained, tmp_path):
                    "std": [0.3, 0.2, 0.1], "crop_pct": 0.8, "crop_mode": "center"}
     # evaluate without flags: the recorded preprocessing; with a flag: the override
     ok(run("evaluate", tmp_path / "ft", "--data-dir", data, "--metrics", "accuracy", "--num-images", "2",
-           "--out", tmp_path / "ev", "--crop-pct", "1.0"))
+           "-o", tmp_path / "ev", "--crop-pct", "1.0"))
     used = json.loads((tmp_path / "ev" / "results.json").read_text())["data"]["preprocessing"]
     assert used["mean"] == [0.1, 0.2, 0.3] and used["crop_pct"] == 1.0 and used["interpolation"] == "bicubic"
 
@@ -109,7 +109,7 @@ def test_bad_preprocessing_flags_end_in_one_line(trained, tmp_path):
                  "--crop-pct", "1.5")
     assert result.exit_code != 0 and "Traceback" not in result.output
     assert "crop_pct" in result.output.strip().splitlines()[-1]
-    result = run("evaluate", root / "ft", "--data-dir", data, "--out", tmp_path / "y", "--interpolation", "cubic")
+    result = run("evaluate", root / "ft", "--data-dir", data, "-o", tmp_path / "y", "--interpolation", "cubic")
     assert result.exit_code != 0 and "interpolation must be one of" in result.output.strip().splitlines()[-1]
 
 
@@ -132,7 +132,7 @@ def test_old_recipes_keep_their_old_preprocessing(tmp_path):
     model.ersm_recipe.version = 1
     ersm_surgery.save(model, tmp_path / "v1")
     ok(run("evaluate", tmp_path / "v1", "--dataset", "builtin:clutter", "--metrics", "accuracy", "--num-images", "2",
-           "--out", tmp_path / "ev"))
+           "-o", tmp_path / "ev"))
     used = json.loads((tmp_path / "ev" / "results.json").read_text())["data"]["preprocessing"]
     assert used["mean"] == list(CLUTTER_MEAN) and used["std"] == list(CLUTTER_STD) and used["crop_pct"] == 1.0
 

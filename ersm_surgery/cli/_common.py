@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import re
 import sys
 from typing import Any
 
@@ -31,3 +32,57 @@ def parse_input_size(_ctx: click.Context, _param: click.Parameter, value: str | 
 
 def is_tty() -> bool:
     return sys.stderr.isatty()
+
+
+# -- options every command that needs them shares: one spelling, one default, one validation ----------------
+
+DEVICES = "auto, cpu, cuda, cuda:N, mps"
+# DataLoader worker processes of finetune and evaluate (finetune's also sits in its recipe: FinetuneConfig.workers)
+WORKERS_DEFAULT = 2
+_DEVICE_RE = re.compile(r"(auto|cpu|mps|cuda(:\d+)?)")
+
+
+def check_device(value: str) -> str:
+    """The device to run on for ``--device`` VALUE: ``auto`` picks CUDA, then MPS, then the CPU.
+
+    Raises:
+        click.BadParameter: not one of auto, cpu, cuda, cuda:N, mps, or not available on this machine.
+    """
+    text = value.strip().lower()
+    if not _DEVICE_RE.fullmatch(text):
+        raise click.BadParameter(f"{value!r} is not a device; choose from {DEVICES}", param_hint="--device")
+    import torch
+
+    mps = getattr(torch.backends, "mps", None)
+    has_mps = bool(mps is not None and mps.is_available())
+    if text == "auto":
+        return "cuda" if torch.cuda.is_available() else "mps" if has_mps else "cpu"
+    if text == "mps" and not has_mps:
+        raise click.BadParameter("mps is not available on this machine; use --device cpu (or auto)",
+                                 param_hint="--device")
+    if text.startswith("cuda"):
+        count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        index = int(text.partition(":")[2] or 0)
+        if count == 0:
+            raise click.BadParameter(f"{text} asked for, but torch sees no CUDA device; use --device cpu (or auto)",
+                                     param_hint="--device")
+        if index >= count:
+            raise click.BadParameter(f"{text} asked for, but torch sees {count} CUDA device(s) (cuda:0 to "
+                                     f"cuda:{count - 1})", param_hint="--device")
+    return text
+
+
+def _device_callback(_ctx: click.Context, _param: click.Parameter, value: str | None) -> str | None:
+    return None if value is None else check_device(value)
+
+
+def device_option(func):
+    """``--device``: auto (default), cpu, cuda, cuda:N or mps; checked against this machine before any work."""
+    return click.option("--device", default="auto", show_default=True, callback=_device_callback, metavar="DEVICE",
+                        help=f"Where to run: {DEVICES} (auto: CUDA, then MPS, then CPU).")(func)
+
+
+def workers_option(func):
+    """``-j/--workers``: DataLoader worker processes, the same default everywhere."""
+    return click.option("-j", "--workers", type=click.IntRange(min=0), default=None,
+                        help=f"DataLoader worker processes.  [default: {WORKERS_DEFAULT}]")(func)

@@ -12,7 +12,7 @@ from typing import Any
 
 import click
 
-from ._common import console, emit_json, is_tty
+from ._common import WORKERS_DEFAULT, console, device_option, emit_json, is_tty, workers_option
 
 _METRICS = ("accuracy", "sparsity", "flops", "occlusion", "deletion", "localization")
 
@@ -63,17 +63,19 @@ def _positive(_ctx, param, value):
 @click.option("--occlusion-grid", type=int, default=8, show_default=True, callback=_positive,
               help="Cells per side for patch drop and Hide-and-Seek.")
 @click.option("--figure-images", type=int, default=8, show_default=True, help="Images shown in the mask figure.")
-@click.option("--device", help="cpu, cuda, cuda:1 ... (default: cuda when available).")
-@click.option("-j", "--workers", type=int, default=0, show_default=True, help="DataLoader workers.")
-@click.option("--out", "out_dir", type=click.Path(file_okay=False), help="Folder for results.json and figures "
-              "(default: <DIR>-eval beside DIR).")
-@click.option("--report", type=click.Path(dir_okay=False), help="HTML report path (default: <out>/report.html).")
-@click.option("--force", is_flag=True, help="Write into an existing non-empty --out folder.")
+@device_option
+@workers_option
+@click.option("-o", "--output", "out_dir", type=click.Path(file_okay=False),
+              help="Folder for results.json and figures (default: <DIR>-eval beside DIR).")
+@click.option("--out", "deprecated_out", type=click.Path(file_okay=False), hidden=True,
+              help="Deprecated spelling of -o/--output.")
+@click.option("--report", type=click.Path(dir_okay=False), help="HTML report path (default: OUTPUT/report.html).")
+@click.option("--force", is_flag=True, help="Write into an existing non-empty output folder.")
 @click.option("--json", "as_json", is_flag=True, help="Print results.json to stdout.")
 @click.pass_context
 def evaluate(ctx: click.Context, source: str, data_dir, dataset, split, baseline, baseline_weights, metrics, num_images,
              img_size, mean, std, interpolation, crop_pct, batch_size, seed, num_classes, deletion_fill, occlusion_grid,
-             figure_images, device, workers, out_dir, report, force, as_json) -> None:
+             figure_images, device, workers, out_dir, deprecated_out, report, force, as_json) -> None:
     """Measure a masked model (DIR) and its baseline on the same images: numbers, figures, an HTML report.
 
     \b
@@ -84,13 +86,18 @@ def evaluate(ctx: click.Context, source: str, data_dir, dataset, split, baseline
         raise click.UsageError("give exactly one of --data-dir DATA or --dataset builtin:clutter")
     if baseline_weights and not baseline:
         raise click.BadParameter("only applies with --baseline NAME", param_hint="--baseline-weights")
+    if deprecated_out is not None:
+        if out_dir is not None:
+            raise click.UsageError("give -o/--output only (--out is its deprecated spelling)")
+        click.echo("Warning: --out is deprecated; use -o/--output", err=True)
+        out_dir = deprecated_out
+    workers = WORKERS_DEFAULT if workers is None else workers
     from ..io import check_output_dir
 
     out_path = check_output_dir(out_dir or _default_out(source), force)
     out = console(ctx)
     quiet = bool((ctx.obj or {}).get("quiet"))
 
-    import torch
 
     from ..eval.runner import EvalSettings
     from ..eval.runner import evaluate as run_evaluation
@@ -108,7 +115,7 @@ def evaluate(ctx: click.Context, source: str, data_dir, dataset, split, baseline
         base, base_info = _load(baseline, baseline_weights, getattr(model, "num_classes", None), "--baseline")
     settings = EvalSettings(metrics=metrics, batch_size=batch_size, seed=seed, deletion_fill=deletion_fill,
                             occlusion_grid=occlusion_grid, figure_images=max(0, figure_images),
-                            device=device or ("cuda" if torch.cuda.is_available() else "cpu"))
+                            device=device)
     with _progress(out, quiet or not is_tty()) as progress:
         from ..eval.images import load_images
 
@@ -135,7 +142,9 @@ def _default_out(source: str) -> Path:
         path = path.resolve()
         name = path.stem if path.is_file() else path.name
         return path.parent / f"{name}-eval"
-    return Path(f"{source.replace('/', '_')}-eval")
+    from ..model_source import short_name
+
+    return Path(f"{short_name(source)}-eval")
 
 
 def _load(spec: str, weights: str | None, num_classes: int | None, what: str) -> tuple[Any, dict]:

@@ -8,7 +8,9 @@ from ._common import console, emit_json
 _FORMATS = ("safetensors", "onnx")
 
 
-def _parse_formats(_ctx: click.Context, _param: click.Parameter, value: str) -> list[str]:
+def _parse_formats(_ctx: click.Context, _param: click.Parameter, value: str | None) -> list[str] | None:
+    if value is None:
+        return None  # the library's default: every format whose dependencies are installed
     formats = [f.strip().lower() for f in value.split(",") if f.strip()]
     bad = [f for f in formats if f not in _FORMATS]
     if bad or not formats:
@@ -19,19 +21,24 @@ def _parse_formats(_ctx: click.Context, _param: click.Parameter, value: str) -> 
 
 @click.command("export")
 @click.argument("src", metavar="DIR", type=click.Path(exists=True))
-@click.option("--format", "formats", default="safetensors,onnx", show_default=True, callback=_parse_formats,
-              help="Comma-separated: safetensors, onnx.")
+@click.option("--format", "formats", callback=_parse_formats,
+              help="Comma-separated: safetensors, onnx.  [default: both when onnx and onnxruntime are installed, "
+                   "else safetensors, saying so]")
 @click.option("-o", "--output", help="Output folder (default: DIR/export).")
 @click.option("--opset", type=click.IntRange(7, 23), default=18, show_default=True, help="ONNX opset version.")
 @click.option("--atol", type=click.FloatRange(0, min_open=False), default=1e-4, show_default=True,
               help="Largest |ONNX - PyTorch| accepted by the validation.")
 @click.option("--mask-mode", type=click.Choice(["hard", "soft"]), help="Set every mask's eval mode before export.")
 @click.option("--with-masks", is_flag=True, help="Add each mask layer's mask as an extra ONNX output.")
-@click.option("--strip-masks", is_flag=True, help="Also write backbone.safetensors: the timm model without masks.")
+@click.option("--strip-masks", is_flag=True,
+              help="Also write backbone/: the model without masks, for timm.create_model(\"local-dir:OUT/backbone\", "
+                   "pretrained=True).")
 @click.option("--labels", "labels_path", type=click.Path(dir_okay=False),
               help="Class names: .txt (one per line) or .json list (default: from DIR).")
 @click.option("--results", "results_path", type=click.Path(exists=True),
               help="An evaluation's results.json for the model card (default: DIR/ or DIR-eval/).")
+@click.option("--dataset-id", "dataset_ids", multiple=True, metavar="ORG/NAME",
+              help="Hugging Face dataset id the model was trained on, for the model card (repeatable).")
 @click.option("--exporter", type=click.Choice(["auto", "torchscript", "dynamo"]), default="auto", show_default=True,
               help="ONNX exporter; auto tries torchscript, then dynamo.")
 @click.option("--no-validate", is_flag=True, help="Skip reloading the files and comparing outputs.")
@@ -40,16 +47,17 @@ def _parse_formats(_ctx: click.Context, _param: click.Parameter, value: str) -> 
 @click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
 @click.pass_context
 def export(ctx: click.Context, src: str, formats: list[str], output, opset, atol, mask_mode, with_masks, strip_masks,
-           labels_path, results_path, exporter, no_validate, no_verify, force, as_json) -> None:
+           labels_path, results_path, dataset_ids, exporter, no_validate, no_verify, force, as_json) -> None:
     """Export the masked model in DIR (written by inject or finetune) for deployment.
 
     \b
     Writes model.safetensors (weights, recipe, versions, input config, labels, sha256), recipe.yaml,
-    config.json (timm layout + "ersm"), model_card.md, model.onnx (dynamic batch), with --strip-masks
-    backbone.safetensors, and validation.json. Files are written to a temporary folder, checked, then
-    moved into place: a failure leaves no partial file.
+    config.json (timm layout + "ersm"), README.md (a Hugging Face model card), model.onnx (dynamic
+    batch), with --strip-masks backbone/ (config.json + model.safetensors that plain timm loads with
+    "local-dir:"), and validation.json. Files are written to a temporary folder, checked, then moved
+    into place: a failure leaves no partial file.
     """
-    if with_masks and "onnx" not in formats:
+    if with_masks and formats is not None and "onnx" not in formats:
         raise click.BadParameter("--with-masks adds ONNX outputs; add onnx to --format", param_hint="--with-masks")
     from ..io.artifact import check_output_dir
     from ..io.export import default_output
@@ -62,7 +70,8 @@ def export(ctx: click.Context, src: str, formats: list[str], output, opset, atol
     with out.status("exporting") as status:
         summary = run_export(src, output, formats, opset=opset, atol=atol, mask_mode=mask_mode, with_masks=with_masks,
                              strip=strip_masks, validate=not no_validate, force=force, verify=not no_verify,
-                             labels=labels_path, results=results_path, exporter=exporter,
+                             labels=labels_path, results=results_path, datasets=list(dataset_ids),
+                             exporter=exporter,
                              progress=lambda text: status.update(text))
     if as_json:
         emit_json(summary)
@@ -74,6 +83,8 @@ def _render(out, s: dict) -> None:
     from rich.markup import escape
     from rich.table import Table
 
+    for fmt, why in (s.get("skipped") or {}).items():
+        out.print(escape(f"skipped {fmt}: {why}"), style="yellow")
     t = Table(title=escape(f"exported to {s['output']}"))
     t.add_column("file")
     t.add_column("content")
@@ -88,7 +99,7 @@ def _render(out, s: dict) -> None:
     c = Table()
     for col in ("file", "max |diff|", "tolerance", ""):
         c.add_column(col)
-    rows = (("safetensors", "model.safetensors"), ("onnx", "model.onnx"), ("backbone", "backbone.safetensors"))
+    rows = (("safetensors", "model.safetensors"), ("onnx", "model.onnx"), ("backbone", "backbone/ (timm, masks off)"))
     for key, label in rows:
         if key in v:
             part = v[key]

@@ -11,7 +11,7 @@ from typing import Any
 
 import click
 
-from ._common import console, emit_json, is_tty
+from ._common import console, device_option, emit_json, is_tty, workers_option
 
 _RUN_FLAGS = ("output", "force", "resume", "stop_after", "pretrained", "pretrained_path", "device", "recipe_path",
               "overrides", "as_json", "source", "data_dir", "dataset", "data_opt", "log_tensorboard")
@@ -37,7 +37,7 @@ _MASK_FLAGS = {"alpha": "alpha", "beta": "beta", "tau": "tau", "mf_steps": "step
 @click.option("--amp", is_flag=True, help="Mixed precision (float16 on CUDA, bfloat16 on CPU).")
 @click.option("--grad-accum-steps", type=int, help="Micro-batches per optimizer update.  [default: 1]")
 @click.option("--img-size", type=int, help="Image side (default: the size the model was injected at).")
-@click.option("-j", "--workers", type=int, help="DataLoader workers.  [default: 2]")
+@workers_option
 @click.option("--seed", type=int, help="Seed of data order, augmentation and a reset head.  [default: 42]")
 @click.option("--augment", is_flag=True, help="timm's training transform on the train split (random resized crop, "
               "flip, colour jitter); off: the evaluation transform.")
@@ -82,7 +82,7 @@ _MASK_FLAGS = {"alpha": "alpha", "beta": "beta", "tau": "tau", "mf_steps": "step
 @click.option("--force", is_flag=True, help="Write into an existing non-empty folder.")
 @click.option("--resume", type=click.Path(), help="Continue a run exactly: its folder, last/ or train_state.pt.")
 @click.option("--stop-after", type=int, help="Stop after this many epochs (the schedule spans --epochs).")
-@click.option("--device", type=click.Choice(["cuda", "cpu"]), help="Default: CUDA when available.")
+@device_option
 @click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON.")
 @click.pass_context
 def finetune(ctx: click.Context, source: str, **opts: Any) -> None:
@@ -125,7 +125,7 @@ def _run(ctx: click.Context, source: str, opts: dict[str, Any], primary: bool) -
     from ..train import RunInputs
     from ..train import finetune as run_finetune
 
-    output = opts["output"] or (_resume_root(opts["resume"]) if opts["resume"] else f"{source.rstrip('/')}-ft")
+    output = opts["output"] or (_resume_root(opts["resume"]) if opts["resume"] else _default_output(source))
     inputs = RunInputs(source=source, output=output, mask=mask, resume=opts["resume"], stop_after=opts["stop_after"],
                        force=opts["force"], pretrained=opts["pretrained"], pretrained_path=opts["pretrained_path"],
                        device=opts["device"], args=_args(source, output, opts, settings),
@@ -143,6 +143,13 @@ def _run(ctx: click.Context, source: str, opts: dict[str, Any], primary: bool) -
         emit_json(summary)
         return
     _render(out, summary)
+
+
+def _default_output(source: str) -> str:
+    """``DIR-ft`` beside DIR; ``./<name>-ft`` for a hub or local-dir name."""
+    from ..model_source import is_source_name, short_name
+
+    return f"{short_name(source)}-ft" if is_source_name(source) else f"{source.rstrip('/')}-ft"
 
 
 def _resume_root(resume: str) -> str:
@@ -193,7 +200,10 @@ def _recorded(source: str) -> dict[str, Any]:
     from ..errors import ArtifactError
     from ..io import read_metadata
     from ..io.artifact import RECIPE_KEY
+    from ..model_source import is_source_name
 
+    if is_source_name(source) and source.lower().startswith("local-dir:"):
+        source = source.partition(":")[2]
     if not Path(source).expanduser().exists():
         return {}
     try:

@@ -10,7 +10,8 @@ from ._common import console, emit_json, parse_input_size
 @click.argument("model")
 @click.option("--stages", help="Comma-separated timm feature_info indices, e.g. 2,3 (see inspect).")
 @click.option("--nodes", multiple=True, help="Node name(s) from inspect --all-nodes; repeat or comma-separate.")
-@click.option("--pretrained", is_flag=True, help="Start from timm's pretrained weights (needs the network).")
+@click.option("--pretrained", is_flag=True,
+              help="Start from pretrained weights: timm's (network, or the HF cache) or a local-dir: folder's.")
 @click.option("--pretrained-path", type=click.Path(dir_okay=False), help="Local base weights (.safetensors or .pth).")
 @click.option("--num-classes", type=int, help="Classifier size (default: the model's).")
 @click.option("--recipe", "recipe_path", type=click.Path(dir_okay=False), help="Recipe file (YAML/JSON) with settings.")
@@ -22,14 +23,20 @@ from ._common import console, emit_json, parse_input_size
 @click.pass_context
 def inject(ctx: click.Context, model: str, stages, nodes, pretrained, pretrained_path, num_classes, recipe_path,
            overrides, input_size, output, force, as_json) -> None:
-    """Insert Energy-Mask layers into MODEL and save it (model.safetensors, recipe.yaml, config.json)."""
+    """Insert Energy-Mask layers into MODEL and save it (model.safetensors, recipe.yaml, config.json).
+
+    MODEL is a timm name (resnet50, resnet50.a1_in1k), hf-hub:ORG/NAME or local-dir:PATH, as in
+    timm.create_model.
+    """
     from ..errors import RecipeError
     from ..io import check_output_dir
 
     if num_classes is not None and num_classes <= 0:
         raise click.BadParameter(f"{num_classes} is not a class count; give a positive integer",
                                  param_hint="--num-classes")
-    out_dir = check_output_dir(output or f"{model}-ersm", force)
+    from ..model_source import short_name
+
+    out_dir = check_output_dir(output or f"{short_name(model)}-ersm", force)
     settings = _settings(model, recipe_path, overrides, num_classes)
     stage_list, node_list = _placements(stages, nodes, settings)
     if not stage_list and not node_list:
@@ -41,7 +48,7 @@ def inject(ctx: click.Context, model: str, stages, nodes, pretrained, pretrained
 
     from ..api import inject as inject_masks
     from ..io import save
-    from ..models import create_base_model
+    from ..models import create_base_model, recorded_name
     from ..report import describe_injection
 
     out = console(ctx)
@@ -49,9 +56,11 @@ def inject(ctx: click.Context, model: str, stages, nodes, pretrained, pretrained
         base = create_base_model(model, pretrained, pretrained_path, settings["num_classes"],
                                  **settings["model_kwargs"])
         original = copy.deepcopy(base)
+        name, kwargs, base_model = recorded_name(model, base, pretrained, settings["model_kwargs"])
         masked = inject_masks(base, stages=stage_list, nodes=node_list, config=settings["mask"],
-                              input_size=input_size or settings["input_size"], model_kwargs=settings["model_kwargs"])
-        masked.ersm_recipe.model = model
+                              input_size=input_size or settings["input_size"], model_kwargs=kwargs)
+        masked.ersm_recipe.model = name
+        masked.ersm_recipe.base_model = base_model
         if settings["finetune"]:
             masked.ersm_recipe.finetune = settings["finetune"]
         torch.manual_seed(0)

@@ -13,7 +13,10 @@ from ._common import console, emit_json, parse_input_size
 @click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
 @click.pass_context
 def inspect(ctx: click.Context, model: str, input_size, all_nodes: bool, as_json: bool) -> None:
-    """Trace MODEL with torch.fx and show where masks can go."""
+    """Trace MODEL with torch.fx and show where masks can go.
+
+    MODEL is a timm name (resnet50), hf-hub:ORG/NAME or local-dir:PATH, as in timm.create_model.
+    """
     from rich.table import Table
 
     from ..api import default_input_size

@@ -6,6 +6,7 @@ from pathlib import Path
 
 import click
 
+from ..model_source import short_name
 from ._common import console, emit_json
 from .run_cmd import build_settings, pipeline_options, protocol_defaults, run_with_display
 
@@ -18,7 +19,8 @@ BASE_IMAGES = 6000
 
 
 @click.command("reproduce")
-@click.option("--model", default="resnet18", show_default=True)
+@click.option("--model", default="resnet18", show_default=True,
+              help="A timm name, hf-hub:ORG/NAME or local-dir:PATH.")
 @click.option("--stages", default="2,3", show_default=True)
 @click.option("--budget-minutes", type=click.FloatRange(min=1), default=DEFAULT_BUDGET_MINUTES, show_default=True,
               help="Scales the default epochs (measured on a 2-core CPU) to this budget.")
@@ -31,7 +33,7 @@ def reproduce(ctx: click.Context, model: str, stages: str, budget_minutes: float
     """
     scale = budget_minutes / DEFAULT_BUDGET_MINUTES
     epochs = {k: max(1, round(v * scale)) for k, v in DEFAULT_EPOCHS.items()}
-    defaults = protocol_defaults(options, epochs, BASE_IMAGES, f"{model}-reproduce")
+    defaults = protocol_defaults(options, epochs, BASE_IMAGES, f"{short_name(model)}-reproduce")
     settings = build_settings(model, stages, defaults, **options)
     summary = run_with_display(ctx, settings, bool((ctx.obj or {}).get("quiet")) or as_json)
 

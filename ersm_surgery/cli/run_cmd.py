@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import click
 
+from ..model_source import short_name
 from ._common import console, emit_json
 
 # ``run`` on the built-in data: 4 min 29 s on an idle 2-core CPU (benchmarks/README.md), inside the 5-minute goal
@@ -116,7 +117,16 @@ def run_with_display(ctx: click.Context, settings, quiet: bool) -> dict:
         return run_pipeline(settings, progress)
 
 
+def skipped_exports(summary: dict) -> dict[str, str]:
+    """Formats the run did not export because their optional dependencies are missing -> the install line."""
+    from ..io.export import skipped_formats
+
+    formats = summary["settings"].get("formats") or ()
+    return {fmt: why for fmt, why in skipped_formats().items() if fmt not in formats}
+
+
 def render_summary(out, summary: dict) -> None:
+    from rich.markup import escape
     from rich.table import Table
 
     s = summary["summary"]
@@ -129,6 +139,8 @@ def render_summary(out, summary: dict) -> None:
     timings = ", ".join(f"{k} {v:.0f}s" for k, v in summary["timings"].items())
     out.print(f"time: {timings}")
     out.print(f"report: [bold]{summary['report']}[/]; export: {summary['settings']['output']}/export")
+    for fmt, why in skipped_exports(summary).items():
+        out.print(escape(f"skipped {fmt} export: {why}"), style="yellow")
 
 
 @click.command("run")
@@ -139,13 +151,15 @@ def render_summary(out, summary: dict) -> None:
 def run(ctx: click.Context, model: str, stages: str, as_json: bool, **options) -> None:
     """Inject MODEL, fine-tune it with ERSM and a baseline on the same budget, evaluate both, export.
 
+    MODEL is a timm name, hf-hub:ORG/NAME or local-dir:PATH, as in timm.create_model.
+
     \b
       ersm-surgery run resnet18 --stages 2,3 --dataset builtin:clutter -o runs/r18
     """
-    defaults = protocol_defaults(options, RUN_EPOCHS, RUN_BASE_IMAGES, f"{model}-ersm-run")
+    defaults = protocol_defaults(options, RUN_EPOCHS, RUN_BASE_IMAGES, f"{short_name(model)}-ersm-run")
     settings = build_settings(model, stages, defaults, **options)
     summary = run_with_display(ctx, settings, bool((ctx.obj or {}).get("quiet")) or as_json)
     if as_json:
-        emit_json({k: v for k, v in summary.items() if k != "results"})
+        emit_json({**{k: v for k, v in summary.items() if k != "results"}, "export_skipped": skipped_exports(summary)})
         return
     render_summary(console(ctx), summary)

@@ -304,18 +304,14 @@ def save(model: nn.Module, path: str | Path, force: bool = False, metadata: dict
 
 
 def weights_path(path: str | Path) -> Path:
-    """``path`` itself, or the model.safetensors inside a folder.
+    """``path`` itself, or the model.safetensors inside a folder (see :func:`.hub.locate_weights`).
 
     Raises:
         ArtifactError: nothing there.
     """
-    path = Path(path)
-    if path.is_dir():
-        path = path / WEIGHTS
-    if not path.is_file():
-        raise ArtifactError(f"no {WEIGHTS} at {str(path)!r}",
-                            "pass a folder written by inject/finetune/export or a .safetensors file")
-    return path
+    from .hub import locate_weights
+
+    return locate_weights(path)
 
 
 _weights_path = weights_path  # the name used before
@@ -394,7 +390,9 @@ def load(path: str | Path, device: str | torch.device = "cpu", *, verify: bool =
     existed) load with a warning.
 
     Args:
-        path: a folder with model.safetensors, or a .safetensors file.
+        path: a folder with model.safetensors (an export, a clone of its Hub repo, a Hub cache folder), a
+            .safetensors file, ``local-dir:PATH``, or ``hf-hub:ORG/NAME[@revision]`` (an export uploaded to
+            the Hub; downloaded once into huggingface_hub's cache).
         device: where the model goes.
         verify: check the sha256 (False loads an edited file anyway).
 
@@ -404,6 +402,7 @@ def load(path: str | Path, device: str | torch.device = "cpu", *, verify: bool =
     Raises:
         ArtifactError: missing, truncated, hostile or pickled file, no recipe, sha256 mismatch, or weights
             that do not fit the recipe.
+        UnknownModelError: an ``hf-hub:`` name offline and not cached (the line says what to do).
         RecipeError: the recipe in the metadata is invalid.
     """
     from ..api import build_model
@@ -413,8 +412,9 @@ def load(path: str | Path, device: str | torch.device = "cpu", *, verify: bool =
     header = read_header(weights)
     meta = header.metadata
     if RECIPE_KEY not in meta:
-        raise ArtifactError(f"{str(weights)!r} has no ersm recipe in its metadata (a plain safetensors file?)",
-                            "load it with timm, or inject masks first")
+        raise ArtifactError(f"{str(weights)!r} has no ersm recipe in its metadata (a plain timm model?)",
+                            "load it with timm.create_model(\"local-dir:DIR\", pretrained=True), or inject masks "
+                            "first")
     tensors = None
     if verify:
         tensors = _read_tensors(weights)

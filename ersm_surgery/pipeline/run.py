@@ -46,7 +46,8 @@ class PipelineSettings:
         mask: ``mask.*`` settings for the injected layers.
         finetune: more fine-tuning settings (``FinetuneConfig`` fields) for both fine-tunings; base
             training takes only the ones that are not part of its own recipe (see ``BASE_KEEPS``).
-        formats: export formats.
+        formats: export formats (default: every format whose dependencies are installed; without the
+            onnx extra that is safetensors alone, and ``run`` says ONNX was skipped).
         force: write into a non-empty output folder.
     """
 
@@ -68,11 +69,17 @@ class PipelineSettings:
     base_data_options: dict[str, Any] = field(default_factory=dict)
     mask: dict[str, Any] = field(default_factory=dict)
     finetune: dict[str, Any] = field(default_factory=dict)
-    formats: tuple[str, ...] = ("safetensors", "onnx")
+    formats: tuple[str, ...] = field(default_factory=lambda: _installed_formats())
     force: bool = False
 
 
 Progress = Callable[[str, str], None]  # (step, message)
+
+
+def _installed_formats() -> tuple[str, ...]:
+    from ..io.export import default_formats
+
+    return default_formats()
 
 # finetune.* settings that base training shares: how to run, not what to train (its epochs and lr are
 # --base-epochs and base_lr, so ``--set finetune.lr=...`` changes the fine-tunings only)

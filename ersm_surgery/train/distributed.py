@@ -43,7 +43,8 @@ def init_distributed(device: str | None = None) -> DistInfo:
     """Join the process group when torchrun's environment asks for it (WORLD_SIZE > 1).
 
     Args:
-        device: ``"cuda"``, ``"cpu"`` or None (CUDA when available).
+        device: ``"cuda"``, ``"cuda:N"``, ``"mps"``, ``"cpu"`` or None (CUDA when available). Under torchrun
+            each process takes the CUDA device of its local rank, whatever ``N`` says.
 
     Returns:
         This process's :class:`DistInfo`; the group is initialised when ``world_size > 1``.
@@ -51,14 +52,15 @@ def init_distributed(device: str | None = None) -> DistInfo:
     from timm.utils.distributed import init_distributed_device_so, is_distributed_env
 
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+    kind = device.partition(":")[0]
     if dist.is_available() and dist.is_initialized():  # started by the caller (tests, notebooks)
         rank, world = dist.get_rank(), dist.get_world_size()
-        local = rank if device == "cpu" else rank % max(1, torch.cuda.device_count())
-        where = torch.device(device if device == "cpu" else f"{device}:{local}")
+        local = rank % max(1, torch.cuda.device_count()) if kind == "cuda" else rank
+        where = torch.device(f"cuda:{local}" if kind == "cuda" else kind)
         return DistInfo(where, rank, local, world)
     if not is_distributed_env():
         return DistInfo(torch.device(device))
-    info = init_distributed_device_so(device)
+    info = init_distributed_device_so(kind)
     _log.info("process %d of %d on %s", info["global_rank"], info["world_size"], info["device"])
     return DistInfo(torch.device(info["device"]), info["global_rank"], info["local_rank"], info["world_size"])
 

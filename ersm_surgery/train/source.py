@@ -19,7 +19,7 @@ from ..errors import ArtifactError, ErsmError
 from ..io import load
 from ..io.artifact import WEIGHTS, recipe_of
 from ..mask_set import masks
-from ..models import create_base_model
+from ..models import create_base_model, recorded_name
 from ..recipe import Recipe
 
 __all__ = ["load_source", "strip_masks", "set_drop_path", "reset_head", "freeze_backbone", "describe_source",
@@ -40,7 +40,8 @@ def load_source(source: str, pretrained: bool = False, pretrained_path: str | No
 
     Args:
         source: a folder written by ``inject``/``finetune``/``export``, a ``.safetensors`` file written by
-            them, or a timm model name (baseline mode: a model without masks).
+            them, ``local-dir:``/``hf-hub:`` naming such an export, or a timm model name, ``hf-hub:ORG/NAME``
+            or ``local-dir:PATH`` of a plain timm model (baseline mode: a model without masks).
         pretrained: timm name only: timm's pretrained weights.
         pretrained_path: timm name only: local base weights.
         num_classes: timm name only: classifier size.
@@ -54,6 +55,13 @@ def load_source(source: str, pretrained: bool = False, pretrained_path: str | No
     """
     import timm
 
+    from ..model_source import is_source_name, resolve_model_name
+
+    if is_source_name(source):
+        resolved = resolve_model_name(source)
+        if resolved.ersm_export:  # an export (local or on the Hub) is a saved masked model
+            return load(source).train(), "folder"
+        return _timm_source(source, pretrained, pretrained_path, num_classes, model_kwargs), "timm"
     path = Path(source).expanduser()
     if path.is_dir():
         if not (path / WEIGHTS).is_file():
@@ -64,16 +72,22 @@ def load_source(source: str, pretrained: bool = False, pretrained_path: str | No
             raise SourceError(f"{source!r} is not a model folder or a .safetensors file", _INJECT_HINT)
         return load(path).train(), "folder"
     if timm.is_model(source):
-        kwargs = dict(model_kwargs or {})
-        model = create_base_model(source, pretrained, pretrained_path, num_classes, **kwargs)
-        recipe = Recipe(model=source, model_kwargs=kwargs, num_classes=getattr(model, "num_classes", num_classes),
-                        input_size=default_input_size(model), placements=[])
-        setattr(model, RECIPE_ATTR, recipe)
-        return model.train(), "timm"
+        return _timm_source(source, pretrained, pretrained_path, num_classes, model_kwargs), "timm"
     close = difflib.get_close_matches(source, timm.list_models(), n=3, cutoff=0.7)
     hint = f" (did you mean {', '.join(close)}?)" if close and "/" not in source else ""
     raise SourceError(f"{source!r} is neither a folder holding an injected model nor a timm model name{hint}",
                       _INJECT_HINT)
+
+
+def _timm_source(name: str, pretrained: bool, pretrained_path: str | None, num_classes: int | None,
+                 model_kwargs: dict[str, Any] | None) -> nn.Module:
+    """A plain timm model (no masks) with a recipe that rebuilds it offline."""
+    model = create_base_model(name, pretrained, pretrained_path, num_classes, **dict(model_kwargs or {}))
+    arch, kwargs, base_model = recorded_name(name, model, pretrained, dict(model_kwargs or {}))
+    recipe = Recipe(model=arch, model_kwargs=kwargs, num_classes=getattr(model, "num_classes", num_classes),
+                    input_size=default_input_size(model), placements=[], base_model=base_model)
+    setattr(model, RECIPE_ATTR, recipe)
+    return model.train()
 
 
 def strip_masks(model: nn.Module) -> nn.Module:
@@ -97,7 +111,8 @@ def strip_masks(model: nn.Module) -> nn.Module:
     stripped = Recipe(model=recipe.model, model_kwargs=dict(recipe.model_kwargs), num_classes=recipe.num_classes,
                       input_size=recipe.input_size, placements=[], mask=dataclasses.replace(recipe.mask),
                       finetune=dict(recipe.finetune), version=recipe.version,
-                      data_config=dict(recipe.data_config) if recipe.data_config else None)
+                      data_config=dict(recipe.data_config) if recipe.data_config else None,
+                      base_model=recipe.base_model)
     setattr(base, RECIPE_ATTR, stripped)
     return base.train(model.training)
 
