@@ -28,7 +28,7 @@ def _parse_formats(_ctx: click.Context, _param: click.Parameter, value: str) -> 
 @click.option("--atol", type=click.FloatRange(0), default=1e-5, show_default=True,
               help="ONNX validation: the absolute floor of the tolerance.")
 @click.option("--flip-margin", type=click.FloatRange(0), default=1e-3, show_default=True,
-              help="ONNX validation: a hard-mask token flipping with |energy| within this of 0 is rounding.")
+              help="ONNX validation: a hard-mask token flipping with |e| <= this x max(1, max |e|) is rounding.")
 @click.option("--data-dir", type=click.Path(file_okay=False, exists=True),
               help="Validate on images of this ImageFolder's validation split (default: random images).")
 @click.option("--dataset", help="Validate on images of a built-in data set, e.g. builtin:clutter.")

@@ -395,8 +395,8 @@ def export(
         opset: ONNX opset.
         atol: absolute floor of the ONNX tolerance: an output may differ by ``atol + rtol * max |output|``.
         rtol: the ONNX tolerance relative to each output's scale.
-        flip_margin: a hard-mask token that flips between onnxruntime and PyTorch with ``|e| <=`` this is
-            rounding (reported); a farther flip fails the validation.
+        flip_margin: a hard-mask token that flips between onnxruntime and PyTorch with ``|e| <=`` this x
+            max(1, the layer's max |e|) is rounding (reported); a farther flip fails the validation.
         validation_images: normalised images (N, C, H, W) at the model's input size to validate on (the first
             16); default: random images normalised with the model's mean and std.
         validation_data: else a data set to take them from: a folder's (or ``builtin:clutter``'s) validation split.
