@@ -11,6 +11,7 @@ __all__ = [
     "OutputExistsError",
     "DataError",
     "ArtifactError",
+    "ExportValidationError",
     "PluginError",
 ]
 
@@ -59,6 +60,21 @@ class DataError(ErsmError):
 
 class ArtifactError(ErsmError):
     """A saved model folder or file is missing pieces, corrupt or edited."""
+
+
+class ExportValidationError(ArtifactError):
+    """An exported file does not compute what the model computes (outside the validation's tolerance).
+
+    Attributes:
+        report: the validation report (what ``validation.json`` holds).
+        kept: the files that were written all the same (``export(..., keep_on_failure=True)``), else empty.
+    """
+
+    def __init__(self, problem: str, fix: str | None = None, report: dict | None = None,
+                 kept: list[str] | None = None) -> None:
+        super().__init__(problem, fix)
+        self.report = report or {}
+        self.kept = kept or []
 
 
 class PluginError(ErsmError):

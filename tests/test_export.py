@@ -195,11 +195,12 @@ def test_force_replaces_an_export_and_drops_its_stale_files(saved: Path, tmp_pat
 
 def test_validation_over_tolerance_fails_in_one_line_and_writes_nothing(saved: Path, tmp_path: Path) -> None:
     out = tmp_path / "out"
-    result = _run("export", saved, "-o", out, "--format", "onnx", "--atol", "0")
+    result = _run("export", saved, "-o", out, "--format", "onnx", "--rtol", "0", "--atol", "0")
     assert result.exit_code == 1
     lines = result.output.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("Error: validation failed: model.onnx differs")
-    assert "more than the tolerance 0" in lines[0] and "Traceback" not in result.output
+    assert len(lines) == 1 and lines[0].startswith("Error: validation failed: model.onnx: output 'logits' differs")
+    assert "more than 0 = atol 0 + rtol 0" in lines[0] and "top-1 agreement" in lines[0]
+    assert "--no-validate" in lines[0] and "Traceback" not in result.output
     assert not out.exists() and not list(tmp_path.iterdir())
 
 

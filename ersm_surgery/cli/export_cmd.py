@@ -26,8 +26,15 @@ def _parse_formats(_ctx: click.Context, _param: click.Parameter, value: str | No
                    "else safetensors, saying so]")
 @click.option("-o", "--output", help="Output folder (default: DIR/export).")
 @click.option("--opset", type=click.IntRange(7, 23), default=18, show_default=True, help="ONNX opset version.")
-@click.option("--atol", type=click.FloatRange(0, min_open=False), default=1e-4, show_default=True,
-              help="Largest |ONNX - PyTorch| accepted by the validation.")
+@click.option("--rtol", type=click.FloatRange(0), default=1e-3, show_default=True,
+              help="ONNX validation: each output may differ by atol + rtol x its largest absolute value.")
+@click.option("--atol", type=click.FloatRange(0), default=1e-5, show_default=True,
+              help="ONNX validation: the absolute floor of the tolerance.")
+@click.option("--flip-margin", type=click.FloatRange(0), default=1e-3, show_default=True,
+              help="ONNX validation: a hard-mask token flipping with |e| <= this x max(1, max |e|) is rounding.")
+@click.option("--data-dir", type=click.Path(file_okay=False, exists=True),
+              help="Validate on images of this ImageFolder's validation split (default: random images).")
+@click.option("--dataset", help="Validate on images of a built-in data set, e.g. builtin:clutter.")
 @click.option("--mask-mode", type=click.Choice(["hard", "soft"]), help="Set every mask's eval mode before export.")
 @click.option("--with-masks", is_flag=True, help="Add each mask layer's mask as an extra ONNX output.")
 @click.option("--strip-masks", is_flag=True,
@@ -46,8 +53,9 @@ def _parse_formats(_ctx: click.Context, _param: click.Parameter, value: str | No
 @click.option("--force", is_flag=True, help="Write into an existing non-empty output folder.")
 @click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
 @click.pass_context
-def export(ctx: click.Context, src: str, formats: list[str], output, opset, atol, mask_mode, with_masks, strip_masks,
-           labels_path, results_path, dataset_ids, exporter, no_validate, no_verify, force, as_json) -> None:
+def export(ctx: click.Context, src: str, formats: list[str], output, opset, rtol, atol, flip_margin, data_dir, dataset,
+           mask_mode, with_masks, strip_masks, labels_path, results_path, dataset_ids, exporter, no_validate, no_verify,
+           force, as_json) -> None:
     """Export the masked model in DIR (written by inject or finetune) for deployment.
 
     \b
@@ -62,13 +70,16 @@ def export(ctx: click.Context, src: str, formats: list[str], output, opset, atol
     from ..io.artifact import check_output_dir
     from ..io.export import default_output
 
+    if data_dir and dataset:
+        raise click.UsageError("give one of --data-dir DATA or --dataset builtin:clutter")
     check_output_dir(output or default_output(src), force)  # refuse before torch is even imported
 
     from ..io.export import export as run_export
 
     out = console(ctx)
     with out.status("exporting") as status:
-        summary = run_export(src, output, formats, opset=opset, atol=atol, mask_mode=mask_mode, with_masks=with_masks,
+        summary = run_export(src, output, formats, opset=opset, rtol=rtol, atol=atol, flip_margin=flip_margin,
+                             validation_data=data_dir or dataset, mask_mode=mask_mode, with_masks=with_masks,
                              strip=strip_masks, validate=not no_validate, force=force, verify=not no_verify,
                              labels=labels_path, results=results_path, datasets=list(dataset_ids),
                              exporter=exporter,
@@ -95,14 +106,28 @@ def _render(out, s: dict) -> None:
     if not v:
         out.print("[yellow]not validated (--no-validate)[/]")
         return
-    out.print(escape(f"validation on random inputs {v['input_shape']}, {v['mask_mode']} masks (validation.json):"))
+    inputs = v.get("inputs", {}).get("source", "random inputs")
+    out.print(escape(f"validation on {v['input_shape'][0]} {inputs} {v['input_shape'][1:]}, {v['mask_mode']} masks "
+                     "(validation.json):"))
     c = Table()
-    for col in ("file", "max |diff|", "tolerance", ""):
+    for col in ("file / output", "max |diff|", "relative", "allowed", ""):
         c.add_column(col)
-    rows = (("safetensors", "model.safetensors"), ("onnx", "model.onnx"), ("backbone", "backbone/ (timm, masks off)"))
-    for key, label in rows:
+    ok = {True: "[green]ok[/]", False: "[red]over[/]"}
+    for key, label in (("safetensors", "model.safetensors"), ("backbone", "backbone/ (timm, masks off)")):
         if key in v:
             part = v[key]
-            c.add_row(label, f"{part['max_abs_diff']:.2e}", f"{part['tolerance']:g}",
-                      "[green]ok[/]" if part["ok"] else "[red]over[/]")
+            c.add_row(label, f"{part['max_abs_diff']:.2e}", "", f"{part['tolerance']:g}", ok[part["ok"]])
+    onnx = v.get("onnx")
+    if onnx:
+        for name, d in onnx["outputs"].items():
+            rel = f"{d['max_rel_diff']:.1e}" if d.get("max_rel_diff") is not None else "-"
+            c.add_row(escape(f"model.onnx {name}"), f"{d.get('max_abs_diff', float('inf')):.2e}", rel,
+                      f"{d.get('allowed', 0):.2e}", ok[d["ok"]])
     out.print(c)
+    if onnx:
+        flips = onnx["mask_flips"]
+        out.print(escape(f"model.onnx: top-1 agreement {onnx['top1_agreement']:.1%}; hard-mask tokens flipped between "
+                         f"onnxruntime and PyTorch: {flips['near']} near the threshold (|e| <= {onnx['flip_margin']:g},"
+                         f" rounding), {flips['far']} far; tolerance atol {onnx['atol']:g} + rtol {onnx['rtol']:g} x "
+                         "max |output|" + ("; judged with onnxruntime's mask decisions replayed" if onnx["replayed"]
+                                           else "")))

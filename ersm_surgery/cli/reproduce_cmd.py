@@ -8,7 +8,7 @@ import click
 
 from ..model_source import short_name
 from ._common import console, emit_json
-from .run_cmd import build_settings, pipeline_options, protocol_defaults, run_with_display
+from .run_cmd import build_settings, fail_if_export_failed, pipeline_options, protocol_defaults, run_with_display
 
 # The protocol of benchmarks/bench_finetune.py, where the default mask settings were measured: on the
 # built-in data 4 classes, a base trained on 6000 unique images for 4 epochs, then 3 epochs of fine-tuning
@@ -45,7 +45,9 @@ def reproduce(ctx: click.Context, model: str, stages: str, budget_minutes: float
 
     atomic_write_text(Path(settings.output) / "claims.json", json.dumps(to_jsonable(rows), indent=2) + "\n")
     if as_json:
-        emit_json({"claims": rows, "report": summary["report"], "timings": summary["timings"]})
+        emit_json({"claims": rows, "report": summary["report"], "timings": summary["timings"],
+                   "export_error": summary["export_error"]})
+        fail_if_export_failed(summary)
         return
     from rich.table import Table
 
@@ -57,6 +59,7 @@ def reproduce(ctx: click.Context, model: str, stages: str, budget_minutes: float
         t.add_row(r["claim"], r["criterion"], _fmt(r["ersm"]), _fmt(r["comparison"]), r["verdict"])
     out.print(t)
     out.print(f"report: [bold]{summary['report']}[/]; claims: {settings.output}/claims.json")
+    fail_if_export_failed(summary)
 
 
 def _fmt(value: float | None) -> str:

@@ -35,6 +35,10 @@ def pipeline_options(func):
                      help="Validation images evaluated."),
         click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE",
                      help="mask.* or finetune.* settings, e.g. mask.alpha=0.3."),
+        click.option("--export-rtol", type=click.FloatRange(min=0),
+                     help="ONNX validation: tolerance relative to each output's scale (export's --rtol)."),
+        click.option("--export-atol", type=click.FloatRange(min=0),
+                     help="ONNX validation: absolute floor of the tolerance (export's --atol)."),
         click.option("-o", "--output", help="Run folder."),
         click.option("--force", is_flag=True, help="Write into an existing non-empty folder."),
         click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON."),
@@ -59,7 +63,7 @@ def protocol_defaults(options: dict, epochs: dict[str, int], base_images: int, o
 
 def build_settings(model: str, stages: str, defaults: dict, *, data_dir, dataset, epochs, base_epochs, img_size,
                    data_size, num_classes, batch_size, pretrained, pretrained_path, seed, num_images, overrides,
-                   output, force):
+                   output, force, export_rtol, export_atol):
     """PipelineSettings from the shared options; ``defaults`` holds the command's epochs (and data options)."""
     from ..errors import DataError
     from ..pipeline import PipelineSettings
@@ -93,7 +97,7 @@ def build_settings(model: str, stages: str, defaults: dict, *, data_dir, dataset
         batch_size=batch_size or defaults["batch_size"], lr=defaults.get("lr", PipelineSettings.lr),
         pretrained=pretrained, pretrained_path=pretrained_path, seed=seed, num_images=num_images,
         mask=data["mask"], finetune=data["finetune"], force=force, data_options=data_options,
-        base_data_options=base_data_options,
+        base_data_options=base_data_options, export_rtol=export_rtol, export_atol=export_atol,
     )
 
 
@@ -123,6 +127,12 @@ def skipped_exports(summary: dict) -> dict[str, str]:
 
     formats = summary["settings"].get("formats") or ()
     return {fmt: why for fmt, why in skipped_formats().items() if fmt not in formats}
+
+
+def fail_if_export_failed(summary: dict) -> None:
+    """After everything else is shown: a failed export ends the command with its one line and exit code 1."""
+    if summary.get("export_error"):
+        raise click.ClickException(summary["export_error"])
 
 
 def render_summary(out, summary: dict) -> None:
@@ -161,5 +171,6 @@ def run(ctx: click.Context, model: str, stages: str, as_json: bool, **options) -
     summary = run_with_display(ctx, settings, bool((ctx.obj or {}).get("quiet")) or as_json)
     if as_json:
         emit_json({**{k: v for k, v in summary.items() if k != "results"}, "export_skipped": skipped_exports(summary)})
-        return
-    render_summary(console(ctx), summary)
+    else:
+        render_summary(console(ctx), summary)
+    fail_if_export_failed(summary)

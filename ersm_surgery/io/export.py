@@ -18,7 +18,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from ..errors import ArtifactError
+from ..errors import ArtifactError, ExportValidationError
 from ..optional import install_hint, is_installed, require
 from .artifact import (
     CONFIG,
@@ -37,7 +37,17 @@ from .atomic import atomic_write_text
 from .backbone import BACKBONE_DIR, load_with_timm, strip_masks, write_backbone
 from .labels import read_labels, resolve_labels
 from .model_card import CARD, find_results, model_card
-from .onnx_export import DEFAULT_OPSET, export_onnx, onnx_parity
+from .onnx_export import DEFAULT_OPSET, export_onnx
+from .onnx_validation import (
+    DEFAULT_ATOL,
+    DEFAULT_FLIP_MARGIN,
+    DEFAULT_RTOL,
+    OnnxTolerance,
+    data_images,
+    failure_line,
+    validate_onnx,
+    validation_inputs,
+)
 from .publish import publish, staging_dir, write_error
 from .safetensors_header import read_header
 
@@ -62,7 +72,6 @@ ONNX_DATA = ONNX + ".data"  # the ONNX weights of a model over 2 GB (external da
 EXPORT_FILES = (WEIGHTS, RECIPE, CONFIG, CARD, ONNX, ONNX_DATA, BACKBONE, VALIDATION, "model_card.md",
                 "backbone.safetensors")
 SAFETENSORS_TOL = 1e-5  # a reloaded safetensors model must match (it is bit-identical in practice)
-VALIDATION_BATCH = 3  # differs from the traced batch, so that the dynamic batch axis is exercised
 _ONNX_NEEDS = ("onnx", "onnxruntime")  # writing, and the parity check that every export runs
 
 
@@ -92,25 +101,27 @@ def _max_diff(a: torch.Tensor, b: torch.Tensor) -> float:
 
 
 def _validate(model: nn.Module, recipe: Recipe, staging: Path, files: dict[str, Any], input_size: Sequence[int],
-              atol: float, with_masks: bool, progress) -> dict[str, Any]:
+              tol: OnnxTolerance, with_masks: bool, images: torch.Tensor | None, onnx_info: dict[str, Any] | None,
+              progress) -> dict[str, Any]:
     import torch
 
     from ..mask_set import masks
 
-    x = torch.randn(VALIDATION_BATCH, *input_size, generator=torch.Generator().manual_seed(0))
+    x, inputs = validation_inputs(model, input_size, images)
     with torch.no_grad():
         ref = model(x)
-    report: dict[str, Any] = {"input_shape": list(x.shape), "seed": 0, "mask_mode": recipe.mask.eval_mode}
+    report: dict[str, Any] = {"input_shape": list(x.shape), "inputs": inputs, "seed": 0,
+                              "mask_mode": recipe.mask.eval_mode}
     if WEIGHTS in files:
         _step(progress, "validating model.safetensors (reload and compare)")
         with torch.no_grad():
             diff = _max_diff(load(staging / WEIGHTS, verify=True)(x), ref)
         report["safetensors"] = {"max_abs_diff": diff, "tolerance": SAFETENSORS_TOL, "ok": diff <= SAFETENSORS_TOL,
                                  "sha256": "verified"}
-    if ONNX in files:
-        _step(progress, "validating model.onnx with onnxruntime")
-        parity = onnx_parity(model, staging / ONNX, x, with_masks=with_masks)
-        report["onnx"] = {**parity, "tolerance": atol, "ok": parity["max_abs_diff"] <= atol}
+    if ONNX in files and onnx_info is not None:
+        _step(progress, f"validating model.onnx with onnxruntime on {inputs['count']} {inputs['source']}")
+        report["onnx"] = validate_onnx(model, staging / ONNX, x, input_size, tolerance=tol, with_masks=with_masks,
+                                       opset=onnx_info["opset"], exporter=onnx_info["exporter"], workdir=staging)
     if any(name.startswith(f"{BACKBONE}/") for name in files):
         _step(progress, "validating backbone/ with timm.create_model(\"local-dir:...\", pretrained=True)")
         with torch.no_grad(), masks(model).switched_off():
@@ -122,19 +133,24 @@ def _validate(model: nn.Module, recipe: Recipe, staging: Path, files: dict[str, 
     return report
 
 
-def _check_tolerances(report: dict[str, Any]) -> None:
-    for key, label in (("safetensors", WEIGHTS), ("backbone", f"{BACKBONE}/"), ("onnx", ONNX)):
+_CHECKED = (("safetensors", WEIGHTS), ("backbone", f"{BACKBONE}/"), ("onnx", ONNX))
+
+
+def _failed_files(report: dict[str, Any]) -> list[str]:
+    return [label for key, label in _CHECKED if key in report and not report[key]["ok"]]
+
+
+def _failure_text(report: dict[str, Any]) -> str:
+    parts = []
+    for key, label in _CHECKED:
         part = report.get(key)
         if part and not part["ok"]:
-            worst = ""
-            if "outputs" in part:
-                name = max(part["outputs"], key=part["outputs"].get)
-                worst = f" (output {name!r})"
-            hint = "raise --atol, " if key == "onnx" else ""
-            raise ArtifactError(
-                f"validation failed: {label} differs from the PyTorch model by {part['max_abs_diff']:.3g}{worst},"
-                f" more than the tolerance {part['tolerance']:g}",
-                f"{hint}check the model, or pass --no-validate to export anyway; nothing was written")
+            if key == "onnx":
+                parts.append(f"{label}: {failure_line(part)}")
+            else:
+                parts.append(f"{label} differs from the PyTorch model by {part['max_abs_diff']:.3g}, more than "
+                             f"{part['tolerance']:g}")
+    return "validation failed: " + "; ".join(parts)
 
 
 # -- writing -----------------------------------------------------------------------------------------------
@@ -171,7 +187,12 @@ def export(
     formats: Sequence[str] | None = None,
     *,
     opset: int = DEFAULT_OPSET,
-    atol: float = 1e-4,
+    atol: float = DEFAULT_ATOL,
+    rtol: float = DEFAULT_RTOL,
+    flip_margin: float = DEFAULT_FLIP_MARGIN,
+    validation_images: torch.Tensor | None = None,
+    validation_data: str | Path | None = None,
+    keep_on_failure: bool = False,
     mask_mode: str | None = None,
     with_masks: bool = False,
     strip: bool = False,
@@ -198,7 +219,15 @@ def export(
         formats: any of "safetensors", "onnx" (default: :func:`default_formats`, those installed; the
             summary's ``skipped`` says what was left out and how to install it).
         opset: ONNX opset.
-        atol: largest absolute ONNX-vs-PyTorch difference accepted.
+        atol: absolute floor of the ONNX tolerance: an output may differ by ``atol + rtol * max |output|``.
+        rtol: the ONNX tolerance relative to each output's scale.
+        flip_margin: a hard-mask token that flips between onnxruntime and PyTorch with ``|e| <=`` this x
+            max(1, the layer's max |e|) is rounding (reported); a farther flip fails the validation.
+        validation_images: normalised images (N, C, H, W) at the model's input size to validate on (the first
+            16); default: random images normalised with the model's mean and std.
+        validation_data: else a data set to take them from: a folder's (or ``builtin:clutter``'s) validation split.
+        keep_on_failure: when a file fails the validation, still write the others (those that passed, the
+            model card and ``validation.json``) before raising; default: write nothing.
         mask_mode: set every mask's eval mode ("hard" or "soft") before export; recorded in the recipe.
         with_masks: add each mask layer's mask as an ONNX output.
         strip: also write the backbone without masks as ``backbone/``, a folder plain timm loads.
@@ -217,7 +246,8 @@ def export(
         A summary: output folder, files, validation report, ONNX details, skipped formats.
 
     Raises:
-        ArtifactError: bad source, export or validation failure, output not writable.
+        ArtifactError: bad source, export failure, output not writable.
+        ExportValidationError: a file outside its tolerance (``kept`` names what was written all the same).
         OutputExistsError: output not empty without ``force``.
         MissingDependencyError: onnx asked for but not installed.
     """
@@ -244,6 +274,9 @@ def export(
     input_cfg = input_config(model)
     evaluation = find_results(src, results)
     input_size = list(recipe.input_size or input_cfg.get("input_size") or (3, 224, 224))
+    if validate and validation_images is None and validation_data is not None:
+        _step(progress, f"loading validation images from {validation_data}")
+        validation_images = data_images(model, str(validation_data), input_size)
 
     files: dict[str, str] = {}
     summary: dict[str, Any] = {"source": str(source), "output": str(out), "formats": formats,
@@ -284,19 +317,33 @@ def export(
             _step(progress, "writing backbone/ (masks stripped, for plain timm)")
             files.update(write_backbone(model, recipe, staging / BACKBONE, names, input_cfg, sha))
         report = None
+        failed: list[str] = []
         if validate:
-            report = _validate(model, recipe, staging, files, input_size, atol, with_masks, progress)
+            tol = OnnxTolerance(rtol=rtol, atol=atol, flip_margin=flip_margin)
+            report = _validate(model, recipe, staging, files, input_size, tol, with_masks, validation_images,
+                               summary.get("onnx"), progress)
+            failed = _failed_files(report)
+            if failed and not keep_on_failure:
+                raise ExportValidationError(_failure_text(report), "raise --rtol, check the model, or pass "
+                                            "--no-validate to export anyway; nothing was written", report)
+            for name in failed:  # a file that does not compute what the model computes is not published
+                for key in [k for k in files if k == name or (name.endswith("/") and k.startswith(name))]:
+                    files.pop(key)
+                if name == ONNX:
+                    files.pop(ONNX_DATA, None)
             atomic_write_text(staging / VALIDATION, json.dumps(report, indent=2) + "\n")
-            files[VALIDATION] = "reload-and-compare results"
+            files[VALIDATION] = "reload-and-compare results" + (f" ({', '.join(failed)} failed: not written)"
+                                                                if failed else "")
             summary["validation"] = report
         card = model_card(model, recipe, {**files, CARD: "this card"}, names, input_cfg, report, evaluation,
                           list(datasets or []), BACKBONE if strip else None)
         atomic_write_text(staging / CARD, card)
         files[CARD] = "a Hugging Face model card: what is known about the model"
-        if report is not None:
-            _check_tolerances(report)
         _step(progress, f"moving the files into {out}")
         publish(staging, out, list(dict.fromkeys(name.split("/")[0] for name in files)), EXPORT_FILES)
+        if failed:
+            raise ExportValidationError(_failure_text(report), f"{', '.join(failed)} not written, the other files "
+                                        f"are in {out}", report, list(files))
     except OSError as exc:
         raise write_error(out, exc) from None
     finally:

@@ -27,8 +27,8 @@ if TYPE_CHECKING:
     import torch
     from torch import nn
 
-__all__ = ["EXPORTERS", "INPUT_NAME", "LOGITS_NAME", "export_onnx", "mask_output_names", "onnx_parity", "run_onnx",
-           "with_mask_outputs"]
+__all__ = ["EXPORTERS", "INPUT_NAME", "LOGITS_NAME", "energy_output_names", "export_onnx", "mask_output_names",
+           "onnx_parity", "run_onnx", "with_mask_outputs"]
 
 _log = logging.getLogger(__name__)
 
@@ -47,11 +47,20 @@ def mask_output_names(model: nn.Module) -> list[str]:
     return [f"mask:{name}" for name in masks(model).names()]
 
 
-def with_mask_outputs(model: nn.Module) -> nn.Module:
+def energy_output_names(model: nn.Module) -> list[str]:
+    """ONNX output names of the token energies added by ``with_energies``: ``energy:<layer path>``."""
+    from ..mask_set import masks
+
+    return [f"energy:{name}" for name in masks(model).names()]
+
+
+def with_mask_outputs(model: nn.Module, energies: bool = False) -> nn.Module:
     """A module that runs ``model`` and returns ``(logits, mask_1, ..., mask_k)``.
 
     Each mask is the (B, 1, H, W) mask its layer multiplied onto the features in that pass
-    (``MaskState.mask``: hard or soft, as the layer's eval mode says), in ``masks(model)`` order.
+    (``MaskState.mask``: hard or soft, as the layer's eval mode says), in ``masks(model)`` order. With
+    ``energies``, the token energies e of every layer come first: ``(logits, e_1, ..., e_k, mask_1, ..., mask_k)``
+    (the validation's probe, which tells a mask decision near the threshold e = 0 from one far from it).
     """
     from torch import nn
 
@@ -66,7 +75,8 @@ def with_mask_outputs(model: nn.Module) -> nn.Module:
         def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, ...]:
             logits = self.model(x)
             states = masks(self.model).states()
-            return (logits, *[states[name].mask for name in self.names])
+            front = [states[name].energy for name in self.names] if energies else []
+            return (logits, *front, *[states[name].mask for name in self.names])
 
     return MaskOutputs(model).eval()
 
@@ -131,6 +141,7 @@ def export_onnx(
     opset: int = DEFAULT_OPSET,
     with_masks: bool = False,
     exporter: str = "auto",
+    with_energies: bool = False,
 ) -> dict[str, Any]:
     """Export a masked model (in eval mode) to ONNX with a dynamic batch axis, atomically.
 
@@ -144,6 +155,8 @@ def export_onnx(
         opset: ONNX opset version.
         with_masks: add each mask layer's mask as an extra output (see :func:`with_mask_outputs`).
         exporter: "torchscript", "dynamo", or "auto" (torchscript, then dynamo if it fails).
+        with_energies: also add each mask layer's token energies as outputs, before the masks (implies
+            ``with_masks``; the graph the validation probes, not one to deploy).
 
     Returns:
         ``{"exporter", "opset", "inputs", "outputs", "input_size", "files"}``; ``files`` are the names written
@@ -159,8 +172,10 @@ def export_onnx(
         raise ValueError(f"exporter must be one of {', '.join(EXPORTERS)}, got {exporter!r}")
     path = Path(path)
     model.eval()
-    module = with_mask_outputs(model) if with_masks else model
-    names = [LOGITS_NAME, *(mask_output_names(model) if with_masks else [])]
+    with_masks = with_masks or with_energies
+    module = with_mask_outputs(model, with_energies) if with_masks else model
+    names = [LOGITS_NAME, *(energy_output_names(model) if with_energies else []),
+             *(mask_output_names(model) if with_masks else [])]
     sample = torch.randn(_TRACE_BATCH, *input_size, generator=torch.Generator().manual_seed(0))
     sample = sample.to(next(model.parameters()).device)
     external = sum(t.numel() * t.element_size() for t in model.state_dict().values()) > _EXTERNAL_DATA_BYTES

@@ -49,6 +49,8 @@ class PipelineSettings:
         formats: export formats (default: every format whose dependencies are installed; without the
             onnx extra that is safetensors alone, and ``run`` says ONNX was skipped).
         force: write into a non-empty output folder.
+        export_rtol: the ONNX validation's relative tolerance (None: the export's default).
+        export_atol: the ONNX validation's absolute floor (None: the export's default).
     """
 
     model: str
@@ -71,6 +73,8 @@ class PipelineSettings:
     finetune: dict[str, Any] = field(default_factory=dict)
     formats: tuple[str, ...] = field(default_factory=lambda: _installed_formats())
     force: bool = False
+    export_rtol: float | None = None
+    export_atol: float | None = None
 
 
 Progress = Callable[[str, str], None]  # (step, message)
@@ -178,16 +182,49 @@ def _evaluate(settings: PipelineSettings, ersm: Path, baseline: Path, out: Path,
     return result.results
 
 
+def _export(settings: PipelineSettings, out: Path) -> tuple[dict[str, Any], str | None]:
+    """The export step, validated on evaluation images; a failure is returned as one line, never raised.
+
+    Everything the run made before stays where it is; a file that fails validation is left out of export/,
+    the rest of the export (safetensors, card, validation.json) is written all the same.
+    """
+    from ..data import create_dataset, resolve_preprocessing
+    from ..errors import ArtifactError, ExportValidationError
+    from ..eval.images import load_images
+    from ..io import load
+    from ..io.export import export
+    from ..io.onnx_validation import VALIDATION_IMAGES
+
+    source, target = out / "ersm" / "last", out / "export"
+    tolerances = {k: v for k, v in (("rtol", settings.export_rtol), ("atol", settings.export_atol)) if v is not None}
+    anyway = f"export anyway with `ersm-surgery export {source} -o {target} --force --no-validate`"
+    try:
+        pre = resolve_preprocessing(load(source), settings.data, img_size=settings.img_size)  # as fine-tuned
+        data = create_dataset(settings.data, split="validation", preprocessing=pre, seed=settings.seed,
+                              **settings.data_options)
+        images = load_images(data, VALIDATION_IMAGES, settings.seed).images
+        return export(source, target, formats=settings.formats, force=True, results=out / "eval" / "results.json",
+                      validation_images=images, keep_on_failure=True, **tolerances), None
+    except ExportValidationError as exc:
+        kept = ", ".join(exc.kept) or "nothing"
+        line = (f"export {exc.problem}; every earlier step is kept in {out} and export/ holds {kept}; {anyway} "
+                f"(or with a larger --rtol)")
+        return {"output": str(target), "files": exc.kept, "validation": exc.report, "ok": False, "error": line}, line
+    except ArtifactError as exc:  # the exporter itself failed: export/ is unchanged
+        line = f"export failed: {exc}; every earlier step is kept in {out}; export with `ersm-surgery export {source}`"
+        return {"output": str(target), "files": [], "ok": False, "error": line}, line
+
+
 def run_pipeline(settings: PipelineSettings, progress: Progress | None = None) -> dict[str, Any]:
     """Run every step; returns a summary (paths, figures, timings) that ``run --json`` prints.
 
     Raises:
         ErsmError subclasses from each step, before any training where the input is at fault (an unknown
-        model, a stage that cannot be masked, missing data): injection is checked first.
+        model, a stage that cannot be masked, missing data): injection is checked first. The export step
+        never raises: its failure is the summary's ``export_error`` line (None on success).
     """
     from ..api import inject
     from ..io import check_output_dir, save
-    from ..io.export import export
 
     progress = progress or (lambda step, message: _log.info("%s: %s", step, message))
     out = check_output_dir(settings.output, settings.force)
@@ -233,8 +270,9 @@ def run_pipeline(settings: PipelineSettings, progress: Progress | None = None) -
 
     start = time.perf_counter()
     progress("export", f"exporting as {', '.join(settings.formats)}")
-    exported = export(out / "ersm" / "last", out / "export", formats=settings.formats, force=True,
-                      results=out / "eval" / "results.json")
+    exported, export_error = _export(settings, out)
+    if export_error:
+        _log.info("%s", export_error)
     timings["export"] = time.perf_counter() - start
 
     return {
@@ -245,6 +283,7 @@ def run_pipeline(settings: PipelineSettings, progress: Progress | None = None) -
         "summary": results.get("summary", {}),
         "results": results,
         "export": exported,
+        "export_error": export_error,
         "report": str(out / "eval" / "report.html"),
         "timings": timings,
     }
