@@ -12,6 +12,7 @@ __all__ = [
     "DataError",
     "ArtifactError",
     "PluginError",
+    "SparseError",
 ]
 
 
@@ -63,3 +64,7 @@ class ArtifactError(ErsmError):
 
 class PluginError(ErsmError):
     """A component comes from a plugin that is not installed, failed to load, or is turned off."""
+
+
+class SparseError(ErsmError):
+    """A model cannot be run on its kept tokens (no masks, or masks that do not gate a stage)."""
