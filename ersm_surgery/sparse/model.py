@@ -130,7 +130,7 @@ def _check(model: nn.Module) -> None:
     from ..api import RECIPE_ATTR
 
     recipe = getattr(model, RECIPE_ATTR, None)
-    if recipe is None:
+    if recipe is None or not recipe.placements:
         raise SparseError("the model has no ERSM masks, so nothing can be skipped", _FIX)
     if recipe.mask.gate != "stage":
         raise SparseError("the model's masks only multiply their own feature maps (mask.gate=features), "
