@@ -74,7 +74,7 @@ def shift_price(model: torch.nn.Module, x: torch.Tensor, target: float) -> dict[
     """Bisect each mask's alpha, in model order, until its mean kept density on ``x`` is ``target``."""
     layers = list(ersm_surgery.masks(model).items())
     with torch.no_grad():
-        for name, layer in layers:
+        for _, layer in layers:
             lo, hi = -20.0, 20.0  # alpha = -20 keeps every token, +20 none
             for _ in range(30):
                 layer.config.alpha = (lo + hi) / 2
@@ -106,26 +106,28 @@ def fmt(r: dict) -> str:
             f"{r['sparse_flop_share']:.3f} | ran sparse {all(r['ran_sparse'].values())} | dense ops {r['dense_ops']}")
 
 
+def dense_gated_stages(model: torch.nn.Module, x: torch.Tensor, repeat: int) -> dict[str, float]:
+    """Median time of the gated stages computed densely with their gates (the break-even's reference)."""
+    fast = sparse(model, break_even=0.0)  # 0.0: every batch runs the dense gated graph
+    regions = sparse_regions(fast)
+    inputs: dict[str, torch.Tensor] = {}
+    hooks = [reg.register_forward_pre_hook(lambda m, a, p=p: inputs.__setitem__(p, a[0])) for p, reg in regions.items()]
+    with torch.no_grad():
+        fast(x)
+        for h in hooks:
+            h.remove()
+        return interleaved({"gated": lambda: [regions[p](i) for p, i in inputs.items()]}, repeat)["gated"]
+
+
 def curve(model: torch.nn.Module, x_price: torch.Tensor, x: torch.Tensor, repeat: int) -> list[dict]:
     base = plain_model(model)
     rows = []
     for target in [0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 1.0]:
         shift_price(model, x_price, target)
         r = measure_batch(model, x, repeat=repeat, break_even=1.0, base=base)
-        # the break-even compares the sparse gated stages with the same stages computed densely *with* gates
-        fast = sparse(model, break_even=0.0)  # 0.0: every batch runs the dense gated graph
-        regions = sparse_regions(fast)
-        with torch.no_grad():
-            fast(x)
-            inputs = {}
-            hooks = [reg.register_forward_pre_hook(lambda m, a, p=p: inputs.__setitem__(p, a[0]))
-                     for p, reg in regions.items()]
-            fast(x)
-            for h in hooks:
-                h.remove()
-            dense_gated = interleaved({"gated": lambda: [regions[p](i) for p, i in inputs.items()]}, repeat)
-        r["stages"]["dense_gated"] = dense_gated["gated"]
-        r["stages"]["vs_dense_gated"] = dense_gated["gated"]["wall_s"] / r["stages"]["sparse"]["wall_s"]
+        dense_gated = dense_gated_stages(model, x, repeat)
+        r["stages"]["dense_gated"] = dense_gated
+        r["stages"]["vs_dense_gated"] = dense_gated["wall_s"] / r["stages"]["sparse"]["wall_s"]
         r["target"] = target
         rows.append(r)
         print(f"  target {target:.1f}: whole {r['speedup']:.2f}x  gated stages vs timm {r['stages']['speedup']:.2f}x"

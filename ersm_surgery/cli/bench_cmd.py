@@ -115,8 +115,9 @@ def _render(out, report: dict) -> None:
     for r in report["results"]:
         dens = ", ".join(f"{k.rsplit('.', 1)[0]} {v:.2f}" for k, v in r["density"].items())
         share = "-" if r["sparse_flop_share"] is None else f"{100 * r['sparse_flop_share']:.0f}%"
-        t.add_row(str(r["batch"]), escape(dens), f"{r['dense']['wall_s'] * 1e3:.1f}", f"{r['sparse']['wall_s'] * 1e3:.1f}",
-                  f"{r['speedup']:.2f}x", f"{r['stages']['speedup']:.2f}x", f"{r['max_abs_logit_diff']:.1e}", share)
+        t.add_row(str(r["batch"]), escape(dens), f"{r['dense']['wall_s'] * 1e3:.1f}",
+                  f"{r['sparse']['wall_s'] * 1e3:.1f}", f"{r['speedup']:.2f}x",
+                  f"{r['stages']['speedup']:.2f}x", f"{r['max_abs_logit_diff']:.1e}", share)
     out.print(t)
     for r in report["results"]:
         dense_regions = [p for p, ran in r["ran_sparse"].items() if not ran]
