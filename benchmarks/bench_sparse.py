@@ -8,9 +8,9 @@ every backbone is timm's random initialisation, the same in the dense and the sp
 1. Inject masks after stages 2 and 3 with ``mask.gate=stage`` (each gates the next stage).
 2. Train the mask heads and the classifier, backbone frozen, for ``--steps`` steps of Adam (lr 1e-3,
    batch 16) on builtin:clutter at 64 px with loss = cross-entropy + 1.0 * the energy regularizer.
-3. Shift the price: at 224 px on 16 validation images of builtin:clutter, bisect each mask's alpha
+3. Shift the price: at 224 px on 8 validation images of builtin:clutter, bisect each mask's alpha
    (stage 2's first, then stage 3's, which sees stage 2's mask) until its mean kept density is the target
-   (0.4 for the goals; each point of the curve for the curve).
+   (0.4 for the goals; each point of the curve for the curve); 14 bisection steps on 8 images.
 4. Time at 224 px, batch 1 and 16 (fp32, ``torch.set_num_threads(--threads)``): the original timm model
    without masks (same weights) against ``ersm_surgery.sparse(model)``, interleaved, median of
    ``--repeat`` after 2 warm-ups; the gated stages alone likewise on the inputs they see; max |logit
@@ -76,7 +76,7 @@ def shift_price(model: torch.nn.Module, x: torch.Tensor, target: float) -> dict[
     with torch.no_grad():
         for _, layer in layers:
             lo, hi = -20.0, 20.0  # alpha = -20 keeps every token, +20 none
-            for _ in range(30):
+            for _ in range(14):
                 layer.config.alpha = (lo + hi) / 2
                 model(x)
                 if float(layer.state.hard.mean()) > target:
@@ -141,7 +141,7 @@ def statistics_mean(values) -> float:
     return sum(values) / len(values)
 
 
-def plot(rows: list[dict], path: Path) -> float | None:
+def plot(rows: list[dict], path: Path, title: str) -> float | None:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -166,7 +166,7 @@ def plot(rows: list[dict], path: Path) -> float | None:
         ax.axvline(even, color="red", ls=":", label=f"break-even {even:.2f}")
     ax.set_xlabel("mean kept density")
     ax.set_ylabel("speed-up (median wall time)")
-    ax.set_title("resnet50 224 px, batch 16, sparse forced")
+    ax.set_title(f"{title} 224 px, batch 16, sparse forced")
     ax.legend()
     fig.tight_layout()
     fig.savefig(path, dpi=90)
@@ -180,7 +180,8 @@ def main() -> int:
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--steps", type=int, default=60)
     ap.add_argument("--repeat", type=int, default=9)
-    ap.add_argument("--skip-others", action="store_true", help="resnet50 only")
+    ap.add_argument("--model", default="resnet50", help="the main model (a small one for a smoke run)")
+    ap.add_argument("--skip-others", action="store_true", help="the main model only")
     ap.add_argument("--skip-curve", action="store_true")
     ap.add_argument("--json", type=Path)
     ap.add_argument("--png", type=Path, default=HERE / "sparse_speedup.png")
@@ -191,22 +192,23 @@ def main() -> int:
     print(f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores, torch threads "
           f"{torch.get_num_threads()}, torch {torch.__version__}; the machine is shared with other developers' "
           f"jobs (runs take turns through flock, other processes may still run)", flush=True)
-    x_price = images("validation", 224, 16, seed=2)[0]
+    x_price = images("validation", 224, 8, seed=2)[0]
     x16 = images("validation", 224, 16, seed=3)[0]
     result: dict = {"threads": torch.get_num_threads(), "cores": os.cpu_count(), "steps": args.steps}
 
-    print(f"\nresnet50: heads trained {args.steps} steps at 64 px, price shifted to density 0.4 at 224 px", flush=True)
-    r50 = prepared("resnet50", args.steps)
+    main_name = args.model
+    print(f"\n{main_name}: heads trained {args.steps} steps at 64 px, price shifted to density 0.4 at 224 px",
+          flush=True)
+    r50 = prepared(main_name, args.steps)
     shift_price(r50, x_price, 0.4)
     base = plain_model(r50)
-    result["resnet50@0.4"] = [measure_batch(r50, x[: b], repeat=args.repeat, base=base)
-                              for b, x in ((1, x16), (16, x16))]
-    for r in result["resnet50@0.4"]:
+    result[f"{main_name}@0.4"] = [measure_batch(r50, x16[:b], repeat=args.repeat, base=base) for b in (1, 16)]
+    for r in result[f"{main_name}@0.4"]:
         print(fmt(r), flush=True)
-    print("resnet50 at density 1.0 (price shifted until every token is kept):", flush=True)
+    print(f"{main_name} at density 1.0 (price shifted until every token is kept):", flush=True)
     shift_price(r50, x_price, 1.0)
-    result["resnet50@1.0"] = [measure_batch(r50, x16[:b], repeat=args.repeat, base=base) for b in (1, 16)]
-    for r in result["resnet50@1.0"]:
+    result[f"{main_name}@1.0"] = [measure_batch(r50, x16[:b], repeat=args.repeat, base=base) for b in (1, 16)]
+    for r in result[f"{main_name}@1.0"]:
         print(fmt(r), flush=True)
 
     if not args.skip_others:
@@ -219,9 +221,9 @@ def main() -> int:
                 print(fmt(r), flush=True)
 
     if not args.skip_curve:
-        print("\ncurve: resnet50, batch 16, sparse forced at every density", flush=True)
+        print(f"\ncurve: {main_name}, batch 16, sparse forced at every density", flush=True)
         rows = curve(r50, x_price, x16, max(3, args.repeat // 2))
-        even = plot(rows, args.png)
+        even = plot(rows, args.png, main_name)
         result["curve"] = rows
         result["break_even"] = even
         print(f"break-even density (sparse gated stages = dense gated stages): "

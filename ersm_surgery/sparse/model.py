@@ -12,7 +12,7 @@ import copy
 from dataclasses import dataclass
 
 import torch
-from torch import nn
+from torch import fx, nn
 
 from ..errors import SparseError
 from ..layers import StageGate
@@ -55,7 +55,15 @@ class SparseRegion(nn.Module):
         object.__setattr__(self, "source", source)  # a reference: the mask lives in its own stage
         self.break_even = float(break_even)
         self.stats = RegionStats()
+        self.ungated_when_full = True
         self._programs: dict[tuple, list[StageProgram]] = {}
+        self._without_gates: list[nn.Module] | None = None
+
+    def _ungated(self) -> list[nn.Module]:
+        """Each gated module's eval graph with its gate nodes taken out (sharing the module's weights)."""
+        if self._without_gates is None:
+            self._without_gates = [_drop_gates(m) for m in self.gated]
+        return self._without_gates
 
     def programs(self, x: torch.Tensor) -> list[StageProgram]:
         """The row programs for ``x``'s device and dtype (planned on first use: folded weights are copies)."""
@@ -78,7 +86,8 @@ class SparseRegion(nn.Module):
         self.stats.density = density
         if not usable or density > self.break_even:
             self.stats.ran_sparse = False
-            for module in self.gated:
+            # every token kept: each gate would multiply by one, so the graphs without gates give the same
+            for module in self._ungated() if density == 1.0 and self.ungated_when_full else self.gated:
                 x = module(x)
             return x
         self.stats.ran_sparse = True
@@ -88,6 +97,15 @@ class SparseRegion(nn.Module):
         for program in self.programs(x):
             value = program.run(value, grids)
         return value.dense().contiguous() if isinstance(value, Rows) else value
+
+
+def _drop_gates(module: nn.Module) -> nn.Module:
+    graph = copy.deepcopy(module.eval_graph)
+    for node in list(graph.nodes):
+        if node.op == "call_module" and node.target == GATE_ATTR:
+            node.replace_all_uses_with(node.args[0])
+            graph.erase_node(node)
+    return fx.GraphModule(module, graph, class_name=f"Ungated{type(module).__name__}")
 
 
 class _RunByRegion(nn.Module):
