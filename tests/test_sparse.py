@@ -1,7 +1,6 @@
 """The sparse runtime: each row op against its dense counterpart, whole models against the dense gated model."""
 import pytest
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 import ersm_surgery
@@ -155,4 +154,13 @@ def test_train_mode_runs_the_dense_gated_graph():
     out = fast(torch.randn(2, *SIZE))
     out.sum().backward()
     assert not sparse_regions(fast)["layer3"].stats.ran_sparse
-    assert F.relu is not None
+
+
+def test_evaluate_measures_sparse_latency_of_gated_models_only():
+    from ersm_surgery.eval.compute import measure_sparse_latency
+
+    x = torch.randn(2, *SIZE)
+    gated = ersm_surgery.inject("test_resnet", stages=[2], config={"gate": "stage"}, input_size=SIZE).eval()
+    features = ersm_surgery.inject("test_resnet", stages=[2], input_size=SIZE).eval()
+    assert measure_sparse_latency(gated, x, repeats=1)["per_image_ms"] > 0
+    assert measure_sparse_latency(features, x, repeats=1) is None
