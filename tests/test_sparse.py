@@ -164,3 +164,14 @@ def test_evaluate_measures_sparse_latency_of_gated_models_only():
     features = ersm_surgery.inject("test_resnet", stages=[2], input_size=SIZE).eval()
     assert measure_sparse_latency(gated, x, repeats=1)["per_image_ms"] > 0
     assert measure_sparse_latency(features, x, repeats=1) is None
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device (not in CI)")
+def test_sparse_runs_on_cuda():
+    model = ersm_surgery.inject("test_efficientnet", stages=[2, 3], config={"gate": "stage"}, input_size=SIZE)
+    model = model.eval().cuda()
+    randomise_norms(model)
+    fix_masks(model)
+    x = torch.randn(4, *SIZE, device="cuda")
+    with torch.no_grad():
+        torch.testing.assert_close(ersm_surgery.sparse(model, break_even=1.0)(x), model(x), atol=1e-4, rtol=1e-4)
