@@ -43,32 +43,43 @@ def test_rebuilt_model_has_the_same_gates(tmp_path):
     assert set(again.state_dict()) == set(model.state_dict())  # the gate holds no weights
 
 
+def _stage_outputs(model, x, perturb):
+    """layer3's output and layer2's mask, with every conv/norm output inside layer3 perturbed at the
+    tokens the mask switches off (on that output's grid) when ``perturb``."""
+    seen = {}
+    hooks = [model.layer3.register_forward_hook(lambda m, a, out: seen.__setitem__("out", out))]
+    if perturb:
+        def noise(module, args, out):
+            keep = pool_mask(model.layer2.ersm_mask.state.mask, out.shape[-2:])
+            return out + 5 * torch.randn_like(out) * (1 - keep)
+        hooks += [m.register_forward_hook(noise) for name, m in model.layer3.named_modules()
+                  if isinstance(m, (nn.Conv2d, nn.BatchNorm2d)) and "ersm" not in name]
+    with torch.no_grad():
+        model(x)
+    for h in hooks:
+        h.remove()
+    return seen["out"], model.layer2.ersm_mask.state.mask
+
+
 def test_switched_off_tokens_cannot_reach_kept_ones():
     model = _gated()
     x = torch.randn(4, *SIZE)
-    with torch.no_grad():
-        model(x)
-        stage_in = torch.randn(4, 48, 8, 8)
-        mask = model.layer2.ersm_mask.state.mask
-        assert 0 < mask.mean() < 1
-        changed = stage_in + 10 * torch.randn_like(stage_in) * (1 - mask)  # only at switched-off tokens
-        out, out_changed = model.layer3(stage_in), model.layer3(changed)
+    out, mask = _stage_outputs(model, x, perturb=False)
+    changed, _ = _stage_outputs(model, x, perturb=True)
+    assert 0 < float(mask.mean()) < 1
     keep = pool_mask(mask, out.shape[-2:])
-    assert torch.equal(out * keep, out_changed * keep)
-    # every map inside the stage is zero at the switched-off tokens, 3x3 convs and BN biases included
+    # values put at switched-off tokens after any conv or BatchNorm (biases included) reach no kept token
+    assert torch.equal(out * keep, changed * keep)
     assert torch.equal(out * (1 - keep), torch.zeros_like(out))
 
 
 def test_without_the_gate_switched_off_tokens_leak():
     model = _gated(gate="features")
-    with torch.no_grad():
-        model(torch.randn(4, *SIZE))
-        stage_in = torch.randn(4, 48, 8, 8)
-        mask = model.layer2.ersm_mask.state.mask
-        changed = stage_in + 10 * torch.randn_like(stage_in) * (1 - mask)
-        out, out_changed = model.layer3(stage_in), model.layer3(changed)
+    x = torch.randn(4, *SIZE)
+    out, mask = _stage_outputs(model, x, perturb=False)
+    changed, _ = _stage_outputs(model, x, perturb=True)
     keep = pool_mask(mask, out.shape[-2:])
-    assert not torch.allclose(out * keep, out_changed * keep)
+    assert not torch.allclose(out * keep, changed * keep)
 
 
 def test_pool_mask_samples_the_token_a_strided_conv_centres_on():
@@ -94,3 +105,20 @@ def test_gate_trains_through_the_straight_through_mask():
     out.sum().backward()
     head = next(m for m in model.layer2.ersm_mask.modules() if isinstance(m, nn.Conv2d))
     assert head.weight.grad is not None and torch.isfinite(head.weight.grad).all()
+
+
+def test_evaluate_runs_on_a_gated_model_and_measures_its_sparse_latency():
+    from ersm_surgery.data import create_dataset
+    from ersm_surgery.eval.images import load_images
+    from ersm_surgery.eval.runner import EvalSettings, evaluate
+
+    model = ersm_surgery.inject("test_resnet", stages=[2, 3], config={"gate": "stage", "alpha": 0.5, "init_logit": 0.0},
+                                input_size=(3, 32, 32), num_classes=4).eval()
+    data = create_dataset("builtin:clutter", "validation", img_size=32, seed=0, num_classes=4, size=6)
+    images = load_images(data, 6, seed=0, batch_size=3)
+    settings = EvalSettings(batch_size=3, latency_repeats=1, occlusion_levels=(0.0, 0.3), occlusion_grid=4,
+                            deletion_fractions=(0.0, 0.5), figure_images=1)
+    r = evaluate(model, images, None, settings).results
+    assert r["compute"]["model"]["sparse_latency"]["per_image_ms"] > 0
+    for rankings in r["deletion"]["model"]["layers"].values():
+        assert rankings["energy"]["lerf"]["accuracy"][0] == pytest.approx(r["accuracy"]["model"]["top1"])

@@ -3,7 +3,7 @@ from .adapted_mask import AdaptedMask, SpatialAdapter
 from .config import EVAL_MODES, GATES, TRAIN_MODES, MaskConfig
 from .energy import mean_field, neighbour_kernel, neighbour_offsets, potts_energy, straight_through
 from .energy_mask import EnergyMask, MaskState
-from .gate import StageGate, pool_mask
+from .gate import StageGate, kept_tokens, pool_mask
 from .heads import (
     ConvUnaryHead,
     PottsPairwise,
@@ -24,6 +24,7 @@ __all__ = [
     "GATES",
     "StageGate",
     "pool_mask",
+    "kept_tokens",
     "TRAIN_MODES",
     "MaskConfig",
     "mean_field",

@@ -2,7 +2,8 @@
 
 Under ``mask.gate=stage`` the mask after stage k multiplies every intermediate map of stage k+1, so a
 token the mask switches off is exactly zero everywhere in that stage and the stage can be computed on
-the kept tokens alone (``ersm_surgery.sparse``). A strided block changes the grid; the mask is then
+the kept tokens alone (``ersm_surgery.sparse``). The gated stage reads the mask off its own input (see
+:func:`kept_tokens`): that input is the masked output of stage k. A strided block changes the grid; the mask is then
 taken to the new grid by **stride sampling**: the token at (i, j) of a grid s times coarser is kept when
 the token at (s*i, s*j) of the stage's input grid is kept, the token a strided convolution, a strided
 1x1 shortcut or timm's 2x2 average-pool shortcut centres that output on. Max-pooling (keep a coarse token
@@ -14,7 +15,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-__all__ = ["StageGate", "pool_mask", "grid_stride"]
+__all__ = ["StageGate", "pool_mask", "grid_stride", "kept_tokens"]
 
 
 def grid_stride(size: int, target: int) -> int:
@@ -37,26 +38,33 @@ def pool_mask(mask: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
     return mask.index_select(-2, rows).index_select(-1, cols)
 
 
-class StageGate(nn.Module):
-    """Multiplies a map of the gated stage by the mask of the stage before it, taken to the map's grid.
+def kept_tokens(x: torch.Tensor) -> torch.Tensor:
+    """(B, 1, H, W) 0/1: the tokens of a gated stage's (B, C, H, W) input that carry a value.
 
-    The mask layer is held as a plain reference, not a child, so it keeps its one place in the state
-    dict; ``copy.deepcopy`` of the whole model maps the reference to the copied layer.
+    The input of a gated stage is the previous stage's output times its mask, so these are the tokens the
+    mask kept (a kept token whose whole feature vector is exactly zero carries nothing and counts as off).
+    Reading the mask from the data, not from the mask layer's state, keeps the gate a pure function of
+    the graph's values: exports, fx splits and DDP see no side channel.
+    """
+    return (x != 0).any(dim=1, keepdim=True).to(x.dtype)
+
+
+class StageGate(nn.Module):
+    """Multiplies a map of the gated stage by its input's kept tokens, taken to the map's grid.
 
     Args:
-        source: the :class:`EnergyMask` after the previous stage (its ``state.mask`` of this forward
-            pass is used, so the previous stage must have run in the same pass).
+        source: the mask layer that gates this stage (its path, for reports).
     """
 
-    def __init__(self, source: nn.Module) -> None:
+    def __init__(self, source: str = "") -> None:
         super().__init__()
-        object.__setattr__(self, "source", source)  # a reference, not a submodule
+        self.source = source
 
-    def forward(self, x: torch.Tensor, channels_last: bool = False) -> torch.Tensor:
-        state = getattr(self.source, "state", None)
-        if state is None:
-            raise RuntimeError("the stage gate ran before the mask of the previous stage")
-        mask = state.mask.to(x.dtype)
+    def forward(self, x: torch.Tensor, keep: torch.Tensor, channels_last: bool = False) -> torch.Tensor:
+        keep = keep.to(x.dtype)
         if channels_last:  # (B, H, W, C)
-            return x * pool_mask(mask, x.shape[1:3]).permute(0, 2, 3, 1)
-        return x * pool_mask(mask, x.shape[-2:])
+            return x * pool_mask(keep, x.shape[1:3]).permute(0, 2, 3, 1)
+        return x * pool_mask(keep, x.shape[-2:])
+
+    def extra_repr(self) -> str:
+        return f"source={self.source}"

@@ -18,6 +18,7 @@ import torch.nn.functional as F
 from torch import fx, nn
 
 from ..layers import AdaptedMask, EnergyMask
+from ..layers.gate import kept_tokens
 from ..surgery.gating import GATE_ATTR
 from .conv import RowConv, avg_pool_rows, avg_pool_supported, conv_supported
 from .fold import bn_affine, fold_bn, is_batchnorm
@@ -126,6 +127,8 @@ class StageProgram:
 
     def _plan_function(self, node: fx.Node) -> Handler:
         target = node.target
+        if target is kept_tokens:  # the region made its grids from the same kept tokens; the gates need no value
+            return lambda args, kwargs, grids: None
         if target == "permute" or target is torch.permute:
             dims = tuple(node.args[1:] if len(node.args) > 2 else node.args[1])
 

@@ -67,7 +67,7 @@ def _sparse_flop_share(model: nn.Module, regions: dict[str, SparseRegion], x: to
     with FlopCounterMode(display=False) as counter:
         model(x)
     counts = {name.partition(".")[2]: sum(ops.values()) for name, ops in counter.get_flop_counts().items()}
-    total = sum(counts.get(p, 0) for r in regions.values() for p in r.paths)
+    total = sum(counts.get(path, 0) for path in regions)
     if not total:
         return None
     dense = sum(counts.get(name, 0) for r in regions.values() for name in r.dense_ops())
@@ -96,10 +96,9 @@ def measure_batch(model: nn.Module, x: torch.Tensor, repeat: int = 10, warmup: i
 
         def dense_stages():
             for path, inp in inputs.items():
-                for p in regions[path].paths:
-                    inp = base.get_submodule(p)(inp)
+                base.get_submodule(path)(inp)
 
-        def sparse_stages():  # the mask states the regions read were set by the calls above
+        def sparse_stages():
             for path, inp in inputs.items():
                 regions[path](inp)
         stages = interleaved({"dense": dense_stages, "sparse": sparse_stages}, repeat, warmup)

@@ -1,8 +1,8 @@
 """``ersm_surgery.sparse(model)``: a masked model whose gated stages run on their kept tokens only.
 
-Each run of gated modules (``layer3``; or ``blocks.3`` + ``blocks.4`` for efficientnet) is replaced by
-a :class:`SparseRegion` that gathers the kept tokens of its input once, runs every module's graph on
-rows (:mod:`.executor`) and scatters back once at the end. A batch whose kept fraction is above the
+Each gated module (``layer3``; ``blocks.3`` and ``blocks.4`` for efficientnet) is replaced by a
+:class:`SparseRegion` that gathers the kept tokens of its input once, runs the module's graph on rows
+(:mod:`.executor`) and scatters back once at the end. A batch whose kept fraction is above the
 break-even (``DEFAULT_BREAK_EVEN``, measured by benchmarks/bench_sparse.py) runs the dense gated graph
 instead: gathering costs more than it saves when almost every token is kept.
 """
@@ -16,6 +16,7 @@ from torch import fx, nn
 
 from ..errors import SparseError
 from ..layers import StageGate
+from ..layers.gate import kept_tokens
 from ..surgery.gating import GATE_ATTR
 from .executor import StageProgram
 from .grid import GridSet, Rows
@@ -40,62 +41,56 @@ class RegionStats:
 
 
 class SparseRegion(nn.Module):
-    """Gated modules run on the kept tokens of the mask that gates them.
+    """A gated module run on the kept tokens of its input.
 
     Args:
-        modules: (path, gated DualGraphModule) in the order the model runs them.
-        source: the mask layer whose mask gates them.
-        break_even: kept fraction above which the region runs densely.
+        module: the gated DualGraphModule.
+        path: its name in the model.
+        break_even: kept fraction above which it runs densely.
     """
 
-    def __init__(self, modules: list[tuple[str, nn.Module]], source: nn.Module, break_even: float) -> None:
+    def __init__(self, module: nn.Module, path: str, break_even: float) -> None:
         super().__init__()
-        self.paths = [p for p, _ in modules]
-        self.gated = nn.ModuleList([m for _, m in modules])
-        object.__setattr__(self, "source", source)  # a reference: the mask lives in its own stage
+        self.path = path
+        self.gated = module
+        self.source = getattr(module, GATE_ATTR).source
         self.break_even = float(break_even)
         self.stats = RegionStats()
         self.ungated_when_full = True
-        self._programs: dict[tuple, list[StageProgram]] = {}
-        self._without_gates: list[nn.Module] | None = None
+        self._programs: dict[tuple, StageProgram] = {}
+        self._without_gates: nn.Module | None = None
 
-    def _ungated(self) -> list[nn.Module]:
-        """Each gated module's eval graph with its gate nodes taken out (sharing the module's weights)."""
-        if self._without_gates is None:
-            self._without_gates = [_drop_gates(m) for m in self.gated]
-        return self._without_gates
-
-    def programs(self, x: torch.Tensor) -> list[StageProgram]:
-        """The row programs for ``x``'s device and dtype (planned on first use: folded weights are copies)."""
+    def program(self, x: torch.Tensor) -> StageProgram:
+        """The row program for ``x``'s device and dtype (planned on first use: folded weights are copies)."""
         key = (x.device, x.dtype)
         if key not in self._programs:
-            self._programs[key] = [StageProgram(m, p) for p, m in zip(self.paths, self.gated, strict=True)]
+            self._programs[key] = StageProgram(self.gated, self.path)
         return self._programs[key]
+
+    def _ungated(self) -> nn.Module:
+        """The module's eval graph with its gate nodes taken out (sharing the module's weights)."""
+        if self._without_gates is None:
+            self._without_gates = _drop_gates(self.gated)
+        return self._without_gates
 
     def dense_ops(self) -> list[str]:
         """Ops that had a spatial operand and ran densely (no row form, or operands it does not fit)."""
-        return sorted({name for programs in self._programs.values() for prog in programs for name in prog.ran_dense})
+        return sorted({name for prog in self._programs.values() for name in prog.ran_dense})
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        state = getattr(self.source, "state", None)
-        mask = state.mask if state is not None else None
         self.stats.calls += 1
-        usable = (not self.training and mask is not None and x.dim() == 4 and mask.shape[0] == x.shape[0]
-                  and tuple(mask.shape[-2:]) == tuple(x.shape[-2:]))
-        density = float(mask.float().mean()) if usable else None
+        usable = not self.training and x.dim() == 4
+        mask = kept_tokens(x) if usable else None
+        density = float(mask.mean()) if usable else None
         self.stats.density = density
         if not usable or density > self.break_even:
             self.stats.ran_sparse = False
-            # every token kept: each gate would multiply by one, so the graphs without gates give the same
-            for module in self._ungated() if density == 1.0 and self.ungated_when_full else self.gated:
-                x = module(x)
-            return x
+            # every token kept: each gate would multiply by one, so the graph without gates gives the same
+            full = density == 1.0 and self.ungated_when_full
+            return (self._ungated() if full else self.gated)(x)
         self.stats.ran_sparse = True
         self.stats.sparse_calls += 1
-        grids = GridSet(mask.to(x.dtype))
-        value = x
-        for program in self.programs(x):
-            value = program.run(value, grids)
+        value = self.program(x).run(x, GridSet(mask))
         return value.dense().contiguous() if isinstance(value, Rows) else value
 
 
@@ -105,43 +100,16 @@ def _drop_gates(module: nn.Module) -> nn.Module:
         if node.op == "call_module" and node.target == GATE_ATTR:
             node.replace_all_uses_with(node.args[0])
             graph.erase_node(node)
+    for node in list(graph.nodes):
+        if node.op == "call_function" and node.target is kept_tokens:
+            graph.erase_node(node)
     return fx.GraphModule(module, graph, class_name=f"Ungated{type(module).__name__}")
 
 
-class _RunByRegion(nn.Module):
-    """Stands where a gated module that its region runs used to be: passes the region's output on."""
-
-    def __init__(self, path: str) -> None:
-        super().__init__()
-        self.path = path
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return x
-
-    def extra_repr(self) -> str:
-        return f"run by the sparse region before it ({self.path})"
-
-
-def _gated(model: nn.Module) -> list[tuple[str, nn.Module, nn.Module]]:
-    """(path, module, source mask) of every gated module, in the model's order."""
-    out = []
-    for path, module in model.named_modules():
-        gate = getattr(module, GATE_ATTR, None)
-        if isinstance(gate, StageGate) and path:
-            out.append((path, module, gate.source))
-    return out
-
-
-def _regions(gated: list[tuple[str, nn.Module, nn.Module]]) -> list[list[tuple[str, nn.Module, nn.Module]]]:
-    """Consecutive sibling modules gated by one mask form one region (scatter once at its end)."""
-    regions: list[list] = []
-    for item in gated:
-        prev = regions[-1][-1] if regions else None
-        if prev is not None and prev[2] is item[2] and prev[0].rpartition(".")[0] == item[0].rpartition(".")[0]:
-            regions[-1].append(item)
-        else:
-            regions.append([item])
-    return regions
+def _gated(model: nn.Module) -> list[tuple[str, nn.Module]]:
+    """(path, module) of every gated module."""
+    return [(path, module) for path, module in model.named_modules()
+            if path and isinstance(getattr(module, GATE_ATTR, None), StageGate)]
 
 
 def _check(model: nn.Module) -> None:
@@ -180,14 +148,11 @@ def sparse(model: nn.Module, break_even: float = DEFAULT_BREAK_EVEN) -> nn.Modul
                           "place masks before the last stage, e.g. --stages 2,3")
     from ..surgery.insert import set_submodule
 
-    for region in _regions(gated):
-        (first, _, source), rest = region[0], region[1:]
-        set_submodule(out, first, SparseRegion([(p, m) for p, m, _ in region], source, break_even))
-        for path, _, _ in rest:
-            set_submodule(out, path, _RunByRegion(path))
+    for path, module in gated:
+        set_submodule(out, path, SparseRegion(module, path, break_even))
     return out.eval()
 
 
 def sparse_regions(model: nn.Module) -> dict[str, SparseRegion]:
-    """The sparse regions of a model from :func:`sparse`, by the path of their first module."""
+    """The sparse regions of a model from :func:`sparse`, by the path of their module."""
     return {path: m for path, m in model.named_modules() if isinstance(m, SparseRegion)}

@@ -2,12 +2,13 @@
 
 The mask after feature stage k gates the modules that run between the end of stage k and the end of
 stage k+1 (``layer3`` for resnet's stage 2; ``blocks.3`` and ``blocks.4`` for efficientnet's stage 2,
-whose feature stages skip a block). In each gated module's fx graph a :class:`~ersm_surgery.layers.StageGate`
-call follows the input and every node whose output is a spatial map, so every map of the stage is zero
-at the tokens the mask switches off. Which nodes are spatial is decided from the graph alone: the
-input is a (B, C, H, W) map; a permute to (0, 2, 3, 1) makes it channels-last and back; a mean over the
-spatial dimensions (squeeze-excite) makes a per-image vector, which is not gated; any other op on a
-spatial map keeps it spatial. An op that reshapes a spatial map cannot be gated and is refused.
+whose feature stages skip a block). Each gated module's fx graph computes the kept tokens of its input
+once (:func:`~ersm_surgery.layers.kept_tokens`: the input is the masked output of the stage before) and a
+:class:`~ersm_surgery.layers.StageGate` call follows every node whose output is a spatial map, so every
+map of the stage is zero at the tokens the mask switches off. Which nodes are spatial is decided from
+the graph alone: the input is a (B, C, H, W) map; a permute to (0, 2, 3, 1) makes it channels-last and
+back; a mean over the spatial dimensions (squeeze-excite) makes a per-image vector, which is not
+gated; any other op on a spatial map keeps it spatial. An op that reshapes a spatial map cannot be gated and is refused.
 """
 from __future__ import annotations
 
@@ -17,6 +18,7 @@ import torch
 from torch import fx, nn
 
 from ..errors import PlacementError
+from ..layers.gate import kept_tokens
 from .analysis import feature_info
 from .placement import Placement
 
@@ -141,20 +143,24 @@ def node_kinds(graph: fx.Graph, owner: nn.Module) -> dict[fx.Node, str]:
 
 
 def insert_gates(graph: fx.Graph, owner: nn.Module) -> int:
-    """Put a ``GATE_ATTR`` call after the input and every spatial node of ``graph`` (in place).
+    """Compute the input's kept tokens once and put a ``GATE_ATTR`` call after every spatial node (in place).
 
     Returns:
         The number of gate nodes inserted.
     """
     kinds = node_kinds(graph, owner)
+    source = next(n for n in graph.nodes if n.op == "placeholder")
+    with graph.inserting_after(source):
+        keep = graph.call_function(kept_tokens, (source,))
     count = 0
     for node in list(graph.nodes):
         kind = kinds.get(node)
-        if kind not in (NCHW, NHWC) or node.op == "output" or _is_tuple(node):
+        # the input is gated already: it is the previous stage's output times its mask
+        if kind not in (NCHW, NHWC) or node.op in ("output", "placeholder") or _is_tuple(node):
             continue
         kwargs = {"channels_last": True} if kind == NHWC else {}
         with graph.inserting_after(node):
-            gate = graph.call_module(GATE_ATTR, (node,), kwargs)
+            gate = graph.call_module(GATE_ATTR, (node, keep), kwargs)
         node.replace_all_uses_with(gate, delete_user_cb=lambda user, g=gate: user is not g)
         count += 1
     graph.lint()

@@ -90,7 +90,7 @@ def _mask_output(graph: fx.Graph, output: fx.Node, attr: str, owner: str) -> Non
 
 
 def _insert_fx(
-    owner: nn.Module, owner_path: str, items: list[tuple[Placement, nn.Module]], gate_source: nn.Module | None = None
+    owner: nn.Module, owner_path: str, items: list[tuple[Placement, nn.Module]], gate_source: str | None = None
 ) -> DualGraphModule:
     graphs = {}
     for mode in (True, False):
@@ -142,7 +142,7 @@ def apply_placements(
     for path in gates:
         groups.setdefault(path, [])
     made = {i: create_mask(p, config) for i, p in enumerate(placements)}
-    source = {path: made[placements.index(p)] for path, p in gates.items()}
+    source = {path: p.path for path, p in gates.items()}
     done = list(placements)
     for owner_path in sorted(groups, key=lambda path: -path.count(".") - (1 if path else 0)):
         fx_idx = [i for i in groups[owner_path] if placements[i].method == "fx"]
@@ -170,7 +170,7 @@ def apply_placements(
 
 
 def _replace_with_fx(
-    model: nn.Module, owner_path: str, masks: list[tuple[Placement, nn.Module]], gate_source: nn.Module | None
+    model: nn.Module, owner_path: str, masks: list[tuple[Placement, nn.Module]], gate_source: str | None
 ) -> None:
     if not owner_path:
         raise PlacementError("a mask at the model's top level cannot be inserted",
