@@ -19,7 +19,7 @@ from torch import fx, nn
 
 from ..layers import AdaptedMask, EnergyMask
 from ..layers.gate import kept_tokens
-from ..surgery.gating import GATE_ATTR
+from ..surgery.gating import GATE_ATTR, NCHW, NHWC, node_kinds
 from .conv import RowConv, avg_pool_rows, avg_pool_supported, conv_supported
 from .fold import bn_affine, fold_bn, is_batchnorm
 from .grid import GridSet, Rows
@@ -55,6 +55,7 @@ class StageProgram:
         self.path = path
         self.graph: fx.Graph = module.eval_graph
         self.ran_dense: set[str] = set()  # ops that had a spatial operand and ran densely
+        self.kinds = node_kinds(self.graph, module)
         self._folded: set[fx.Node] = set()
         self.steps: list[tuple[fx.Node, Handler]] = [(n, self._plan(n)) for n in self.graph.nodes]
 
@@ -103,8 +104,9 @@ class StageProgram:
 
     def _plan_conv(self, node: fx.Node, conv: nn.Conv2d) -> Handler:
         row_conv = RowConv.from_module(conv)
-        gate = _sole_user(node)
-        bn_node = _sole_user(gate) if gate is not None and gate.target == GATE_ATTR else None
+        bn_node = _sole_user(node)
+        if bn_node is not None and bn_node.op == "call_module" and bn_node.target == GATE_ATTR:
+            bn_node = _sole_user(bn_node)
         bn = self.module.get_submodule(bn_node.target) if bn_node is not None and bn_node.op == "call_module" else None
         if bn is not None and is_batchnorm(bn):
             row_conv = fold_bn(row_conv, bn)
@@ -212,12 +214,15 @@ class StageProgram:
         (and the op is listed in ``ran_dense``)."""
         call = _caller(node, self.module)
         name = self._name(node)
+        kind = self.kinds.get(node)
 
         def run(args, kwargs, grids):
             if not any(isinstance(a, Rows) for a in (*_flat(args), *_flat(kwargs))):
                 return call(args, kwargs)
             self.ran_dense.add(name)
-            return call(_densify(args), _densify(kwargs))
+            out = call(_densify(args), _densify(kwargs))
+            # a spatial result goes back to rows at once: what it holds at switched-off tokens is never read
+            return _to_rows(out, grids, kind == NHWC) if kind in (NCHW, NHWC) else out
         return run
 
     # running ---------------------------------------------------------------------------------------

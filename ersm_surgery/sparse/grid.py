@@ -52,8 +52,11 @@ class Grid:
 
     def gather(self, dense: torch.Tensor, channels_last: bool = False) -> torch.Tensor:
         """(B, C, h, w) (or (B, h, w, C)) -> (N, C) rows of the kept tokens."""
-        nhwc = dense if channels_last else dense.permute(0, 2, 3, 1)
-        return nhwc.reshape(-1, nhwc.shape[-1]).index_select(0, self.index)
+        if channels_last:
+            return dense.reshape(-1, dense.shape[-1]).index_select(0, self.index)
+        # per-token reads of the NCHW map: no copy of the whole map into channels-last first
+        within = self.index - self.image * (self.height * self.width)
+        return dense.flatten(2)[self.image, :, within]
 
     def scatter(self, rows: torch.Tensor, channels_last: bool = False) -> torch.Tensor:
         """(N, C) rows -> a dense map with zeros at the switched-off tokens."""

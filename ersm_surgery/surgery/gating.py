@@ -21,6 +21,7 @@ from ..errors import PlacementError
 from ..layers.gate import kept_tokens
 from .analysis import feature_info
 from .placement import Placement
+from .token_ops import MIXING, ZERO, op_class
 
 __all__ = ["GATE_ATTR", "gated_modules", "insert_gates", "node_kinds", "NCHW", "NHWC", "IMAGE", "OTHER"]
 
@@ -143,28 +144,52 @@ def node_kinds(graph: fx.Graph, owner: nn.Module) -> dict[fx.Node, str]:
 
 
 def insert_gates(graph: fx.Graph, owner: nn.Module) -> int:
-    """Compute the input's kept tokens once and put a ``GATE_ATTR`` call after every spatial node (in place).
+    """Compute the input's kept tokens once and gate every spatial map that needs it (in place).
+
+    A map is gated when it may be non-zero at a switched-off token (see :mod:`.token_ops`) and an op that
+    reads other tokens, or the stage's output, consumes it. Gating every map after every op computes
+    the same values at every kept token; these gates are the ones that change anything.
 
     Returns:
         The number of gate nodes inserted.
     """
     kinds = node_kinds(graph, owner)
+    spatial = {n for n, k in kinds.items() if k in (NCHW, NHWC)}
     source = next(n for n in graph.nodes if n.op == "placeholder")
     with graph.inserting_after(source):
         keep = graph.call_function(kept_tokens, (source,))
+    zero: dict[fx.Node, bool] = {}
     count = 0
     for node in list(graph.nodes):
-        kind = kinds.get(node)
-        # the input is gated already: it is the previous stage's output times its mask
-        if kind not in (NCHW, NHWC) or node.op in ("output", "placeholder") or _is_tuple(node):
+        if node not in spatial or node is keep:
             continue
-        kwargs = {"channels_last": True} if kind == NHWC else {}
+        if node.op == "placeholder":
+            zero[node] = True  # the previous stage's output times its mask
+            continue
+        cls = op_class(node, owner, spatial, kinds[node] == NHWC)
+        inputs = [a for a in _flat_nodes((node.args, node.kwargs)) if a in spatial]
+        zero[node] = cls == ZERO and all(zero.get(a, False) for a in inputs)
+        if zero[node] or _is_tuple(node) or not any(_reads_others(u, owner, spatial, kinds) for u in node.users):
+            continue
+        kwargs = {"channels_last": True} if kinds[node] == NHWC else {}
         with graph.inserting_after(node):
             gate = graph.call_module(GATE_ATTR, (node, keep), kwargs)
         node.replace_all_uses_with(gate, delete_user_cb=lambda user, g=gate: user is not g)
+        spatial.add(gate)
+        kinds[gate] = kinds[node]
+        zero[gate] = True
         count += 1
     graph.lint()
     return count
+
+
+def _reads_others(user: fx.Node, owner: nn.Module, spatial: set[fx.Node], kinds: dict) -> bool:
+    """The stage output, a reduction, or an op that reads other tokens (or that the gate does not know)."""
+    if user.op == "output" or user not in spatial:
+        return True
+    if _is_tuple(user) or (user.op == "call_function" and user.target is operator.getitem):
+        return False
+    return op_class(user, owner, spatial, kinds[user] == NHWC) == MIXING
 
 
 def _is_tuple(node: fx.Node) -> bool:
