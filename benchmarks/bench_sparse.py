@@ -4,7 +4,9 @@
     python benchmarks/bench_sparse.py --quick                              # fewer steps and repeats
 
 Masks come from trained mask heads, not random draws (no pretrained weights are reachable offline, so
-every backbone is timm's random initialisation, the same in the dense and the sparse model):
+every backbone is timm's random initialisation, the same in the dense and the sparse model, with its
+identity-at-init residual branches (zero last BatchNorm weight, 1e-6 layer scale) set to weight 1 so
+that the gated blocks compute something and the exactness figure is not trivially 0):
 1. Inject masks after stages 2 and 3 with ``mask.gate=stage`` (each gates the next stage).
 2. Train the mask heads and the classifier, backbone frozen, for ``--steps`` steps of Adam (lr 1e-3,
    batch 16) on builtin:clutter at 64 px with loss = cross-entropy + 1.0 * the energy regularizer.
@@ -91,9 +93,23 @@ def shift_price(model: torch.nn.Module, x: torch.Tensor, target: float) -> dict[
         return {name: float(layer.state.hard.mean()) for name, layer in layers}
 
 
+def not_identity(model: torch.nn.Module) -> None:
+    """Undo timm's identity-at-init residual branches (zero last-BN weight, 1e-6 layer scale).
+
+    With them every gated block of a randomly initialised model returns its shortcut, and the sparse
+    and dense logits agree trivially; with weight 1 the branches carry values and the exactness figure
+    measures something.
+    """
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if name.endswith("gamma") or (name.endswith("weight") and p.dim() == 1 and bool((p == 0).all())):
+                p.fill_(1.0)
+
+
 def prepared(name: str, steps: int) -> torch.nn.Module:
     torch.manual_seed(0)
     model = ersm_surgery.inject(name, stages=[2, 3], config={"gate": "stage"}, num_classes=10)
+    not_identity(model)
     train_heads(model, steps, 10)
     return model
 
