@@ -91,6 +91,8 @@ def mask_settings(args) -> tuple[dict, dict]:
         mask["train_mode"] = args.mask_mode
     if args.border is not None:
         mask["border"] = args.border
+    if args.gate is not None:
+        mask["gate"] = args.gate
     ft = {k: getattr(args, k) if getattr(args, k) is not None else v for k, v in ERSM_FT.items()}
     if args.tau_end is not None:
         ft["tau_end"] = args.tau_end
@@ -179,6 +181,7 @@ def main() -> None:
     p.add_argument("--baseline-only", action="store_true", help="fine-tune only the plain copy")
     p.add_argument("--mask-mode", choices=["straight_through", "soft"])
     p.add_argument("--border", choices=["zero", "normalise"])
+    p.add_argument("--gate", choices=["features", "stage"], help="mask.gate (stage: each mask gates the next stage)")
     p.add_argument("--save", help="folder to save the two fine-tuned models in (ersm/, baseline/) for `evaluate`")
     for name in ("alpha", "beta", "tau", "tau_end", "init_logit", "gamma", "gamma_warmup", "mask_lr_scale"):
         p.add_argument(f"--{name.replace('_', '-')}", type=float)

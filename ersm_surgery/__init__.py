@@ -30,6 +30,7 @@ _LAZY = {
     "energy_regularizer": "layers",
     "analyse": "surgery",
     "Placement": "surgery",
+    "sparse": "sparse",
 }
 
 __all__ = ["__version__", *_LAZY]

@@ -15,7 +15,7 @@ from .recipe import Recipe
 from .surgery import apply_placements, resolve_nodes, resolve_stages
 from .surgery.placement import Placement
 
-__all__ = ["inject", "build_model", "default_input_size", "RECIPE_ATTR"]
+__all__ = ["inject", "build_model", "default_input_size", "RECIPE_ATTR", "with_gate"]
 
 _log = logging.getLogger(__name__)
 
@@ -125,3 +125,22 @@ def build_model(recipe: Recipe) -> nn.Module:
     apply_placements(model, placements, recipe.mask, fallback=False)
     setattr(model, RECIPE_ATTR, recipe)
     return model
+
+
+def with_gate(model: nn.Module, gate: str) -> nn.Module:
+    """The same masked model (weights, mode) with ``mask.gate`` changed, rebuilt from its recipe.
+
+    The stage gates hold no weights, so the state dict carries over unchanged.
+
+    Raises:
+        RecipeError: ``gate`` is not a valid setting; PlacementError: the model's stages cannot be gated.
+    """
+    recipe = getattr(model, RECIPE_ATTR)
+    if recipe.mask.gate == gate or not recipe.placements:
+        return model
+    data = recipe.to_dict()
+    data["mask"] = {**data["mask"], "gate": gate}
+    new = build_model(Recipe.from_dict(data))
+    new.load_state_dict(model.state_dict())
+    new.ersm_recipe.finetune = dict(recipe.finetune)
+    return new.train(model.training)

@@ -13,6 +13,7 @@ __all__ = [
     "ArtifactError",
     "ExportValidationError",
     "PluginError",
+    "SparseError",
 ]
 
 
@@ -79,3 +80,7 @@ class ExportValidationError(ArtifactError):
 
 class PluginError(ErsmError):
     """A component comes from a plugin that is not installed, failed to load, or is turned off."""
+
+
+class SparseError(ErsmError):
+    """A model cannot be run on its kept tokens (no masks, or masks that do not gate a stage)."""

@@ -22,6 +22,7 @@ COMMANDS: dict[str, tuple[str, str, str]] = {
                  "What the masks bought: numbers, figures, HTML report."),
     "run": ("ersm_surgery.cli.run_cmd", "run", "The whole story: inject, fine-tune vs baseline, evaluate, export."),
     "reproduce": ("ersm_surgery.cli.reproduce_cmd", "reproduce", "Test the paper's five claims on built-in data."),
+    "bench": ("ersm_surgery.cli.bench_cmd", "bench", "Time a mask.gate=stage model's sparse runtime against timm."),
 }
 
 

@@ -17,7 +17,7 @@ import torch
 from torch import nn
 
 from ..layers import EnergyMask
-from .compute import conditional_flops, flop_breakdown, measure_latency
+from .compute import conditional_flops, flop_breakdown, measure_latency, measure_sparse_latency
 from .deletion import ORDERS, combine_deletion_curves, energy_scores, magnitude_scores, random_scores
 from .feature_deletion import DeletionJob, run_deletion_jobs
 from .images import EvalImages
@@ -140,6 +140,8 @@ def compute_pass(subject: Subject, images: EvalImages, settings: EvalSettings, d
     mask_params = sum(p.numel() for layer in subject.masks.values() for p in layer.parameters())
     latency = measure_latency(subject.model, images.images[: settings.batch_size].to(device),
                               repeats=settings.latency_repeats)
+    sparse_latency = measure_sparse_latency(subject.model, images.images[: settings.batch_size].to(device),
+                                            repeats=settings.latency_repeats)
     return {
         "dense_flops": cond["dense"],
         "conditional_flops": cond["conditional"],
@@ -149,6 +151,7 @@ def compute_pass(subject: Subject, images: EvalImages, settings: EvalSettings, d
         "params": int(params),
         "mask_params": int(mask_params),
         "latency": latency,
+        "sparse_latency": sparse_latency,  # None unless mask.gate=stage (docs/sparse.md)
         "theoretical": True,
     }
 

@@ -16,6 +16,9 @@ computes every token, which the measured latency beside it shows. The estimate:
   density of that mask over the evaluated images); every other module counts in full, as do the
   masks' own heads (they score every token) and everything before the first mask.
 
+For a ``mask.gate=stage`` model the latency of ``ersm_surgery.sparse(model)`` is measured beside it:
+what the gated stages cost when they compute the kept tokens only (docs/sparse.md).
+
 The estimate ignores the growth of the active region through k x k convolutions (it is optimistic for
 3x3 convolutions right after a sparse mask), counts a strided convolution at its input's density, and
 scales attention linearly although its cost grows with the square of the token count.
@@ -32,7 +35,7 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from ..layers import EnergyMask
 
-__all__ = ["flop_breakdown", "conditional_flops", "measure_latency"]
+__all__ = ["flop_breakdown", "conditional_flops", "measure_latency", "measure_sparse_latency"]
 
 
 def _is_spatial(args: tuple) -> bool:
@@ -164,3 +167,18 @@ def measure_latency(model: nn.Module, batch: torch.Tensor, repeats: int = 5, war
     ms = 1000.0 * statistics.median(times)
     return {"batch_ms": ms, "per_image_ms": ms / batch.shape[0], "batch_size": int(batch.shape[0]),
             "repeats": int(repeats)}
+
+
+def measure_sparse_latency(model: nn.Module, batch: torch.Tensor, repeats: int = 5, warmup: int = 1) -> dict | None:
+    """:func:`measure_latency` of ``ersm_surgery.sparse(model)``; None for a model whose masks gate no stage."""
+    from ..errors import SparseError
+    from ..sparse import sparse
+
+    recipe = getattr(model, "ersm_recipe", None)
+    if recipe is None or recipe.mask.gate != "stage":
+        return None
+    try:
+        fast = sparse(model)
+    except SparseError:
+        return None
+    return measure_latency(fast, batch, repeats, warmup)

@@ -68,16 +68,18 @@ def _sparsity(sp: dict) -> dict:
 def _compute(cp: dict) -> dict:
     rows = []
     for role, c in cp.items():
-        lat = c["latency"]
+        lat, fast = c["latency"], c.get("sparse_latency")
         rows.append([role, fmt_flops(c["dense_flops"]), fmt_flops(c["conditional_flops"]),
                      _pct(c["conditional_ratio"]), fmt_flops(c["mask_flops"]), f"{c['params']:,}",
-                     f"{lat['per_image_ms']:.2f} ms"])
+                     f"{lat['per_image_ms']:.2f} ms", f"{fast['per_image_ms']:.2f} ms" if fast else "-"])
     return _table("compute", "Compute per image",
                   ["", "dense FLOPs", "conditional FLOPs (theoretical)", "cond./dense", "mask FLOPs",
-                   "parameters", f"latency (batch {next(iter(cp.values()))['latency']['batch_size']})"],
+                   "parameters", f"latency (batch {next(iter(cp.values()))['latency']['batch_size']})",
+                   "sparse latency (measured)"],
                   rows, "FLOPs from torch.utils.flop_counter; conditional FLOPs count the modules after each mask "
-                  "at its mean kept fraction (a sparse-runtime estimate; PyTorch computes every token, as the "
-                  "measured latency shows)")
+                  "at its mean kept fraction (a sparse-runtime estimate; the dense model computes every token, as "
+                  "the measured latency shows); sparse latency: ersm_surgery.sparse(model), measured, for a "
+                  "mask.gate=stage model only (docs/sparse.md)")
 
 
 def _occlusion(oc: dict) -> dict:

@@ -1,8 +1,9 @@
 """Energy-Mask layer and energy regularizer (pure torch: no timm, no CLI)."""
 from .adapted_mask import AdaptedMask, SpatialAdapter
-from .config import EVAL_MODES, TRAIN_MODES, MaskConfig
+from .config import EVAL_MODES, GATES, TRAIN_MODES, MaskConfig
 from .energy import mean_field, neighbour_kernel, neighbour_offsets, potts_energy, straight_through
 from .energy_mask import EnergyMask, MaskState
+from .gate import StageGate, kept_tokens, pool_mask
 from .heads import (
     ConvUnaryHead,
     PottsPairwise,
@@ -20,6 +21,10 @@ __all__ = [
     "AdaptedMask",
     "SpatialAdapter",
     "EVAL_MODES",
+    "GATES",
+    "StageGate",
+    "pool_mask",
+    "kept_tokens",
     "TRAIN_MODES",
     "MaskConfig",
     "mean_field",

@@ -4,11 +4,13 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field, fields
 from typing import Any
 
-__all__ = ["MaskConfig", "TRAIN_MODES", "EVAL_MODES", "BORDERS"]
+__all__ = ["MaskConfig", "TRAIN_MODES", "EVAL_MODES", "BORDERS", "GATES"]
 
 TRAIN_MODES = ("straight_through", "soft")
 EVAL_MODES = ("hard", "soft")
 BORDERS = ("zero", "normalise")  # how the pairwise pull treats tokens at the border (energy.mean_field)
+# what a stage mask multiplies: its own feature map only, or also every map of the next stage (docs/layer.md)
+GATES = ("features", "stage")
 
 
 @dataclass
@@ -34,6 +36,10 @@ class MaskConfig:
         pairwise: registered pairwise term ("potts" is built in: w_ij = 1).
         pairwise_args: settings of the pairwise term, read by its factory (e.g. ``{sigma: 0.5}`` for
             the edge-aware plugin's term); empty for "potts".
+        gate: "features" (the mask multiplies the map it follows) or "stage" (a stage mask also
+            multiplies every intermediate map of the next stage, so that stage can be computed on the
+            kept tokens alone; see ``layers.gate`` and ``ersm_surgery.sparse``). Left out of a
+            recipe when "features", so recipes written before the setting existed keep their meaning.
     """
 
     alpha: float = 0.2
@@ -50,6 +56,7 @@ class MaskConfig:
     head: str = "conv"
     pairwise: str = "potts"
     pairwise_args: dict[str, Any] = field(default_factory=dict)
+    gate: str = "features"
 
     def __post_init__(self) -> None:
         if self.pairwise_args is None:  # "pairwise_args: null" in a recipe
@@ -79,12 +86,17 @@ class MaskConfig:
             out.append(f"mask.eval_mode must be one of {', '.join(EVAL_MODES)}, got {self.eval_mode!r}")
         if self.hidden is not None and (int(self.hidden) != self.hidden or self.hidden < 1):
             out.append(f"mask.hidden must be a positive integer or null, got {self.hidden}")
+        if self.gate not in GATES:
+            out.append(f"mask.gate must be one of {', '.join(GATES)}, got {self.gate!r}")
         if not isinstance(self.pairwise_args, dict):
             out.append(f"mask.pairwise_args must be a mapping, got {self.pairwise_args!r}")
         return out
 
     def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        d = asdict(self)
+        if self.gate == "features":  # the default is left out: older readers understand the recipe
+            del d["gate"]
+        return d
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> MaskConfig:

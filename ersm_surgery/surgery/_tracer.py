@@ -29,10 +29,11 @@ def register_leaf_module(cls: type[nn.Module]) -> type[nn.Module]:
 def _leaf_modules() -> list[type[nn.Module]]:
     from timm.layers import DropBlock2d, DropPath, get_notrace_modules
 
-    from ..layers import EnergyMask
+    from ..layers import EnergyMask, StageGate
     from .graph_module import DualGraphModule
 
-    return list({*get_notrace_modules(), DropPath, DropBlock2d, EnergyMask, DualGraphModule, *_EXTRA_LEAVES})
+    return list({*get_notrace_modules(), DropPath, DropBlock2d, EnergyMask, StageGate, DualGraphModule,
+                 *_EXTRA_LEAVES})
 
 
 def _autowrap_functions() -> list:

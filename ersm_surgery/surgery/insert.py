@@ -16,9 +16,10 @@ from collections import defaultdict
 from torch import fx, nn
 
 from ..errors import ArtifactError, PlacementError
-from ..layers import AdaptedMask, EnergyMask, MaskConfig
+from ..layers import AdaptedMask, EnergyMask, MaskConfig, StageGate
 from ._tracer import trace
 from .adapters import create_adapter
+from .gating import GATE_ATTR, gated_modules, insert_gates
 from .graph_module import DualGraphModule
 from .placement import MASK_ATTR_PREFIX, Placement
 
@@ -88,15 +89,21 @@ def _mask_output(graph: fx.Graph, output: fx.Node, attr: str, owner: str) -> Non
                          "place the mask after a node inside it with --nodes")
 
 
-def _insert_fx(owner: nn.Module, owner_path: str, items: list[tuple[Placement, nn.Module]]) -> DualGraphModule:
+def _insert_fx(
+    owner: nn.Module, owner_path: str, items: list[tuple[Placement, nn.Module]], gate_source: str | None = None
+) -> DualGraphModule:
     graphs = {}
     for mode in (True, False):
         graph, qualnames = trace(owner, train=mode)
+        if gate_source is not None:  # gates first: a mask at this module's output then masks the gated map
+            insert_gates(graph, owner)
         _edit_graph(graph, qualnames, [p for p, _ in items], owner_path)
         graphs[mode] = graph
     new = DualGraphModule(owner, graphs[True], graphs[False])
     for p, mask in items:
         new.add_module(p.attr, mask)
+    if gate_source is not None:
+        new.add_module(GATE_ATTR, StageGate(gate_source))
     return new
 
 
@@ -131,36 +138,45 @@ def apply_placements(
     groups: dict[str, list[int]] = defaultdict(list)
     for i, p in enumerate(placements):
         groups[p.module].append(i)
+    gates = gated_modules(model, placements) if config.gate == "stage" else {}
+    for path in gates:
+        groups.setdefault(path, [])
+    made = {i: create_mask(p, config) for i, p in enumerate(placements)}
+    source = {path: p.path for path, p in gates.items()}
     done = list(placements)
     for owner_path in sorted(groups, key=lambda path: -path.count(".") - (1 if path else 0)):
         fx_idx = [i for i in groups[owner_path] if placements[i].method == "fx"]
         hook_idx = [i for i in groups[owner_path] if placements[i].method == "module"]
-        if fx_idx:
+        if fx_idx or owner_path in source:
             try:
-                _replace_with_fx(model, owner_path, [placements[i] for i in fx_idx], config)
+                _replace_with_fx(model, owner_path, [(placements[i], made[i]) for i in fx_idx], source.get(owner_path))
             except PlacementError:
                 raise
             except Exception as exc:  # fx raises many types; each means "this module is not traceable"
                 if not fallback:
                     raise ArtifactError(f"fx cannot rebuild the mask in {owner_path!r}: {exc}",
                                         "use the timm version the model was saved with") from exc
+                if owner_path in source:
+                    raise PlacementError(f"mask.gate=stage: fx cannot trace the gated module {owner_path!r} ({exc})",
+                                         "use mask.gate=features for this model") from exc
                 _log.warning("fx cannot trace %s (%s); masking with a forward hook instead", owner_path, exc)
                 for i in fx_idx:
                     done[i] = _as_hook_placement(model, placements[i], owner_path, exc)
                 hook_idx += fx_idx
         for i in hook_idx:
             p = done[i]
-            _insert_hook(model.get_submodule(p.module), create_mask(p, config))
+            _insert_hook(model.get_submodule(p.module), made[i])
     return done
 
 
-def _replace_with_fx(model: nn.Module, owner_path: str, items: list[Placement], config: MaskConfig) -> None:
+def _replace_with_fx(
+    model: nn.Module, owner_path: str, masks: list[tuple[Placement, nn.Module]], gate_source: str | None
+) -> None:
     if not owner_path:
         raise PlacementError("a mask at the model's top level cannot be inserted",
                              "choose a node inside a submodule (see inspect --all-nodes)")
     owner = model.get_submodule(owner_path)
-    masks = [(p, create_mask(p, config)) for p in items]
-    set_submodule(model, owner_path, _insert_fx(owner, owner_path, masks))
+    set_submodule(model, owner_path, _insert_fx(owner, owner_path, masks, gate_source))
 
 
 def _as_hook_placement(model: nn.Module, p: Placement, owner_path: str, exc: Exception) -> Placement:

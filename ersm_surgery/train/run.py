@@ -196,7 +196,12 @@ def _finetune(inputs: RunInputs, config: FinetuneConfig, info: DistInfo, callbac
         model, _ = load_source(inputs.source, inputs.pretrained, inputs.pretrained_path, fresh)
         if config.no_masks:
             model = strip_masks(model)
-        set_mask_settings(model, inputs.mask or {})
+        settings = dict(inputs.mask or {})
+        if "gate" in settings and not config.no_masks:  # gates change the graph: the model is rebuilt
+            from ..api import with_gate
+
+            model = with_gate(model, settings.pop("gate"))
+        set_mask_settings(model, settings)
         _check_classes(model, config, train_set.num_classes)
     else:
         set_mask_settings(model, {k: v for k, v in (inputs.mask or {}).items() if k != "tau"})

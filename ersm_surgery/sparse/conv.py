@@ -1,0 +1,139 @@
+"""Convolution and average pooling on rows of kept tokens.
+
+A 1x1 stride-1 convolution is one GEMM on the rows. Any other convolution gathers each kept output
+token's neighbourhood from the input rows (a zero row for switched-off and outside taps, see
+:mod:`.grid`) and multiplies: one GEMM for a dense convolution, a weighted sum over taps for a
+depthwise one, a batched GEMM per group for a grouped one.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from .grid import Grid, GridSet, Rows
+
+__all__ = ["RowConv", "conv_supported", "out_size", "avg_pool_rows", "avg_pool_supported"]
+
+
+def _pair(v) -> tuple[int, int]:
+    return (int(v[0]), int(v[1])) if isinstance(v, (tuple, list)) else (int(v), int(v))
+
+
+def conv_supported(conv: nn.Module) -> bool:
+    """A plain ``nn.Conv2d`` with zero padding given as numbers (timm's Conv2dSame pads at run time)."""
+    return type(conv) is nn.Conv2d and conv.padding_mode == "zeros" and not isinstance(conv.padding, str)
+
+
+def out_size(size: int, kernel: int, stride: int, padding: int, dilation: int, ceil: bool = False) -> int:
+    span = size + 2 * padding - dilation * (kernel - 1) - 1
+    return (-(-span // stride) if ceil else span // stride) + 1
+
+
+@dataclass
+class RowConv:
+    """A convolution prepared for rows, with an optional BatchNorm folded in (see :mod:`.fold`)."""
+
+    weight: torch.Tensor  # (C_out, C_in / groups, kh, kw)
+    bias: torch.Tensor | None
+    kernel: tuple[int, int]
+    stride: tuple[int, int]
+    padding: tuple[int, int]
+    dilation: tuple[int, int]
+    groups: int
+
+    def __post_init__(self) -> None:
+        c_out, c_in_g, kh, kw = self.weight.shape
+        taps = kh * kw
+        self.pointwise = taps == 1 and self.stride == (1, 1) and self.padding == (0, 0) and self.groups == 1
+        self.depthwise = self.groups > 1 and c_in_g == 1 and c_out == self.groups
+        if self.groups == 1:  # (taps * C_in, C_out), tap-major like the gathered (N, taps, C_in)
+            self.matrix = self.weight.permute(2, 3, 1, 0).reshape(taps * c_in_g, c_out).contiguous()
+        elif self.depthwise:  # (taps, C)
+            self.matrix = self.weight.reshape(c_out, taps).t().contiguous()
+        else:  # (groups, taps * C_in_g, C_out_g)
+            g = self.groups
+            self.matrix = (self.weight.reshape(g, c_out // g, c_in_g, taps).permute(0, 3, 2, 1)
+                           .reshape(g, taps * c_in_g, c_out // g).contiguous())
+
+    @classmethod
+    def from_module(cls, conv: nn.Conv2d) -> RowConv:
+        bias = conv.bias.detach() if conv.bias is not None else None
+        return cls(conv.weight.detach(), bias, _pair(conv.kernel_size), _pair(conv.stride), _pair(conv.padding),
+                   _pair(conv.dilation), int(conv.groups))
+
+    def out_grid(self, grid: Grid, grids: GridSet) -> Grid:
+        if self.pointwise:
+            return grid
+        h = out_size(grid.height, self.kernel[0], self.stride[0], self.padding[0], self.dilation[0])
+        w = out_size(grid.width, self.kernel[1], self.stride[1], self.padding[1], self.dilation[1])
+        return grids.at(h, w)
+
+    def __call__(self, rows: Rows, grids: GridSet) -> Rows:
+        x = rows.data
+        if self.pointwise:
+            out = x @ self.matrix if self.bias is None else torch.addmm(self.bias, x, self.matrix)
+            return Rows(out, rows.grid)
+        grid = self.out_grid(rows.grid, grids)
+        taps = grid.taps(rows.grid, self.kernel, self.stride, self.padding, self.dilation)
+        table = torch.cat([x, x.new_zeros(1, x.shape[1])])
+        n = grid.count
+        if self.groups == 1:
+            gathered = table.index_select(0, taps.reshape(-1)).reshape(n, self.matrix.shape[0])
+            out = gathered @ self.matrix if self.bias is None else torch.addmm(self.bias, gathered, self.matrix)
+        elif self.depthwise:
+            out = _depthwise(table, taps, self.matrix)
+            if self.bias is not None:
+                out = out + self.bias
+        else:
+            g = self.groups
+            gathered = table.index_select(0, taps.reshape(-1)).reshape(n, taps.shape[1], g, -1)
+            out = torch.bmm(gathered.permute(2, 0, 1, 3).reshape(g, n, -1), self.matrix)
+            out = out.permute(1, 0, 2).reshape(n, -1)
+            if self.bias is not None:
+                out = out + self.bias
+        return Rows(out, grid)
+
+
+def _depthwise(table: torch.Tensor, taps: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
+    # one tap at a time: the (N, taps, C) gather of a 7x7 kernel would be 49 copies of the rows
+    out = table.index_select(0, taps[:, 0]) * weights[0]
+    for k in range(1, taps.shape[1]):
+        out.addcmul_(table.index_select(0, taps[:, k]), weights[k])
+    return out
+
+
+def avg_pool_supported(pool: nn.Module) -> bool:
+    return type(pool) is nn.AvgPool2d and pool.divisor_override is None
+
+
+def avg_pool_rows(pool: nn.AvgPool2d, rows: Rows, grids: GridSet) -> Rows:
+    """``nn.AvgPool2d`` on rows: the sum over taps (zero rows included) over the divisor dense pooling uses."""
+    kernel, stride, padding = _pair(pool.kernel_size), _pair(pool.stride or pool.kernel_size), _pair(pool.padding)
+    src = rows.grid
+    h = out_size(src.height, kernel[0], stride[0], padding[0], 1, pool.ceil_mode)
+    w = out_size(src.width, kernel[1], stride[1], padding[1], 1, pool.ceil_mode)
+    # like torch: a last window that would start in the right padding is dropped
+    if pool.ceil_mode and (h - 1) * stride[0] >= src.height + padding[0]:
+        h -= 1
+    if pool.ceil_mode and (w - 1) * stride[1] >= src.width + padding[1]:
+        w -= 1
+    grid = grids.at(h, w)
+    taps = grid.taps(src, kernel, stride, padding, (1, 1))
+    table = torch.cat([rows.data, rows.data.new_zeros(1, rows.data.shape[1])])
+    total = table.index_select(0, taps.reshape(-1)).reshape(grid.count, taps.shape[1], -1).sum(1)
+    divisor = _divisor(grid, src, kernel, stride, padding, pool.count_include_pad).to(total.dtype)
+    return Rows(total / divisor.unsqueeze(1), grid)
+
+
+def _divisor(grid: Grid, src: Grid, kernel, stride, padding, include_pad: bool) -> torch.Tensor:
+    within = grid.index - grid.image * (grid.height * grid.width)
+    oi, oj = torch.div(within, grid.width, rounding_mode="floor"), within % grid.width
+    lo_i, lo_j = oi * stride[0] - padding[0], oj * stride[1] - padding[1]
+    if include_pad:  # the window clipped to the padded map
+        hi_i = (lo_i + kernel[0]).clamp(max=src.height + padding[0])
+        hi_j = (lo_j + kernel[1]).clamp(max=src.width + padding[1])
+        return ((hi_i - lo_i) * (hi_j - lo_j)).to(torch.get_default_dtype())
+    hi_i, hi_j = (lo_i + kernel[0]).clamp(max=src.height), (lo_j + kernel[1]).clamp(max=src.width)
+    return ((hi_i - lo_i.clamp(min=0)) * (hi_j - lo_j.clamp(min=0))).to(torch.get_default_dtype())

@@ -1,0 +1,300 @@
+"""Runs the eval graph of a gated stage node by node on rows of kept tokens.
+
+Every spatial node of a gated graph feeds a gate node (``surgery.gating``), so a value either is rows
+(a spatial map, switched-off tokens implied zero) or a tensor that is not spatial (a per-image vector, a
+constant). Each node is planned once: a convolution (with the BatchNorm after it folded in), a
+BatchNorm, a norm over channels, a linear layer, an element-wise op, a spatial mean or an average pool
+runs on rows; any other op with a spatial operand runs densely -- the rows are scattered into a zero
+map, which is the dense gated map exactly, the op runs, and the gate after it gathers the kept rows
+again -- and is listed in :attr:`StageProgram.ran_dense`.
+"""
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import fx, nn
+
+from ..layers import AdaptedMask, EnergyMask
+from ..layers.gate import kept_tokens
+from ..surgery.gating import GATE_ATTR, NCHW, NHWC, node_kinds
+from .conv import RowConv, avg_pool_rows, avg_pool_supported, conv_supported
+from .fold import bn_affine, fold_bn, is_batchnorm
+from .grid import GridSet, Rows
+from .rowops import (
+    ELEMENTWISE_FUNCTIONS,
+    ELEMENTWISE_METHODS,
+    NotRowWise,
+    is_elementwise_module,
+    segment_mean,
+    to_row_operand,
+)
+
+__all__ = ["StageProgram"]
+
+Handler = Callable[[list, dict, GridSet], Any]
+
+
+def _sole_user(node: fx.Node) -> fx.Node | None:
+    users = list(node.users)
+    return users[0] if len(users) == 1 else None
+
+
+class StageProgram:
+    """The plan of one gated module's eval graph.
+
+    Args:
+        module: the gated :class:`DualGraphModule` (its ``eval_graph`` is run).
+        path: the module's name in the model, for the list of ops that ran densely.
+    """
+
+    def __init__(self, module: nn.Module, path: str) -> None:
+        self.module = module
+        self.path = path
+        self.graph: fx.Graph = module.eval_graph
+        self.ran_dense: set[str] = set()  # ops that had a spatial operand and ran densely
+        self.kinds = node_kinds(self.graph, module)
+        self._folded: set[fx.Node] = set()
+        self.steps: list[tuple[fx.Node, Handler]] = [(n, self._plan(n)) for n in self.graph.nodes]
+
+    # planning --------------------------------------------------------------------------------------
+    def _name(self, node: fx.Node) -> str:
+        target = node.target if isinstance(node.target, str) else getattr(node.target, "__name__", str(node.target))
+        return f"{self.path}.{target}" if node.op == "call_module" else f"{self.path}:{node.name} ({target})"
+
+    def _plan(self, node: fx.Node) -> Handler:
+        if node in self._folded:
+            return self._plan_folded(node)
+        if node.op == "call_module":
+            return self._plan_module(node)
+        if node.op in ("call_function", "call_method"):
+            return self._plan_function(node)
+        return self._generic(node)
+
+    def _plan_module(self, node: fx.Node) -> Handler:
+        if node.target == GATE_ATTR:
+            channels_last = bool(node.kwargs.get("channels_last", False))
+            return lambda args, kwargs, grids: _to_rows(args[0], grids, channels_last)
+        module = self.module.get_submodule(node.target)
+        if isinstance(module, (EnergyMask, AdaptedMask)):
+            return lambda args, kwargs, grids: module(*_densify(args), **_densify(kwargs))
+        if conv_supported(module):
+            return self._plan_conv(node, module)
+        if is_batchnorm(module):
+            scale, shift = bn_affine(module)
+            after = _bn_activation(module)
+            return self._rowwise(node, lambda x, *_: after(torch.addcmul(shift, x.data, scale)), channels_last=False)
+        if is_elementwise_module(module):
+            return self._rowwise(node, lambda x, *_: x.data if isinstance(module, nn.Identity) else module(x.data))
+        if isinstance(module, nn.Linear):
+            return self._rowwise(node, lambda x, *_: F.linear(x.data, module.weight, module.bias), channels_last=True)
+        if isinstance(module, nn.LayerNorm) or type(module).__name__ == "LayerNorm2d":
+            shape_ok = len(module.normalized_shape) == 1
+            last = type(module).__name__ != "LayerNorm2d"  # LayerNorm2d norms the channels of an NCHW map
+            if shape_ok:
+                return self._rowwise(node, lambda x, *_: F.layer_norm(x.data, module.normalized_shape, module.weight,
+                                                                     module.bias, module.eps), channels_last=last)
+        if avg_pool_supported(module):
+            return self._on_rows(node, lambda x, grids: avg_pool_rows(module, x, grids), channels_last=False)
+        if isinstance(module, nn.AdaptiveAvgPool2d) and module.output_size in (1, (1, 1)):
+            return self._on_rows(node, lambda x, grids: segment_mean(x, keepdim=True), channels_last=False)
+        return self._generic(node)
+
+    def _plan_conv(self, node: fx.Node, conv: nn.Conv2d) -> Handler:
+        row_conv = RowConv.from_module(conv)
+        bn_node = _sole_user(node)
+        if bn_node is not None and bn_node.op == "call_module" and bn_node.target == GATE_ATTR:
+            bn_node = _sole_user(bn_node)
+        bn = self.module.get_submodule(bn_node.target) if bn_node is not None and bn_node.op == "call_module" else None
+        if bn is not None and is_batchnorm(bn):
+            row_conv = fold_bn(row_conv, bn)
+            self._folded.add(bn_node)
+            # if the conv ever runs densely, the norm (folded here, skipped at its own node) runs with it
+            scale, shift = (t.reshape(1, -1, 1, 1) for t in bn_affine(bn))
+            dense = self._generic(node)
+            fallback = lambda args, kwargs, grids: torch.addcmul(shift, dense(args, kwargs, grids), scale)  # noqa: E731
+        else:
+            fallback = None
+        return self._on_rows(node, lambda x, grids: row_conv(x, grids), channels_last=False, fallback=fallback)
+
+    def _plan_folded(self, node: fx.Node) -> Handler:
+        after = _bn_activation(self.module.get_submodule(node.target))
+
+        def activation(args, kwargs, grids):
+            x = args[0]
+            return x.like(after(x.data)) if isinstance(x, Rows) else after(x)
+        return activation
+
+    def _plan_function(self, node: fx.Node) -> Handler:
+        target = node.target
+        if target is kept_tokens:  # the region made its grids from the same kept tokens; the gates need no value
+            return lambda args, kwargs, grids: None
+        if target == "permute" or target is torch.permute:
+            dims = tuple(node.args[1:] if len(node.args) > 2 else node.args[1])
+
+            def permute(args, kwargs, grids):
+                x = args[0]
+                if not isinstance(x, Rows):
+                    return x.permute(*dims)
+                return Rows(x.data, x.grid, channels_last=dims == (0, 2, 3, 1))
+            return permute
+        name = target if node.op == "call_method" else getattr(target, "__name__", "")
+        if name == "mean" or target is F.adaptive_avg_pool2d:
+            return self._plan_mean(node)
+        if target is F.layer_norm:
+            return self._rowwise(node, lambda x, shape, *rest, **kw: F.layer_norm(x.data, shape, *rest, **kw),
+                                 channels_last=True)
+        if (node.op == "call_method" and target in ELEMENTWISE_METHODS) or (
+                node.op == "call_function" and target in ELEMENTWISE_FUNCTIONS):
+            return self._elementwise(node)
+        return self._generic(node)
+
+    def _plan_mean(self, node: fx.Node) -> Handler:
+        generic = self._generic(node)
+
+        def mean(args, kwargs, grids):
+            x = args[0]
+            if not isinstance(x, Rows):
+                return generic(args, kwargs, grids)
+            if node.target is F.adaptive_avg_pool2d:
+                if args[1] in (1, (1, 1)) and not x.channels_last:
+                    return segment_mean(x, keepdim=True)
+                return generic(args, kwargs, grids)
+            dims = kwargs.get("dim", args[1] if len(args) > 1 else None)
+            dims = {d % 4 for d in (dims if isinstance(dims, (tuple, list)) else (dims,))} if dims is not None else None
+            keepdim = kwargs.get("keepdim", args[2] if len(args) > 2 else False)
+            if dims == ({1, 2} if x.channels_last else {2, 3}) and not kwargs.get("dtype"):
+                return segment_mean(x, keepdim=keepdim)
+            return generic(args, kwargs, grids)
+        return mean
+
+    # handlers --------------------------------------------------------------------------------------
+    def _rowwise(self, node: fx.Node, fn: Callable, channels_last: bool | None = None) -> Handler:
+        """``fn(rows, *other args)`` -> row data, when the first operand is rows in the wanted layout."""
+        generic = self._generic(node)
+
+        def run(args, kwargs, grids):
+            x = args[0]
+            if not isinstance(x, Rows) or (channels_last is not None and x.channels_last != channels_last):
+                return generic(args, kwargs, grids)
+            return x.like(fn(x, *args[1:], **kwargs))
+        return run
+
+    def _on_rows(self, node: fx.Node, fn: Callable, channels_last: bool, fallback: Handler | None = None) -> Handler:
+        """``fn(rows, grids)`` -> rows (a grid-changing op), when the operand is rows in the wanted layout."""
+        generic = fallback or self._generic(node)
+
+        def run(args, kwargs, grids):
+            x = args[0]
+            if not isinstance(x, Rows) or x.channels_last != channels_last or len(args) > 1 or kwargs:
+                return generic(args, kwargs, grids)
+            return fn(x, grids)
+        return run
+
+    def _elementwise(self, node: fx.Node) -> Handler:
+        generic = self._generic(node)
+        call = _caller(node)
+
+        def run(args, kwargs, grids):
+            like = next((a for a in (*args, *kwargs.values()) if isinstance(a, Rows)), None)
+            if like is None:
+                return call(args, kwargs)
+            try:
+                row_args = [to_row_operand(a, like) for a in args]
+                row_kwargs = {k: to_row_operand(v, like) for k, v in kwargs.items()}
+            except NotRowWise:
+                return generic(args, kwargs, grids)
+            return like.like(call(row_args, row_kwargs))
+        return run
+
+    def _generic(self, node: fx.Node) -> Handler:
+        """Run the op as the dense graph does; rows operands are scattered into their dense maps first
+        (and the op is listed in ``ran_dense``)."""
+        call = _caller(node, self.module)
+        name = self._name(node)
+        kind = self.kinds.get(node)
+
+        def run(args, kwargs, grids):
+            if not any(isinstance(a, Rows) for a in (*_flat(args), *_flat(kwargs))):
+                return call(args, kwargs)
+            self.ran_dense.add(name)
+            out = call(_densify(args), _densify(kwargs))
+            # a spatial result goes back to rows at once: what it holds at switched-off tokens is never read
+            return _to_rows(out, grids, kind == NHWC) if kind in (NCHW, NHWC) else out
+        return run
+
+    # running ---------------------------------------------------------------------------------------
+    def run(self, value, grids: GridSet):
+        """Run the graph on ``value`` (rows, or the dense input map); returns rows or a dense tensor."""
+        env: dict[fx.Node, Any] = {}
+        for node, handler in self.steps:
+            if node.op == "placeholder":
+                env[node] = _to_rows(value, grids, False)
+            elif node.op == "output":
+                return fx.node.map_arg(node.args[0], env.__getitem__)
+            else:
+                args = fx.node.map_arg(node.args, env.__getitem__)
+                kwargs = fx.node.map_arg(node.kwargs, env.__getitem__)
+                env[node] = handler(list(args), dict(kwargs), grids)
+        raise RuntimeError("the graph has no output node")
+
+
+def _bn_activation(bn: nn.Module) -> Callable:
+    """timm's BatchNormAct2d applies its drop and act after the norm; a plain BatchNorm2d nothing."""
+    drop, act = getattr(bn, "drop", None), getattr(bn, "act", None)
+    mods = [m for m in (drop, act) if m is not None and not isinstance(m, nn.Identity)]
+    if not mods:
+        return lambda x: x
+    return lambda x: act(drop(x)) if drop is not None else act(x)
+
+
+def _caller(node: fx.Node, owner: nn.Module | None = None) -> Callable:
+    if node.op == "call_module":
+        module = owner.get_submodule(node.target)
+        return lambda args, kwargs: module(*args, **kwargs)
+    if node.op == "call_method":
+        method = node.target
+        return lambda args, kwargs: getattr(args[0], method)(*args[1:], **kwargs)
+    if node.op == "get_attr":
+        parts = node.target.split(".")
+
+        def fetch(args, kwargs):
+            value = owner
+            for part in parts:
+                value = getattr(value, part)
+            return value
+        return fetch
+    fn = node.target
+    return lambda args, kwargs: fn(*args, **kwargs)
+
+
+def _to_rows(value, grids: GridSet, channels_last: bool):
+    if isinstance(value, Rows) or not isinstance(value, torch.Tensor) or value.dim() != 4:
+        return value
+    h, w = (value.shape[1], value.shape[2]) if channels_last else (value.shape[2], value.shape[3])
+    grid = grids.at(h, w)
+    if grid.batch != value.shape[0]:
+        return value
+    return Rows(grid.gather(value, channels_last), grid, channels_last)
+
+
+def _flat(args) -> list:
+    if isinstance(args, dict):
+        args = list(args.values())
+    out = []
+    for a in args:
+        out.extend(_flat(a) if isinstance(a, (list, tuple, dict)) else [a])
+    return out
+
+
+def _densify(args):
+    if isinstance(args, Rows):
+        return args.dense()
+    if isinstance(args, dict):
+        return {k: _densify(v) for k, v in args.items()}
+    if isinstance(args, (list, tuple)):
+        return type(args)(_densify(a) for a in args)
+    return args
+

@@ -1,0 +1,117 @@
+"""Kept tokens of one grid as rows: gather, scatter and the neighbourhood index of a convolution.
+
+A batch's kept tokens on a (h, w) grid are numbered 0..N-1 in (image, row, column) order; the features
+of the gated stage are then (N, C) rows. The neighbourhood index of a kxk convolution lists, for each
+kept output token and each kernel tap, the input row it reads, or N (a zero row appended to the table)
+for a tap on a switched-off or outside token. Under ``mask.gate=stage`` a switched-off token is zero in
+the dense computation, so the zero row makes the gathered product equal the dense one.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+
+from ..layers.gate import pool_mask
+
+__all__ = ["Grid", "Rows", "GridSet"]
+
+
+@dataclass(eq=False)
+class Grid:
+    """The kept tokens of a batch on one (h, w) grid.
+
+    Attributes:
+        batch, height, width: the grid's shape.
+        index: (N,) flat positions ``(b * h + i) * w + j`` of the kept tokens, ascending.
+        image: (N,) the image each kept token belongs to.
+        row_of: (B * h * w,) the row of each position, N where the token is switched off.
+    """
+
+    batch: int
+    height: int
+    width: int
+    index: torch.Tensor
+    image: torch.Tensor
+    row_of: torch.Tensor
+    _taps: dict = field(default_factory=dict)
+
+    @classmethod
+    def from_mask(cls, keep: torch.Tensor) -> Grid:
+        """``keep``: a (B, 1, h, w) 0/1 mask."""
+        b, _, h, w = keep.shape
+        flat = keep.reshape(-1) > 0
+        index = flat.nonzero().squeeze(1)
+        row_of = torch.full((b * h * w,), index.numel(), dtype=torch.long, device=keep.device)
+        row_of[index] = torch.arange(index.numel(), device=keep.device)
+        return cls(b, h, w, index, torch.div(index, h * w, rounding_mode="floor"), row_of)
+
+    @property
+    def count(self) -> int:
+        return int(self.index.numel())
+
+    def gather(self, dense: torch.Tensor, channels_last: bool = False) -> torch.Tensor:
+        """(B, C, h, w) (or (B, h, w, C)) -> (N, C) rows of the kept tokens."""
+        if channels_last:
+            return dense.reshape(-1, dense.shape[-1]).index_select(0, self.index)
+        # per-token reads of the NCHW map: no copy of the whole map into channels-last first
+        within = self.index - self.image * (self.height * self.width)
+        return dense.flatten(2)[self.image, :, within]
+
+    def scatter(self, rows: torch.Tensor, channels_last: bool = False) -> torch.Tensor:
+        """(N, C) rows -> a dense map with zeros at the switched-off tokens."""
+        out = rows.new_zeros(self.batch * self.height * self.width, rows.shape[1])
+        out.index_copy_(0, self.index, rows)
+        out = out.view(self.batch, self.height, self.width, rows.shape[1])
+        return out if channels_last else out.permute(0, 3, 1, 2)
+
+    def taps(self, source: Grid, kernel: tuple[int, int], stride: tuple[int, int], padding: tuple[int, int],
+             dilation: tuple[int, int]) -> torch.Tensor:
+        """(N, kh * kw) rows of ``source`` each kept token of this (output) grid reads; ``source.count`` = zero row."""
+        key = (id(source), kernel, stride, padding, dilation)
+        if key not in self._taps:
+            self._taps[key] = _neighbourhood(self, source, kernel, stride, padding, dilation)
+        return self._taps[key]
+
+
+def _neighbourhood(out: Grid, src: Grid, kernel, stride, padding, dilation) -> torch.Tensor:
+    device = out.index.device
+    within = out.index - out.image * (out.height * out.width)
+    oi, oj = torch.div(within, out.width, rounding_mode="floor"), within % out.width
+    ki = torch.arange(kernel[0], device=device) * dilation[0]
+    kj = torch.arange(kernel[1], device=device) * dilation[1]
+    ii = (oi * stride[0] - padding[0])[:, None, None] + ki[None, :, None]
+    jj = (oj * stride[1] - padding[1])[:, None, None] + kj[None, None, :]
+    inside = (ii >= 0) & (ii < src.height) & (jj >= 0) & (jj < src.width)
+    pos = (out.image[:, None, None] * src.height + ii) * src.width + jj
+    rows = src.row_of[pos.clamp_(0, src.row_of.numel() - 1)]
+    return torch.where(inside, rows, torch.full_like(rows, src.count)).reshape(out.count, kernel[0] * kernel[1])
+
+
+@dataclass(eq=False)
+class Rows:
+    """Features of the kept tokens: ``data`` (N, C) on ``grid``; ``channels_last`` is the dense layout."""
+
+    data: torch.Tensor
+    grid: Grid
+    channels_last: bool = False
+
+    def dense(self) -> torch.Tensor:
+        return self.grid.scatter(self.data, self.channels_last)
+
+    def like(self, data: torch.Tensor) -> Rows:
+        return Rows(data, self.grid, self.channels_last)
+
+
+class GridSet:
+    """The grids of one forward pass of a gated stage, each made once from the stage mask."""
+
+    def __init__(self, mask: torch.Tensor) -> None:
+        self.mask = mask
+        self._grids: dict[tuple[int, int], Grid] = {}
+
+    def at(self, height: int, width: int) -> Grid:
+        key = (int(height), int(width))
+        if key not in self._grids:
+            self._grids[key] = Grid.from_mask(pool_mask(self.mask, key))
+        return self._grids[key]

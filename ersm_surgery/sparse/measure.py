@@ -1,0 +1,117 @@
+"""Dense against sparse, measured side by side: what ``ersm-surgery bench`` and benchmarks/bench_sparse.py report.
+
+The dense reference is the original timm model without masks (the model a user would deploy
+otherwise), with the masked model's weights; exactness is measured against the masked model computed
+densely. Timings interleave dense and sparse calls on the same input after a warm-up and report the
+median wall time and the median process CPU time of each.
+"""
+from __future__ import annotations
+
+import statistics
+import time
+from collections.abc import Callable
+from typing import Any
+
+import torch
+from torch import nn
+from torch.utils.flop_counter import FlopCounterMode
+
+from ..mask_set import masks
+from ..surgery.placement import is_mask_key
+from .model import DEFAULT_BREAK_EVEN, SparseRegion, sparse, sparse_regions
+
+__all__ = ["plain_model", "interleaved", "measure_batch"]
+
+
+def plain_model(model: nn.Module) -> nn.Module:
+    """The timm model the masked ``model`` was made from, with its weights and no masks."""
+    from ..api import RECIPE_ATTR
+    from ..models import create_base_model
+
+    recipe = getattr(model, RECIPE_ATTR)
+    base = create_base_model(recipe.model, num_classes=recipe.num_classes, **recipe.model_kwargs)
+    base.load_state_dict({k: v for k, v in model.state_dict().items() if not is_mask_key(k)})
+    return base.eval()
+
+
+def interleaved(calls: dict[str, Callable[[], Any]], repeat: int, warmup: int = 2) -> dict[str, dict[str, float]]:
+    """Median wall and CPU seconds of each call, the calls alternating within every repetition."""
+    for _ in range(warmup):
+        for fn in calls.values():
+            fn()
+    wall: dict[str, list[float]] = {k: [] for k in calls}
+    cpu: dict[str, list[float]] = {k: [] for k in calls}
+    for _ in range(repeat):
+        for name, fn in calls.items():
+            c0, t0 = time.process_time(), time.perf_counter()
+            fn()
+            wall[name].append(time.perf_counter() - t0)
+            cpu[name].append(time.process_time() - c0)
+    return {k: {"wall_s": statistics.median(wall[k]), "cpu_s": statistics.median(cpu[k])} for k in calls}
+
+
+def _region_inputs(fast: nn.Module, x: torch.Tensor) -> dict[str, torch.Tensor]:
+    captured: dict[str, torch.Tensor] = {}
+    hooks = [region.register_forward_pre_hook(lambda mod, args, path=path: captured.__setitem__(path, args[0]))
+             for path, region in sparse_regions(fast).items()]
+    try:
+        fast(x)
+    finally:
+        for h in hooks:
+            h.remove()
+    return captured
+
+
+def _sparse_flop_share(model: nn.Module, regions: dict[str, SparseRegion], x: torch.Tensor) -> float | None:
+    """Share of the gated modules' dense FLOPs in ops that ran on rows (not in any region's dense list)."""
+    with FlopCounterMode(display=False) as counter:
+        model(x)
+    counts = {name.partition(".")[2]: sum(ops.values()) for name, ops in counter.get_flop_counts().items()}
+    total = sum(counts.get(path, 0) for path in regions)
+    if not total:
+        return None
+    dense = sum(counts.get(name, 0) for r in regions.values() for name in r.dense_ops())
+    return 1.0 - dense / total
+
+
+def measure_batch(model: nn.Module, x: torch.Tensor, repeat: int = 10, warmup: int = 2,
+                  break_even: float = DEFAULT_BREAK_EVEN, base: nn.Module | None = None) -> dict[str, Any]:
+    """Whole-model and gated-stage latency, dense timm model against ``sparse(model)``, on one batch.
+
+    Returns:
+        ``{"batch", "density": {mask: mean kept fraction}, "dense"/"sparse": {"wall_s", "cpu_s"},
+        "speedup", "stages": {"dense"/"sparse", "speedup"}, "max_abs_logit_diff", "ran_sparse":
+        {region: bool}, "dense_ops", "sparse_flop_share"}``.
+    """
+    model = model.eval()
+    base = base if base is not None else plain_model(model)
+    fast = sparse(model, break_even=break_even)
+    regions = sparse_regions(fast)
+    with torch.no_grad():
+        reference = model(x)
+        density = {name: float(d.mean()) for name, d in masks(model).density().items()}
+        out = fast(x)
+        inputs = _region_inputs(fast, x)
+        whole = interleaved({"dense": lambda: base(x), "sparse": lambda: fast(x)}, repeat, warmup)
+
+        def dense_stages():
+            for path, inp in inputs.items():
+                base.get_submodule(path)(inp)
+
+        def sparse_stages():
+            for path, inp in inputs.items():
+                regions[path](inp)
+        stages = interleaved({"dense": dense_stages, "sparse": sparse_stages}, repeat, warmup)
+        share = _sparse_flop_share(model, regions, x)
+    return {
+        "batch": int(x.shape[0]),
+        "density": density,
+        "dense": whole["dense"],
+        "sparse": whole["sparse"],
+        "speedup": whole["dense"]["wall_s"] / whole["sparse"]["wall_s"],
+        "stages": {**stages, "speedup": stages["dense"]["wall_s"] / stages["sparse"]["wall_s"]},
+        "max_abs_logit_diff": float((out - reference).abs().max()),
+        "ran_sparse": {path: r.stats.ran_sparse for path, r in regions.items()},
+        "dense_ops": sorted({op for r in regions.values() for op in r.dense_ops()}),
+        "sparse_flop_share": share,
+    }

@@ -1,0 +1,159 @@
+"""``ersm_surgery.sparse(model)``: a masked model whose gated stages run on their kept tokens only.
+
+Each gated module (``layer3``; ``blocks.3`` and ``blocks.4`` for efficientnet) is replaced by a
+:class:`SparseRegion` that gathers the kept tokens of its input once, runs the module's graph on rows
+(:mod:`.executor`) and scatters back once at the end. A batch whose kept fraction is above the
+break-even (``DEFAULT_BREAK_EVEN``, measured by benchmarks/bench_sparse.py) runs the dense gated graph
+instead: gathering costs more than it saves when almost every token is kept.
+"""
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass
+
+import torch
+from torch import fx, nn
+
+from ..errors import SparseError
+from ..layers import StageGate
+from ..layers.gate import kept_tokens
+from ..surgery.gating import GATE_ATTR
+from .executor import StageProgram
+from .grid import GridSet, Rows
+
+__all__ = ["sparse", "SparseRegion", "sparse_regions", "DEFAULT_BREAK_EVEN"]
+
+# above this kept fraction a gated stage runs densely. Provisional: benchmarks/bench_sparse.py's curve
+# measures where the sparse resnet50 stages stop being faster than the dense gated ones, and it has not
+# been run to the end with the current code; an earlier, slower version crossed at about 0.6 (docs/sparse.md)
+DEFAULT_BREAK_EVEN = 0.85
+
+_FIX = "inject with --set mask.gate=stage and fine-tune (ersm-surgery inject MODEL --stages 2,3 --set mask.gate=stage)"
+
+
+@dataclass
+class RegionStats:
+    """What the last forward pass of a region did."""
+
+    density: float | None = None
+    ran_sparse: bool = False
+    calls: int = 0
+    sparse_calls: int = 0
+
+
+class SparseRegion(nn.Module):
+    """A gated module run on the kept tokens of its input.
+
+    Args:
+        module: the gated DualGraphModule.
+        path: its name in the model.
+        break_even: kept fraction above which it runs densely.
+    """
+
+    def __init__(self, module: nn.Module, path: str, break_even: float) -> None:
+        super().__init__()
+        self.path = path
+        self.gated = module
+        self.source = getattr(module, GATE_ATTR).source
+        self.break_even = float(break_even)
+        self.stats = RegionStats()
+        self.ungated_when_full = True
+        self._programs: dict[tuple, StageProgram] = {}
+        self._without_gates: nn.Module | None = None
+
+    def program(self, x: torch.Tensor) -> StageProgram:
+        """The row program for ``x``'s device and dtype (planned on first use: folded weights are copies)."""
+        key = (x.device, x.dtype)
+        if key not in self._programs:
+            self._programs[key] = StageProgram(self.gated, self.path)
+        return self._programs[key]
+
+    def _ungated(self) -> nn.Module:
+        """The module's eval graph with its gate nodes taken out (sharing the module's weights)."""
+        if self._without_gates is None:
+            self._without_gates = _drop_gates(self.gated)
+        return self._without_gates
+
+    def dense_ops(self) -> list[str]:
+        """Ops that had a spatial operand and ran densely (no row form, or operands it does not fit)."""
+        return sorted({name for prog in self._programs.values() for name in prog.ran_dense})
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        self.stats.calls += 1
+        usable = not self.training and x.dim() == 4
+        mask = kept_tokens(x) if usable else None
+        density = float(mask.mean()) if usable else None
+        self.stats.density = density
+        if not usable or density > self.break_even:
+            self.stats.ran_sparse = False
+            # every token kept: each gate would multiply by one, so the graph without gates gives the same
+            full = density == 1.0 and self.ungated_when_full
+            return (self._ungated() if full else self.gated)(x)
+        self.stats.ran_sparse = True
+        self.stats.sparse_calls += 1
+        value = self.program(x).run(x, GridSet(mask))
+        return value.dense().contiguous() if isinstance(value, Rows) else value
+
+
+def _drop_gates(module: nn.Module) -> nn.Module:
+    graph = copy.deepcopy(module.eval_graph)
+    for node in list(graph.nodes):
+        if node.op == "call_module" and node.target == GATE_ATTR:
+            node.replace_all_uses_with(node.args[0])
+            graph.erase_node(node)
+    for node in list(graph.nodes):
+        if node.op == "call_function" and node.target is kept_tokens:
+            graph.erase_node(node)
+    return fx.GraphModule(module, graph, class_name=f"Ungated{type(module).__name__}")
+
+
+def _gated(model: nn.Module) -> list[tuple[str, nn.Module]]:
+    """(path, module) of every gated module."""
+    return [(path, module) for path, module in model.named_modules()
+            if path and isinstance(getattr(module, GATE_ATTR, None), StageGate)]
+
+
+def _check(model: nn.Module) -> None:
+    from ..api import RECIPE_ATTR
+
+    recipe = getattr(model, RECIPE_ATTR, None)
+    if recipe is None or not recipe.placements:
+        raise SparseError("the model has no ERSM masks, so nothing can be skipped", _FIX)
+    if recipe.mask.gate != "stage":
+        raise SparseError("the model's masks only multiply their own feature maps (mask.gate=features), "
+                          "so the stages after them still read every token", _FIX)
+    if recipe.mask.eval_mode != "hard":
+        raise SparseError(f"mask.eval_mode is {recipe.mask.eval_mode!r}: a soft mask switches no token off",
+                          "set mask.eval_mode=hard")
+
+
+def sparse(model: nn.Module, break_even: float = DEFAULT_BREAK_EVEN) -> nn.Module:
+    """A copy of a ``mask.gate=stage`` model whose gated stages run on the kept tokens only.
+
+    The copy computes the same outputs as ``model`` in eval mode (to float rounding: a gathered GEMM
+    sums in another order than the dense convolution) and runs its dense gated graph in train mode.
+    Its weights are a snapshot: call ``sparse`` again after changing ``model``'s weights.
+
+    Args:
+        model: a model from ``inject(..., config={"gate": "stage"})``, ``build_model`` or ``load``.
+        break_even: kept fraction of a batch above which a gated stage runs densely (1.0: never).
+
+    Raises:
+        SparseError: the model has no masks, its masks do not gate (``mask.gate=features``) or are soft.
+    """
+    _check(model)
+    out = copy.deepcopy(model)
+    gated = _gated(out)
+    if not gated:
+        raise SparseError("the model's masks gate no stage (a mask after the last stage gates nothing)",
+                          "place masks before the last stage, e.g. --stages 2,3")
+    from ..surgery.insert import set_submodule
+
+    for path, module in gated:
+        set_submodule(out, path, SparseRegion(module, path, break_even))
+    return out.eval()
+
+
+def sparse_regions(model: nn.Module) -> dict[str, SparseRegion]:
+    """The sparse regions of a model from :func:`sparse`, by the path of their module."""
+    return {path: m for path, m in model.named_modules() if isinstance(m, SparseRegion)}

@@ -1,0 +1,124 @@
+"""mask.gate=stage: recipe setting, gate insertion, and the property the sparse runtime relies on."""
+import pytest
+import torch
+from torch import nn
+
+import ersm_surgery
+from ersm_surgery.errors import RecipeError
+from ersm_surgery.layers import StageGate, pool_mask
+from ersm_surgery.recipe import Recipe
+from tests.sparse_helpers import fix_masks, randomise_norms
+
+SIZE = (3, 64, 64)
+
+
+def _gated(name="test_resnet", stages=(2, 3), gate="stage"):
+    model = ersm_surgery.inject(name, stages=list(stages), config={"gate": gate}, input_size=SIZE).eval()
+    randomise_norms(model)
+    fix_masks(model)
+    return model
+
+
+def test_default_recipe_is_unchanged_and_gate_is_recorded():
+    plain = ersm_surgery.inject("test_resnet", stages=[2], input_size=SIZE)
+    assert "gate" not in plain.ersm_recipe.to_dict()["mask"]  # older readers understand it
+    assert Recipe.from_dict(plain.ersm_recipe.to_dict()).mask.gate == "features"
+    gated = ersm_surgery.inject("test_resnet", stages=[2], config={"gate": "stage"}, input_size=SIZE)
+    assert gated.ersm_recipe.to_dict()["mask"]["gate"] == "stage"
+    assert Recipe.from_yaml(gated.ersm_recipe.to_yaml()).mask.gate == "stage"
+    assert not any(isinstance(m, StageGate) for m in plain.modules())
+    assert isinstance(gated.layer3.ersm_gate, StageGate) and not hasattr(gated.layer4, "ersm_gate")
+
+
+def test_bad_gate_value_is_one_clear_error():
+    with pytest.raises(RecipeError, match="mask.gate must be one of features, stage"):
+        Recipe.from_dict({"model": "test_resnet", "mask": {"gate": "everything"}})
+
+
+def test_rebuilt_model_has_the_same_gates(tmp_path):
+    model = _gated()
+    ersm_surgery.save(model, tmp_path / "m")
+    again = ersm_surgery.load(tmp_path / "m").eval()
+    assert {n for n, m in again.named_modules() if isinstance(m, StageGate)} == {"layer3.ersm_gate", "layer4.ersm_gate"}
+    assert set(again.state_dict()) == set(model.state_dict())  # the gate holds no weights
+
+
+def _stage_outputs(model, x, perturb):
+    """layer3's output and layer2's mask, with every conv/norm output inside layer3 perturbed at the
+    tokens the mask switches off (on that output's grid) when ``perturb``."""
+    seen = {}
+    hooks = [model.layer3.register_forward_hook(lambda m, a, out: seen.__setitem__("out", out))]
+    if perturb:
+        def noise(module, args, out):
+            keep = pool_mask(model.layer2.ersm_mask.state.mask, out.shape[-2:])
+            return out + 5 * torch.randn_like(out) * (1 - keep)
+        hooks += [m.register_forward_hook(noise) for name, m in model.layer3.named_modules()
+                  if isinstance(m, (nn.Conv2d, nn.BatchNorm2d)) and "ersm" not in name]
+    with torch.no_grad():
+        model(x)
+    for h in hooks:
+        h.remove()
+    return seen["out"], model.layer2.ersm_mask.state.mask
+
+
+def test_switched_off_tokens_cannot_reach_kept_ones():
+    model = _gated()
+    x = torch.randn(4, *SIZE)
+    out, mask = _stage_outputs(model, x, perturb=False)
+    changed, _ = _stage_outputs(model, x, perturb=True)
+    assert 0 < float(mask.mean()) < 1
+    keep = pool_mask(mask, out.shape[-2:])
+    # values put at switched-off tokens after any conv or BatchNorm (biases included) reach no kept token
+    assert torch.equal(out * keep, changed * keep)
+    assert torch.equal(out * (1 - keep), torch.zeros_like(out))
+
+
+def test_without_the_gate_switched_off_tokens_leak():
+    model = _gated(gate="features")
+    x = torch.randn(4, *SIZE)
+    out, mask = _stage_outputs(model, x, perturb=False)
+    changed, _ = _stage_outputs(model, x, perturb=True)
+    keep = pool_mask(mask, out.shape[-2:])
+    assert not torch.allclose(out * keep, changed * keep)
+
+
+def test_pool_mask_samples_the_token_a_strided_conv_centres_on():
+    mask = torch.zeros(1, 1, 7, 7)
+    mask[0, 0, 2, 4] = 1
+    assert pool_mask(mask, (4, 4))[0, 0].nonzero().tolist() == [[1, 2]]
+    assert pool_mask(mask, (7, 7)) is mask
+    assert pool_mask(torch.ones(2, 1, 28, 28), (14, 14)).shape == (2, 1, 14, 14)
+
+
+@pytest.mark.parametrize("name,stages,gated", [
+    ("test_convnext", (1, 2), {"stages.2", "stages.3"}),
+    ("test_efficientnet", (2,), {"blocks.3"}),
+])
+def test_gates_cover_the_modules_up_to_the_next_stage(name, stages, gated):
+    model = ersm_surgery.inject(name, stages=list(stages), config={"gate": "stage"}, input_size=SIZE)
+    assert {n.rpartition(".")[0] for n, m in model.named_modules() if isinstance(m, StageGate)} == gated
+
+
+def test_gate_trains_through_the_straight_through_mask():
+    model = ersm_surgery.inject("test_resnet", stages=[2, 3], config={"gate": "stage"}, input_size=SIZE).train()
+    out = model(torch.randn(2, *SIZE))
+    out.sum().backward()
+    head = next(m for m in model.layer2.ersm_mask.modules() if isinstance(m, nn.Conv2d))
+    assert head.weight.grad is not None and torch.isfinite(head.weight.grad).all()
+
+
+def test_evaluate_runs_on_a_gated_model_and_measures_its_sparse_latency():
+    from ersm_surgery.data import create_dataset
+    from ersm_surgery.eval.images import load_images
+    from ersm_surgery.eval.runner import EvalSettings, evaluate
+
+    model = ersm_surgery.inject("test_resnet", stages=[2, 3], config={"gate": "stage", "alpha": 0.5, "init_logit": 0.0},
+                                input_size=(3, 32, 32), num_classes=4).eval()
+    data = create_dataset("builtin:clutter", "validation", img_size=32, seed=0, num_classes=4, size=6)
+    images = load_images(data, 6, seed=0, batch_size=3)
+    settings = EvalSettings(batch_size=3, latency_repeats=1, occlusion_levels=(0.0, 0.3), occlusion_grid=4,
+                            deletion_fractions=(0.0, 0.5), figure_images=1)
+    r = evaluate(model, images, None, settings).results
+    assert r["compute"]["model"]["sparse_latency"]["per_image_ms"] > 0
+    for rankings in r["deletion"]["model"]["layers"].values():
+        assert rankings["energy"]["lerf"]["accuracy"][0] == pytest.approx(r["accuracy"]["model"]["top1"])

@@ -1,0 +1,177 @@
+"""The sparse runtime: each row op against its dense counterpart, whole models against the dense gated model."""
+import pytest
+import torch
+from torch import nn
+
+import ersm_surgery
+from ersm_surgery.errors import SparseError
+from ersm_surgery.layers import pool_mask
+from ersm_surgery.sparse import sparse_regions
+from ersm_surgery.sparse.conv import RowConv, avg_pool_rows, out_size
+from ersm_surgery.sparse.fold import fold_bn
+from ersm_surgery.sparse.grid import GridSet, Rows
+from ersm_surgery.sparse.rowops import segment_mean, to_row_operand
+from tests.sparse_helpers import blob_masks, fix_masks, randomise_norms
+
+SIZE = (3, 64, 64)
+
+
+def _rows(batch=5, channels=6, height=9, width=11, seed=0):
+    """A gated map, its stage mask and the rows of its kept tokens."""
+    gen = torch.Generator().manual_seed(seed)
+    mask = blob_masks(batch, height, width, gen)
+    x = torch.randn(batch, channels, height, width, generator=gen) * mask
+    grids = GridSet(mask)
+    grid = grids.at(height, width)
+    return x, mask, grids, Rows(grid.gather(x), grid)
+
+
+@pytest.mark.parametrize("kernel,stride,padding,dilation,groups", [
+    (1, 1, 0, 1, 1), (1, 2, 0, 1, 1), (3, 1, 1, 1, 1), (3, 2, 1, 1, 1), (3, 1, 2, 2, 1), (5, 2, 2, 1, 1),
+    (3, 1, 1, 1, 6), (7, 1, 3, 1, 6), (3, 2, 1, 1, 6), (3, 1, 1, 1, 3), (2, 2, 0, 1, 1), ((1, 3), 1, (0, 1), 1, 2),
+])
+def test_conv_on_rows_equals_dense_conv(kernel, stride, padding, dilation, groups):
+    x, mask, grids, rows = _rows()
+    conv = nn.Conv2d(6, 12, kernel, stride, padding, dilation, groups=groups)
+    dense = conv(x)
+    out = RowConv.from_module(conv)(rows, grids)
+    assert out.grid.height == dense.shape[2] and out.grid.width == dense.shape[3]
+    keep = pool_mask(mask, dense.shape[-2:])
+    torch.testing.assert_close(out.dense(), dense * keep, atol=1e-5, rtol=1e-5)
+
+
+def test_folded_batchnorm_equals_conv_then_bn():
+    x, mask, grids, rows = _rows()
+    conv, bn = nn.Conv2d(6, 8, 3, 2, 1, bias=False), nn.BatchNorm2d(8).eval()
+    randomise_norms(bn)
+    dense = bn(conv(x)) * pool_mask(mask, (5, 6))
+    out = fold_bn(RowConv.from_module(conv), bn)(rows, grids)
+    torch.testing.assert_close(out.dense(), dense, atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("ceil_mode,include_pad,padding", [(True, False, 0), (False, True, 0), (True, True, 1),
+                                                            (False, False, 1)])
+def test_avg_pool_on_rows_equals_dense_pool(ceil_mode, include_pad, padding):
+    x, mask, grids, rows = _rows()
+    pool = nn.AvgPool2d(2 + padding, 2, padding, ceil_mode=ceil_mode, count_include_pad=include_pad)
+    dense = pool(x)
+    out = avg_pool_rows(pool, rows, grids)
+    torch.testing.assert_close(out.dense(), dense * pool_mask(mask, dense.shape[-2:]), atol=1e-6, rtol=1e-5)
+
+
+def test_segment_mean_and_per_image_operands():
+    x, mask, grids, rows = _rows()
+    torch.testing.assert_close(segment_mean(rows, keepdim=True), x.mean((2, 3), keepdim=True))
+    scale = torch.randn(5, 6, 1, 1)  # squeeze-excite's per-image vector
+    got = rows.like(rows.data * to_row_operand(scale, rows)).dense()
+    torch.testing.assert_close(got, x * scale)
+    gamma = torch.randn(6).reshape(1, -1, 1, 1)  # layer scale
+    torch.testing.assert_close(rows.like(rows.data * to_row_operand(gamma, rows)).dense(), x * gamma)
+
+
+def test_all_off_batch_gives_empty_rows():
+    mask = torch.zeros(2, 1, 6, 6)
+    grids = GridSet(mask)
+    rows = Rows(grids.at(6, 6).gather(torch.randn(2, 4, 6, 6)), grids.at(6, 6))
+    out = RowConv.from_module(nn.Conv2d(4, 5, 3, 2, 1))(rows, grids)
+    assert out.data.shape == (0, 5) and torch.equal(out.dense(), torch.zeros(2, 5, 3, 3))
+    assert out_size(6, 3, 2, 1, 1) == 3
+
+
+FAMILIES = [
+    ("test_resnet", (2, 3)),  # BasicBlock, downsample, resnet-d avg-pool shortcut
+    ("resnet50d", (2, 3)),  # Bottleneck, avg-pool downsample
+    ("test_convnext", (1, 2)),  # depthwise 7x7, LayerNorm, MLP, layer scale
+    ("test_efficientnet", (2, 3)),  # depthwise, squeeze-excite, BatchNormAct2d
+    ("mobilenetv3_small_050", (2, 3)),  # hard-swish, hard-sigmoid SE, regions of several blocks
+    ("regnety_002", (2, 3)),  # grouped 3x3, SE
+    ("resnext26ts", (1, 2)),  # grouped 3x3 bottleneck (byobnet)
+]
+
+
+@pytest.mark.parametrize("name,stages", FAMILIES)
+def test_sparse_model_equals_dense_gated_model(name, stages):
+    model = ersm_surgery.inject(name, stages=list(stages), config={"gate": "stage"}, input_size=SIZE).eval()
+    randomise_norms(model)
+    fix_masks(model)
+    fast = ersm_surgery.sparse(model, break_even=1.0)
+    x = torch.randn(4, *SIZE)
+    with torch.no_grad():
+        dense, out = model(x), fast(x)
+    regions = sparse_regions(fast)
+    assert regions and all(r.stats.ran_sparse for r in regions.values())
+    assert all(r.dense_ops() == [] for r in regions.values()), {k: r.dense_ops() for k, r in regions.items()}
+    torch.testing.assert_close(out, dense, atol=1e-4, rtol=1e-4)
+
+
+def test_above_break_even_runs_dense_and_matches():
+    model = ersm_surgery.inject("test_resnet", stages=[2], config={"gate": "stage"}, input_size=SIZE).eval()
+    fast = ersm_surgery.sparse(model)  # a fresh mask keeps ~every token: above the break-even
+    x = torch.randn(2, *SIZE)
+    with torch.no_grad():
+        torch.testing.assert_close(fast(x), model(x))
+    assert not sparse_regions(fast)["layer3"].stats.ran_sparse
+
+
+def test_unknown_op_runs_dense_is_listed_and_changes_nothing():
+    import timm
+
+    base = timm.create_model("test_resnet")
+    base.layer3[0].act1 = nn.Softmax2d()  # a module the runtime has no row form for
+    model = ersm_surgery.inject(base, stages=[2], config={"gate": "stage"}, input_size=SIZE).eval()
+    randomise_norms(model)
+    fix_masks(model)
+    fast = ersm_surgery.sparse(model, break_even=1.0)
+    x = torch.randn(4, *SIZE)
+    with torch.no_grad():
+        torch.testing.assert_close(fast(x), model(x), atol=1e-4, rtol=1e-4)
+    assert sparse_regions(fast)["layer3"].dense_ops() == ["layer3.0.act1"]
+
+
+def test_sparse_from_a_loaded_export(tmp_path):
+    model = ersm_surgery.inject("test_resnet", stages=[2, 3], config={"gate": "stage"}, input_size=SIZE).eval()
+    ersm_surgery.save(model, tmp_path / "m")
+    loaded = ersm_surgery.load(tmp_path / "m").eval()
+    fix_masks(loaded)
+    x = torch.randn(3, *SIZE)
+    with torch.no_grad():
+        torch.testing.assert_close(ersm_surgery.sparse(loaded, break_even=1.0)(x), loaded(x), atol=1e-4, rtol=1e-4)
+
+
+def test_models_that_cannot_run_sparsely_get_one_clear_error():
+    import timm
+
+    with pytest.raises(SparseError, match="no ERSM masks"):
+        ersm_surgery.sparse(timm.create_model("test_resnet"))
+    features = ersm_surgery.inject("test_resnet", stages=[2], input_size=SIZE)
+    with pytest.raises(SparseError, match="mask.gate=features.*--set mask.gate=stage"):
+        ersm_surgery.sparse(features)
+
+
+def test_train_mode_runs_the_dense_gated_graph():
+    model = ersm_surgery.inject("test_resnet", stages=[2], config={"gate": "stage"}, input_size=SIZE)
+    fast = ersm_surgery.sparse(model).train()
+    out = fast(torch.randn(2, *SIZE))
+    out.sum().backward()
+    assert not sparse_regions(fast)["layer3"].stats.ran_sparse
+
+
+def test_evaluate_measures_sparse_latency_of_gated_models_only():
+    from ersm_surgery.eval.compute import measure_sparse_latency
+
+    x = torch.randn(2, *SIZE)
+    gated = ersm_surgery.inject("test_resnet", stages=[2], config={"gate": "stage"}, input_size=SIZE).eval()
+    features = ersm_surgery.inject("test_resnet", stages=[2], input_size=SIZE).eval()
+    assert measure_sparse_latency(gated, x, repeats=1)["per_image_ms"] > 0
+    assert measure_sparse_latency(features, x, repeats=1) is None
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device (not in CI)")
+def test_sparse_runs_on_cuda():
+    model = ersm_surgery.inject("test_efficientnet", stages=[2, 3], config={"gate": "stage"}, input_size=SIZE)
+    model = model.eval().cuda()
+    randomise_norms(model)
+    fix_masks(model)
+    x = torch.randn(4, *SIZE, device="cuda")
+    with torch.no_grad():
+        torch.testing.assert_close(ersm_surgery.sparse(model, break_even=1.0)(x), model(x), atol=1e-4, rtol=1e-4)
