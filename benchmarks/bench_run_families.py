@@ -93,7 +93,10 @@ def main() -> None:
                       f"{'; '.join(summary['settings']['reasons'][:2])}; {timing}", flush=True)
                 continue
             s = summary["summary"]
-            print(f"{model}: base top-1 {100 * s['base.top1']:.1f}% (chance {100 * s['base.chance']:.1f}%)"
+            rule = summary["base"].get("settings") or {}
+            chosen = (f"[rule: lr {rule.get('lr', 0):.2g}, warm-up {rule.get('warmup_epochs', 0):g} ep"
+                      f"{', head zeroed' if rule.get('zero_head') else ''}] ")
+            print(f"{model}: {chosen}base top-1 {100 * s['base.top1']:.1f}% (chance {100 * s['base.chance']:.1f}%)"
                   f"{' UNTRAINED' if s.get('base.untrained') else ''}; ERSM {100 * s['top1.model']:.1f}% vs baseline "
                   f"{100 * s['top1.baseline']:.1f}%; density {_densities(summary)}; {timing} "
                   f"[{'within' if wall / 60 <= BOUND_MIN else 'OVER'} {BOUND_MIN:.0f} min wall]", flush=True)

@@ -28,7 +28,7 @@ def test_rule_gives_a_batchnorm_cnn_and_a_layernorm_model_different_settings():
     s_bn, s_ln = choose_base_settings(bn, 32, 4), choose_base_settings(ln, 32, 4)
     # LayerNorm: warm-up over a tenth of the updates; BatchNorm starts at full rate
     assert s_bn.warmup_epochs == 0 and s_ln.warmup_epochs == pytest.approx(0.4)
-    assert s_bn.opt == s_ln.opt == "adamw"
+    assert s_bn.opt == s_ln.opt == "adamw" and s_ln.lr == pytest.approx(s_bn.lr / 4)
     # square-root scaling of an adaptive optimizer's lr with the batch size
     assert choose_base_settings(bn, 128, 4).lr == pytest.approx(2 * s_bn.lr)
     assert all(isinstance(r, str) and r for r in s_bn.reasons + s_ln.reasons)
