@@ -110,11 +110,10 @@ def _mask_config(settings: PipelineSettings):
 
 
 def _train(source: str, output: Path, settings: PipelineSettings, epochs: int, lr: float, *, no_masks: bool = False,
-           pretrained_path: str | None = None, data_options: dict[str, Any] | None = None,
-           base: bool = False) -> dict[str, Any]:
+           pretrained_path: str | None = None) -> dict[str, Any]:
     from ..train import RunInputs, finetune
 
-    config = _config(settings, epochs, lr, no_masks, data_options, base)
+    config = _config(settings, epochs, lr, no_masks)
     inputs = RunInputs(source=source, output=output, force=True, pretrained=settings.pretrained and not pretrained_path,
                        pretrained_path=pretrained_path, device="cpu" if not _cuda() else None)
     result = finetune(inputs, config)
@@ -135,7 +134,7 @@ def _base(settings: PipelineSettings, out: Path, num_classes: int,
     Raises:
         BaseNotLearnedError: the base trained here failed the gate and ``force_base`` is off (nothing injected).
     """
-    from .base_training import refuse, train_base
+    from .base_training import GateResult, refuse, train_base
 
     if settings.pretrained_path:
         return settings.pretrained_path, {"source": settings.pretrained_path}
@@ -153,7 +152,7 @@ def _base(settings: PipelineSettings, out: Path, num_classes: int,
             "top1": gate["top1"], "chance": gate["chance"], "gate": gate, "settings": record["settings"],
             "untrained": not gate["passed"]}
     if not gate["passed"]:
-        error = refuse(_gate_result(gate), settings.model, settings.base_epochs, settings.img_size)
+        error = refuse(GateResult(**gate), settings.model, settings.base_epochs, settings.img_size)
         if not settings.force_base:
             raise error
         _log.warning("--force-base: %s; continuing on an untrained base",
@@ -161,13 +160,7 @@ def _base(settings: PipelineSettings, out: Path, num_classes: int,
     return record["weights"], info
 
 
-def _gate_result(gate: dict[str, Any]):
-    from .base_training import GateResult
-
-    return GateResult(**gate)
-
-
-def _mark_untrained(results: dict[str, Any], base: dict[str, Any]) -> None:
+def _add_base(results: dict[str, Any], base: dict[str, Any]) -> None:
     """Put the base's accuracy and chance next to the ERSM figures; flag every figure of an untrained base."""
     head: dict[str, Any] = {}
     if base.get("top1") is not None:
@@ -207,7 +200,7 @@ def _evaluate(settings: PipelineSettings, ersm: Path, baseline: Path, out: Path,
                       model_info={"source": str(ersm)}, baseline_info={"source": str(baseline)})
     out.mkdir(parents=True, exist_ok=True)
     result.results["versions"] = {k: str(v) for k, v in versions().items()}
-    _mark_untrained(result.results, base_info)
+    _add_base(result.results, base_info)
     figures = write_figures(result.results, result.samples, out)
     result.results["figures"] = {k: p.name for k, p in figures.items()}
     report = out / "report.html"
