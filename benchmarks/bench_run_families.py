@@ -85,7 +85,7 @@ def main() -> None:
                 lines = (done.stdout + done.stderr).strip().splitlines()
                 print(f"{model}: STOPPED: {lines[-1] if lines else done.returncode}; {timing}", flush=True)
                 continue
-            summary = json.loads(done.stdout.strip().splitlines()[-1])
+            summary = json.loads(done.stdout[done.stdout.index("{"):])  # run --json prints indented JSON
             if args.base_only:
                 gate = summary["gate"]
                 print(f"{model}: base top-1 {100 * gate['top1']:.1f}% (gate {100 * gate['threshold']:.1f}%, "
