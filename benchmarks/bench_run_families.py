@@ -55,7 +55,8 @@ print(json.dumps(train_base(s, config, Path(sys.argv[2]) / "base", _num_classes(
 
 def _densities(summary: dict) -> str:
     s = summary.get("summary", {})
-    means = {k.split(".")[1]: v for k, v in s.items() if k.startswith("density.") and k.endswith(".mean")}
+    means = {k.removeprefix("density.").removesuffix(".mean"): v for k, v in s.items()
+             if k.startswith("density.") and k.endswith(".mean")}
     return " ".join(f"{name} {v:.2f}" for name, v in means.items())
 
 
