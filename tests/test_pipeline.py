@@ -8,8 +8,9 @@ from click.testing import CliRunner
 from ersm_surgery.cli.main import cli
 from ersm_surgery.pipeline import CLAIMS, judge_claims
 
+# a plumbing check: a base of 1 epoch on 64 images stays near chance, so the gate is forced open
 TINY = ["--epochs", "1", "--base-epochs", "1", "--data-size", "64", "--num-images", "16", "-b", "32",
-        "--img-size", "48"]
+        "--img-size", "48", "--force-base"]
 
 
 def test_run_end_to_end(tmp_path):
@@ -18,9 +19,10 @@ def test_run_end_to_end(tmp_path):
                                       "--set", "finetune.lr=1e-4"])
     assert result.exit_code == 0, result.output
     summary = json.loads(result.output)
-    # finetune.* settings change the two fine-tunings, not the base training
+    # finetune.* settings change the two fine-tunings, not the base training (its lr is the rule's: 2e-3 at batch 32)
     lr = {f: yaml.safe_load((out / f / "args.yaml").read_text())["config"]["lr"] for f in ("base", "ersm", "baseline")}
     assert lr == {"base": 2e-3, "ersm": 1e-4, "baseline": 1e-4}
+    assert json.loads((out / "base" / "base_settings.json").read_text())["settings"]["lr"] == 2e-3
     for folder in ("base", "injected", "ersm", "baseline", "eval", "export"):
         assert (out / folder).is_dir(), folder
     assert (out / "eval" / "report.html").is_file() and (out / "export" / "model.onnx").is_file()
@@ -74,7 +76,8 @@ def test_reproduce_prints_the_claims_and_two_runs_give_the_same_table(tmp_path):
         assert result.exit_code == 0, result.output
         claims = json.loads(result.output)["claims"]
         assert [c["claim"][:3] for c in claims] == ["(a)", "(b)", "(c)", "(d)", "(e)"]
-        assert all(c["verdict"] in ("HOLDS", "DOES NOT HOLD") for c in claims)  # built-in data has boxes
+        # built-in data has boxes; the tiny base is forced past the gate, so every verdict says so
+        assert all(c["verdict"] in ("HOLDS (untrained base)", "DOES NOT HOLD (untrained base)") for c in claims)
         assert json.loads((out / "claims.json").read_text()) == claims
         tables.append(claims)
     assert tables[0] == tables[1]

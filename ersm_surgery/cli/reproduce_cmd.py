@@ -52,6 +52,12 @@ def reproduce(ctx: click.Context, model: str, stages: str, budget_minutes: float
     from rich.table import Table
 
     out = console(ctx)
+    base = summary["summary"]
+    if base.get("base.untrained"):
+        out.print(f"[bold red]UNTRAINED BASE (--force-base):[/] the base reached {100 * base['base.top1']:.1f}% "
+                  f"(chance {100 * base['base.chance']:.1f}%); no verdict below tests a claim")
+    elif "base.top1" in base:
+        out.print(f"base: {100 * base['base.top1']:.1f}% validation top-1 (chance {100 * base['base.chance']:.1f}%)")
     t = Table(title=f"ERSM claims on {settings.data} ({model}, stages {stages}, seed {settings.seed})")
     for col in ("claim", "criterion", "ERSM", "baseline / magnitude", "verdict"):
         t.add_column(col)

@@ -41,6 +41,9 @@ def pipeline_options(func):
                      help="ONNX validation: absolute floor of the tolerance (export's --atol)."),
         click.option("-o", "--output", help="Run folder."),
         click.option("--force", is_flag=True, help="Write into an existing non-empty folder."),
+        click.option("--force-base", is_flag=True,
+                     help="Inject even when the base trained here stayed near chance; every figure is then "
+                          "marked as computed on an untrained base."),
         click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON."),
     ]
     for option in reversed(options):
@@ -63,7 +66,7 @@ def protocol_defaults(options: dict, epochs: dict[str, int], base_images: int, o
 
 def build_settings(model: str, stages: str, defaults: dict, *, data_dir, dataset, epochs, base_epochs, img_size,
                    data_size, num_classes, batch_size, pretrained, pretrained_path, seed, num_images, overrides,
-                   output, force, export_rtol, export_atol):
+                   output, force, export_rtol, export_atol, force_base):
     """PipelineSettings from the shared options; ``defaults`` holds the command's epochs (and data options)."""
     from ..errors import DataError
     from ..pipeline import PipelineSettings
@@ -98,6 +101,7 @@ def build_settings(model: str, stages: str, defaults: dict, *, data_dir, dataset
         pretrained=pretrained, pretrained_path=pretrained_path, seed=seed, num_images=num_images,
         mask=data["mask"], finetune=data["finetune"], force=force, data_options=data_options,
         base_data_options=base_data_options, export_rtol=export_rtol, export_atol=export_atol,
+        force_base=force_base,
     )
 
 
@@ -140,6 +144,9 @@ def render_summary(out, summary: dict) -> None:
     from rich.table import Table
 
     s = summary["summary"]
+    if s.get("base.untrained"):
+        out.print("[bold red]UNTRAINED BASE (--force-base):[/] every figure below was computed on a base that "
+                  "did not learn")
     t = Table(title="ERSM vs baseline (same base, same fine-tuning budget, same images)")
     t.add_column("measure")
     t.add_column("value", justify="right")

@@ -63,6 +63,11 @@ def _about(results: dict[str, Any]) -> str:
         what = info.get("source") or info.get("name") or ""
         masks = ", ".join(info.get("masks") or []) or ("no masks" if role == "model" else "")
         rows.append((role, f"{what} {('(' + masks + ')') if masks else ''}"))
+    base = results.get("base") or {}
+    if base.get("top1") is not None:
+        mark = "; UNTRAINED (failed the gate, --force-base)" if base.get("untrained") else ""
+        rows.append(("base", f"{base.get('source', '')}: validation top-1 {100 * base['top1']:.1f}% "
+                             f"(chance {100 * base['chance']:.1f}%){mark}"))
     data = results.get("data") or {}
     rows.append(("data", ", ".join(f"{k}={v}" for k, v in data.items() if k not in ("classes",))))
     settings = results.get("settings") or {}

@@ -95,11 +95,18 @@ CLAIMS = [
 
 
 def judge_claims(results: dict[str, Any]) -> list[dict[str, Any]]:
-    """One row per claim: claim, criterion, ERSM figure, comparison figure, verdict."""
+    """One row per claim: claim, criterion, ERSM figure, comparison figure, verdict.
+
+    On a base that failed the gate (``run --force-base``) every verdict carries "(untrained base)" and
+    every row ``"untrained_base": true``: the masks of a network that learned nothing test no claim.
+    """
     rows = []
+    untrained = bool((results.get("base") or {}).get("untrained"))
     for c in CLAIMS:
         ersm, other, holds = c.measure(results)
         verdict = "NOT MEASURED" if holds is None else ("HOLDS" if holds else "DOES NOT HOLD")
+        if untrained:
+            verdict += " (untrained base)"
         rows.append({"claim": f"({c.key}) {c.claim}", "criterion": c.criterion, "ersm": ersm, "comparison": other,
-                     "verdict": verdict})
+                     "verdict": verdict, **({"untrained_base": True} if untrained else {})})
     return rows

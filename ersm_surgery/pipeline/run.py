@@ -14,9 +14,12 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-__all__ = ["PipelineSettings", "run_pipeline", "STEPS"]
+__all__ = ["PipelineSettings", "run_pipeline", "STEPS", "UNTRAINED_NOTE"]
 
 _log = logging.getLogger(__name__)
+
+UNTRAINED_NOTE = ("UNTRAINED BASE (--force-base): the base reached only {top1:.1f}% validation top-1 (chance "
+                  "{chance:.1f}%); every figure here was computed on a network that did not learn")
 
 STEPS = ("base", "inject", "finetune", "baseline", "evaluate", "export")
 
@@ -35,7 +38,7 @@ class PipelineSettings:
         img_size: image side.
         batch_size: images per step.
         lr: fine-tuning learning rate.
-        base_lr: base-training learning rate.
+        base_lr: base-training learning rate (None: chosen by the rule of ``base_training``).
         pretrained: start from timm's pretrained weights (network).
         pretrained_path: start from local base weights.
         seed: seeds data order, initialisation and evaluation.
@@ -51,6 +54,8 @@ class PipelineSettings:
         force: write into a non-empty output folder.
         export_rtol: the ONNX validation's relative tolerance (None: the export's default).
         export_atol: the ONNX validation's absolute floor (None: the export's default).
+        force_base: inject even when the base trained here failed the gate (``base_training.base_gate``);
+            every later figure is then marked as computed on an untrained base.
     """
 
     model: str
@@ -62,7 +67,7 @@ class PipelineSettings:
     img_size: int = 64
     batch_size: int = 64
     lr: float = 5e-4
-    base_lr: float = 2e-3
+    base_lr: float | None = None
     pretrained: bool = False
     pretrained_path: str | None = None
     seed: int = 0
@@ -75,6 +80,7 @@ class PipelineSettings:
     force: bool = False
     export_rtol: float | None = None
     export_atol: float | None = None
+    force_base: bool = False
 
 
 Progress = Callable[[str, str], None]  # (step, message)
@@ -85,8 +91,8 @@ def _installed_formats() -> tuple[str, ...]:
 
     return default_formats()
 
-# finetune.* settings that base training shares: how to run, not what to train (its epochs and lr are
-# --base-epochs and base_lr, so ``--set finetune.lr=...`` changes the fine-tunings only)
+# finetune.* settings that base training shares: how to run, not what to train (its epochs are --base-epochs and
+# the rest is chosen by base_training's rule, so ``--set finetune.lr=...`` changes the fine-tunings only)
 BASE_KEEPS = ("amp", "strict_data", "grad_accum_steps")
 
 
@@ -115,11 +121,10 @@ def _mask_config(settings: PipelineSettings):
 
 
 def _train(source: str, output: Path, settings: PipelineSettings, epochs: int, lr: float, *, no_masks: bool = False,
-           pretrained_path: str | None = None, data_options: dict[str, Any] | None = None,
-           base: bool = False) -> dict[str, Any]:
+           pretrained_path: str | None = None) -> dict[str, Any]:
     from ..train import RunInputs, finetune
 
-    config = _config(settings, epochs, lr, no_masks, data_options, base)
+    config = _config(settings, epochs, lr, no_masks)
     inputs = RunInputs(source=source, output=output, force=True, pretrained=settings.pretrained and not pretrained_path,
                        pretrained_path=pretrained_path, device="cpu" if not _cuda() else None)
     result = finetune(inputs, config)
@@ -133,16 +138,50 @@ def _cuda() -> bool:
     return torch.cuda.is_available()
 
 
-def _base(settings: PipelineSettings, out: Path, progress: Progress) -> tuple[str | None, dict[str, Any]]:
-    """Local weights of the trained base model (None with --pretrained: inject downloads them)."""
+def _base(settings: PipelineSettings, out: Path, num_classes: int,
+          progress: Progress) -> tuple[str | None, dict[str, Any]]:
+    """Local weights of the trained base model (None with --pretrained: inject downloads them).
+
+    Raises:
+        BaseNotLearnedError: the base trained here failed the gate and ``force_base`` is off (nothing injected).
+    """
+    from .base_training import GateResult, refuse, train_base
+
     if settings.pretrained_path:
         return settings.pretrained_path, {"source": settings.pretrained_path}
     if settings.pretrained:
         return None, {"source": "timm pretrained weights"}
     progress("base", f"training {settings.model} from random initialisation for {settings.base_epochs} epoch(s)")
-    info = _train(settings.model, out / "base", settings, settings.base_epochs, settings.base_lr, no_masks=True,
-                  data_options=settings.base_data_options, base=True)
-    return str(out / "base" / "model.safetensors"), {"source": "trained here", **info}
+    # the lr here is a placeholder: the rule (or base_lr) sets it with the optimizer, warm-up and augmentation
+    config = _config(settings, settings.base_epochs, settings.base_lr or 1e-3, no_masks=True,
+                     data_options=settings.base_data_options, base=True)
+    record = train_base(settings, config, out / "base", num_classes)
+    gate = record["gate"]
+    progress("base", f"base top-1 {100 * gate['top1']:.1f}% (chance {100 * gate['chance']:.1f}%, gate "
+                     f"{100 * gate['threshold']:.1f}%)")
+    info = {"source": "trained here", "folder": str(out / "base"), "best": record["best"], "last": record["last"],
+            "top1": gate["top1"], "chance": gate["chance"], "gate": gate, "settings": record["settings"],
+            "untrained": not gate["passed"]}
+    if not gate["passed"]:
+        error = refuse(GateResult(**gate), settings.model, settings.base_epochs, settings.img_size)
+        if not settings.force_base:
+            raise error
+        _log.warning("--force-base: %s; continuing on an untrained base",
+                     error.problem.removesuffix("; nothing was injected"))
+    return record["weights"], info
+
+
+def _add_base(results: dict[str, Any], base: dict[str, Any]) -> None:
+    """Put the base's accuracy and chance next to the ERSM figures; flag every figure of an untrained base."""
+    head: dict[str, Any] = {}
+    if base.get("top1") is not None:
+        head = {"base.top1": base["top1"], "base.chance": base["chance"]}
+    if base.get("untrained"):
+        head["base.untrained"] = True
+        results.setdefault("notes", []).insert(0, UNTRAINED_NOTE.format(top1=100 * base["top1"],
+                                                                        chance=100 * base["chance"]))
+    results["summary"] = {**head, **results.get("summary", {})}
+    results["base"] = {k: v for k, v in base.items() if k not in ("settings",)}
 
 
 def _num_classes(settings: PipelineSettings) -> int:
@@ -153,7 +192,8 @@ def _num_classes(settings: PipelineSettings) -> int:
     return data.num_classes
 
 
-def _evaluate(settings: PipelineSettings, ersm: Path, baseline: Path, out: Path, progress: Progress) -> dict[str, Any]:
+def _evaluate(settings: PipelineSettings, ersm: Path, baseline: Path, out: Path, base_info: dict[str, Any],
+              progress: Progress) -> dict[str, Any]:
     from ..data import create_dataset, resolve_preprocessing
     from ..eval.figures import write_figures
     from ..eval.images import load_images
@@ -173,6 +213,7 @@ def _evaluate(settings: PipelineSettings, ersm: Path, baseline: Path, out: Path,
                       model_info={"source": str(ersm)}, baseline_info={"source": str(baseline)})
     out.mkdir(parents=True, exist_ok=True)
     result.results["versions"] = {k: str(v) for k, v in versions().items()}
+    _add_base(result.results, base_info)
     figures = write_figures(result.results, result.samples, out)
     result.results["figures"] = {k: p.name for k, p in figures.items()}
     report = out / "report.html"
@@ -242,7 +283,7 @@ def run_pipeline(settings: PipelineSettings, progress: Progress | None = None) -
     timings["check"] = time.perf_counter() - start
 
     start = time.perf_counter()
-    base_weights, base_info = _base(settings, out, progress)
+    base_weights, base_info = _base(settings, out, num_classes, progress)
     timings["base"] = time.perf_counter() - start
 
     start = time.perf_counter()
@@ -265,7 +306,8 @@ def run_pipeline(settings: PipelineSettings, progress: Progress | None = None) -
     start = time.perf_counter()
     # the last epochs, not the best: the same number of steps for both, and a choice by val top-1 would
     # favour the first epochs of ERSM, before its masks close (and peek at the evaluation images)
-    results = _evaluate(settings, out / "ersm" / "last", out / "baseline" / "last", out / "eval", progress)
+    results = _evaluate(settings, out / "ersm" / "last", out / "baseline" / "last", out / "eval", base_info,
+                        progress)
     timings["evaluate"] = time.perf_counter() - start
 
     start = time.perf_counter()

@@ -1,0 +1,300 @@
+"""The base model of ``run`` and ``reproduce``: settings chosen by rule from the model itself, and a gate.
+
+Masks go into a trained model (DESIGN.md, "collapse"). Without pretrained weights ``run`` trains the
+base first, briefly, on the data itself, and every family must learn in that budget: one learning rate
+tuned on resnet18 left mobilenetv3 at chance. The settings are therefore read off the model, never
+off a table of model names (:func:`model_traits`, :func:`choose_base_settings`):
+
+- the classifier's initial gain ``std(W) * sqrt(fan_in)``: above 1 the fresh head turns unit-variance
+  features into large random logits (timm's EfficientNet/MobileNet init scales the head by its
+  *output* count, tuned for 1000 classes: with 4 classes it starts with logits of std ~3 and a loss of
+  3.3 where log(4) = 1.39), so the head is zeroed and training starts at the uniform prediction;
+- the optimizer: AdamW through ``timm.optim.create_optimizer_v2``, robust from scratch across norm
+  types in a few hundred updates; the learning rate (2e-3 at batch 32 for BatchNorm CNNs, a quarter of
+  it for LayerNorm/attention models) is scaled with the square root of the batch size (the scaling rule
+  of adaptive optimizers, Malladi et al. 2022);
+- warm-up: models normalised by LayerNorm (and attention) get a linear warm-up over a fraction of the
+  updates, as every timm recipe for them does; BatchNorm CNNs start at full rate.
+
+The gate (:func:`base_gate`) then refuses to inject masks into a base that did not learn.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import math
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from torch import nn
+
+from ..errors import ErsmError
+
+if TYPE_CHECKING:
+    from ..train import FinetuneConfig
+    from .run import PipelineSettings
+
+__all__ = ["ModelTraits", "BaseSettings", "BaseNotLearnedError", "GateResult", "model_traits",
+           "choose_base_settings", "zero_head_if_loud", "base_gate", "gate_threshold", "refuse", "train_base",
+           "write_settings", "REFERENCE_BATCH", "SETTINGS_FILE"]
+
+_log = logging.getLogger(__name__)
+
+SETTINGS_FILE = "base_settings.json"
+# the batch size at which the reference learning rates below were measured (benchmarks/bench_run_families.py)
+REFERENCE_BATCH = 32
+_REFERENCE_LR = 2e-3  # AdamW, from scratch, 4 epochs of 4000 images at 64 px: resnet18 85% (README)
+# LayerNorm/attention models: a quarter of it, as timm's own recipes put them an order below BatchNorm CNNs
+# (convnext 4e-3 at batch 4096, deit 5e-4 x batch / 512). convnext_atto stays at chance in 4 epochs at 64 px
+# either way (27.0% at 2e-3, 25.6% at 5e-4; bench_run_families.py): the gate stops it
+_REFERENCE_LR_LAYERNORM = 5e-4
+_LAYERNORM_WARMUP = 0.1  # fraction of the base's updates spent warming up LayerNorm/attention models
+_LOUD_HEAD_GAIN = 1.0
+
+
+class BaseNotLearnedError(ErsmError):
+    """The base model trained here stayed near chance: masks would have nothing to select for."""
+
+
+@dataclass(frozen=True)
+class ModelTraits:
+    """What the rule reads off a freshly created timm model.
+
+    Attributes:
+        params: parameter count.
+        norm: the dominant normalisation, ``batch``, ``layer`` (LayerNorm/GroupNorm/RMSNorm) or ``none``.
+        depthwise: depthwise convolutions.
+        squeeze_excite: squeeze-and-excitation (or other channel-attention) modules.
+        attention: self-attention modules.
+        head_gain: ``std(W) * sqrt(fan_in)`` of the classifier: the std of its logits on unit features.
+        native_size: the image side of timm's pretrained config (``input_size``), or None.
+    """
+
+    params: int
+    norm: str
+    depthwise: int
+    squeeze_excite: int
+    attention: int
+    head_gain: float
+    native_size: int | None
+
+
+@dataclass
+class BaseSettings:
+    """The base-training settings the rule chose, with the reason for each (recorded in the run folder).
+
+    Attributes:
+        opt: ``timm.optim.create_optimizer_v2`` name.
+        lr: peak learning rate.
+        weight_decay: decoupled weight decay.
+        warmup_epochs: linear warm-up, in epochs.
+        sched: ``timm.scheduler.create_scheduler_v2`` name.
+        augment: random resized crop and flip on the train split (the data sets' ``train_augment``).
+        zero_head: zero the fresh classifier before training.
+        reasons: one line per choice.
+    """
+
+    opt: str
+    lr: float
+    weight_decay: float
+    warmup_epochs: float
+    sched: str
+    augment: bool
+    zero_head: bool
+    reasons: list[str] = field(default_factory=list)
+
+    def finetune_keys(self) -> dict[str, Any]:
+        """The ``FinetuneConfig`` fields these settings fill."""
+        return {"opt": self.opt, "lr": self.lr, "weight_decay": self.weight_decay,
+                "warmup_epochs": self.warmup_epochs, "sched": self.sched, "augment": self.augment}
+
+
+def _is_batchnorm(m: nn.Module) -> bool:
+    return isinstance(m, nn.modules.batchnorm._BatchNorm) or "BatchNorm" in type(m).__name__
+
+
+def _is_layernorm(m: nn.Module) -> bool:
+    name = type(m).__name__
+    return isinstance(m, (nn.LayerNorm, nn.GroupNorm)) or "LayerNorm" in name or "RmsNorm" in name
+
+
+def _classifier(model: nn.Module) -> nn.Module | None:
+    get = getattr(model, "get_classifier", None)
+    head = get() if callable(get) else None
+    return head if isinstance(head, (nn.Linear, nn.Conv2d)) else None
+
+
+def model_traits(model: nn.Module) -> ModelTraits:
+    """Read the traits the rule needs off a model (a timm model, freshly created)."""
+    modules = list(model.modules())
+    bn = sum(_is_batchnorm(m) for m in modules)
+    ln = sum(_is_layernorm(m) for m in modules)
+    depthwise = sum(isinstance(m, nn.Conv2d) and m.groups > 1 and m.groups == m.in_channels for m in modules)
+    # timm's channel attention: SqueezeExcite (efficientnet/mobilenet), SEModule, EffectiveSEModule, EcaModule
+    se = sum(any(k in type(m).__name__ for k in ("SqueezeExcite", "SEModule", "EcaModule")) for m in modules)
+    attention = sum(type(m).__name__.endswith("Attention") for m in modules)
+    head = _classifier(model)
+    gain = 0.0
+    if head is not None and head.weight.numel():
+        fan_in = head.weight[0].numel()
+        gain = float(head.weight.detach().float().std()) * math.sqrt(fan_in)
+    cfg = getattr(model, "pretrained_cfg", None) or getattr(model, "default_cfg", None) or {}
+    size = cfg.get("input_size")
+    norm = "batch" if bn > ln else "layer" if ln else "none"
+    return ModelTraits(params=sum(p.numel() for p in model.parameters()), norm=norm, depthwise=depthwise,
+                       squeeze_excite=se, attention=attention, head_gain=round(gain, 4),
+                       native_size=int(size[-1]) if size else None)
+
+
+def choose_base_settings(traits: ModelTraits, batch_size: int, epochs: int) -> BaseSettings:
+    """The base-training settings for a model with ``traits`` (the rule of the module docstring).
+
+    Args:
+        traits: from :func:`model_traits`.
+        batch_size: images per update.
+        epochs: base-training epochs.
+    """
+    reasons = []
+    layer_norm = traits.norm != "batch" or traits.attention > 0
+    reference = _REFERENCE_LR_LAYERNORM if layer_norm else _REFERENCE_LR
+    lr = reference * math.sqrt(batch_size / REFERENCE_BATCH)
+    reasons.append(f"opt adamw, lr {lr:.3g}: {reference:g} at batch {REFERENCE_BATCH} for a "
+                   f"{'LayerNorm/attention model' if layer_norm else 'BatchNorm CNN'}, scaled by "
+                   f"sqrt({batch_size}/{REFERENCE_BATCH}) (square-root rule of adaptive optimizers)")
+    warmup = 0.0
+    if layer_norm:
+        warmup = round(_LAYERNORM_WARMUP * epochs, 3)
+        reasons.append(f"warm-up {warmup:g} epoch(s): normalised by {traits.norm}norm"
+                       f"{' with attention' if traits.attention else ''}, which trains unstably at full rate "
+                       "from the first update")
+    else:
+        reasons.append("no warm-up: BatchNorm keeps the first updates' activations in scale")
+    zero_head = traits.head_gain > _LOUD_HEAD_GAIN
+    if zero_head:
+        reasons.append(f"classifier zeroed: its initial gain {traits.head_gain:.2f} > {_LOUD_HEAD_GAIN:g} would start "
+                       "from large random logits instead of the uniform prediction")
+    reasons.append("weight decay 0.05 (decoupled; not on norms and biases), cosine schedule")
+    reasons.append("no augmentation: each image is seen only a few times, so there is nothing to memorise")
+    return BaseSettings(opt="adamw", lr=lr, weight_decay=0.05, warmup_epochs=warmup, sched="cosine", augment=False,
+                        zero_head=zero_head, reasons=reasons)
+
+
+def zero_head_if_loud(model: nn.Module, settings: BaseSettings) -> None:
+    """Zero the classifier's weights and bias when the settings say so (the uniform prediction at start)."""
+    head = _classifier(model)
+    if not settings.zero_head or head is None:
+        return
+    nn.init.zeros_(head.weight)
+    if head.bias is not None:
+        nn.init.zeros_(head.bias)
+
+
+@dataclass
+class GateResult:
+    """The gate's verdict on a trained base.
+
+    Attributes:
+        top1: the base's best validation top-1 (the weights that are injected).
+        chance: 1 / number of classes.
+        threshold: the top-1 the base needs.
+        images: validation images behind ``top1``.
+        passed: ``top1 >= threshold``.
+        rule: the rule in words.
+    """
+
+    top1: float
+    chance: float
+    threshold: float
+    images: int
+    passed: bool
+    rule: str
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def gate_threshold(num_classes: int, images: int) -> float:
+    """The validation top-1 a base needs: clearly above chance, and beyond the noise of the split.
+
+    ``max(min(2c, c + (1 - c) / 4), c + 3 sqrt(c (1 - c) / n))`` with chance ``c = 1 / num_classes``: twice
+    chance, or a quarter of the way from chance to 100% where twice chance is out of reach (2 classes:
+    62.5%; 4 classes: 43.75%; 10 classes: 20%), and at least three standard errors of a chance-level
+    classifier on ``n`` validation images above chance, so a small split cannot pass by luck.
+    """
+    c = 1.0 / max(2, int(num_classes))
+    noise = c + 3.0 * math.sqrt(c * (1.0 - c) / max(1, int(images)))
+    return max(min(2.0 * c, c + (1.0 - c) / 4.0), noise)
+
+
+def base_gate(top1: float, num_classes: int, images: int) -> GateResult:
+    """Judge a trained base (``top1`` as a fraction in [0, 1])."""
+    chance = 1.0 / max(2, int(num_classes))
+    threshold = gate_threshold(num_classes, images)
+    rule = ("best validation top-1 >= max(min(2 x chance, chance + (1 - chance) / 4), chance + 3 standard errors "
+            "of chance on the validation images)")
+    return GateResult(top1=float(top1), chance=chance, threshold=threshold, images=int(images),
+                      passed=float(top1) >= threshold, rule=rule)
+
+
+def refuse(gate: GateResult, model: str, epochs: int, img_size: int) -> BaseNotLearnedError:
+    """The one-line stop of ``run``/``reproduce`` when the gate fails."""
+    return BaseNotLearnedError(
+        f"the base {model} did not learn: best validation top-1 {100 * gate.top1:.1f}% after {epochs} epoch(s) "
+        f"(chance {100 * gate.chance:.1f}%, needs {100 * gate.threshold:.1f}%); nothing was injected",
+        f"try more --base-epochs (now {epochs}), a larger --img-size (now {img_size}) or trained weights with "
+        "--pretrained-path; --force-base continues anyway and marks every figure",
+    )
+
+
+def write_settings(folder: Path, record: dict[str, Any]) -> Path:
+    """Write ``base_settings.json`` (traits, settings, reasons, gate) atomically into the base's folder."""
+    from ..eval.results import to_jsonable
+    from ..io.atomic import atomic_write_text
+
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / SETTINGS_FILE
+    atomic_write_text(path, json.dumps(to_jsonable(record), indent=2) + "\n")
+    return path
+
+
+def train_base(settings: PipelineSettings, config: FinetuneConfig, folder: Path, num_classes: int) -> dict[str, Any]:
+    """Train ``settings.model`` from random initialisation with the rule's settings; judge it with the gate.
+
+    Args:
+        settings: the pipeline's settings (model, batch size, base epochs, an optional ``base_lr`` override).
+        config: the base's ``FinetuneConfig`` before the rule fills opt, lr, weight decay, warm-up, augment.
+        folder: the base's run folder (``model.safetensors`` there is the best epoch).
+        num_classes: classes of the data.
+
+    Returns:
+        ``{"weights", "traits", "settings", "config", "best", "last", "gate"}``; ``base_settings.json`` in
+        ``folder`` holds the same.
+    """
+    import dataclasses
+
+    import torch
+
+    from ..train import build_datasets, fit, load_source, seed_everything
+
+    seed_everything(config.seed, 0)  # the initialisation finetune() would give the same model
+    model, _ = load_source(settings.model, num_classes=num_classes)
+    traits = model_traits(model)
+    chosen = choose_base_settings(traits, config.batch_size, config.epochs)
+    if settings.base_lr is not None:
+        chosen.lr = float(settings.base_lr)
+        chosen.reasons.append(f"lr {chosen.lr:g} given by the caller (base_lr), not by the rule")
+    zero_head_if_loud(model, chosen)
+    config = dataclasses.replace(config, **chosen.finetune_keys())
+    train_set, val_set = build_datasets(config, config.img_size)
+    _log.info("base settings for %s: %s", settings.model, "; ".join(chosen.reasons))
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    result = fit(model.to(device), train_set, val_set, config, folder,
+                 run_args={"source": settings.model, "base_rule": asdict(chosen)})
+    best, last = dict(result.best), dict(result.rows[-1]) if result.rows else {}
+    gate = base_gate(best.get("val_top1", 0.0) / 100.0, train_set.num_classes, len(val_set))
+    record = {"model": settings.model, "traits": asdict(traits), "settings": asdict(chosen),
+              "config": config.to_dict(), "best": best, "last": last, "gate": gate.to_dict(),
+              "weights": str(folder / "model.safetensors")}
+    write_settings(folder, record)
+    return record
