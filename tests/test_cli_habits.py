@@ -55,6 +55,11 @@ def test_one_device_option_checked_in_one_place() -> None:
         result = _run(command, "somewhere", "--dataset", "builtin:clutter", "--device", "gpu")
         lines = result.output.strip().splitlines()
         assert result.exit_code == 2 and len(lines) == 1 and "'gpu' is not a device" in lines[0], result.output
+    for args in (("run", "test_resnet", "--stages", "2"), ("reproduce", "--model", "test_resnet")):
+        assert "--device DEVICE" in _run(args[0], "--help").output
+        result = _run(*args, "--device", "gpu")  # refused before any training
+        lines = result.output.strip().splitlines()
+        assert result.exit_code == 2 and len(lines) == 1 and "'gpu' is not a device" in lines[0], result.output
 
 
 def test_workers_default_is_the_same_everywhere() -> None:

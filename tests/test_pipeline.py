@@ -16,9 +16,13 @@ TINY = ["--epochs", "1", "--base-epochs", "1", "--data-size", "64", "--num-image
 def test_run_end_to_end(tmp_path):
     out = tmp_path / "run"
     result = CliRunner().invoke(cli, ["-q", "run", "test_resnet", "--stages", "2,3", *TINY, "-o", str(out), "--json",
-                                      "--set", "finetune.lr=1e-4"])
+                                      "--set", "finetune.lr=1e-4", "--device", "cpu", "-j", "1"])
     assert result.exit_code == 0, result.output
     summary = json.loads(result.output)
+    # --device and -j reach every training (recorded in each run's config)
+    workers = {f: yaml.safe_load((out / f / "args.yaml").read_text())["config"]["workers"]
+               for f in ("ersm", "baseline")}
+    assert workers == {"ersm": 1, "baseline": 1} and summary["settings"]["device"] == "cpu"
     # finetune.* settings change the two fine-tunings, not the base training (its lr is the rule's: 2e-3 at batch 32)
     lr = {f: yaml.safe_load((out / f / "args.yaml").read_text())["config"]["lr"] for f in ("base", "ersm", "baseline")}
     assert lr == {"base": 2e-3, "ersm": 1e-4, "baseline": 1e-4}

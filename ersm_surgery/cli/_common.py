@@ -72,13 +72,13 @@ def check_device(value: str) -> str:
     return text
 
 
-def _device_callback(_ctx: click.Context, _param: click.Parameter, value: str | None) -> str | None:
+def device_callback(_ctx: click.Context, _param: click.Parameter, value: str | None) -> str | None:
     return None if value is None else check_device(value)
 
 
 def device_option(func):
     """``--device``: auto (default), cpu, cuda, cuda:N or mps; checked against this machine before any work."""
-    return click.option("--device", default="auto", show_default=True, callback=_device_callback, metavar="DEVICE",
+    return click.option("--device", default="auto", show_default=True, callback=device_callback, metavar="DEVICE",
                         help=f"Where to run: {DEVICES} (auto: CUDA, then MPS, then CPU).")(func)
 
 

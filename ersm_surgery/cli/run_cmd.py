@@ -4,9 +4,9 @@ from __future__ import annotations
 import click
 
 from ..model_source import short_name
-from ._common import console, emit_json
+from ._common import DEVICES, console, device_callback, emit_json
 
-# ``run`` on the built-in data: 4 min 29 s on an idle 2-core CPU (benchmarks/README.md), inside the 5-minute goal
+# ``run`` on the built-in data: 3 min 2 s on an idle 2-core CPU (benchmarks/README.md), inside the 5-minute goal
 RUN_EPOCHS = {"base_epochs": 4, "epochs": 2}
 RUN_BASE_IMAGES = 4000
 
@@ -39,6 +39,11 @@ def pipeline_options(func):
                      help="ONNX validation: tolerance relative to each output's scale (export's --rtol)."),
         click.option("--export-atol", type=click.FloatRange(min=0),
                      help="ONNX validation: absolute floor of the tolerance (export's --atol)."),
+        click.option("--device", default="auto", show_default=True, callback=device_callback, metavar="DEVICE",
+                     help=f"Where every step runs: {DEVICES} (auto: CUDA, then MPS, then CPU)."),
+        click.option("-j", "--workers", type=click.IntRange(min=0), default=0, show_default=True,
+                     help="DataLoader worker processes of the trainings (0 here: the built-in data render fast "
+                          "in the main process, and the main job's time was measured so)."),
         click.option("-o", "--output", help="Run folder."),
         click.option("--force", is_flag=True, help="Write into an existing non-empty folder."),
         click.option("--force-base", is_flag=True,
@@ -66,7 +71,7 @@ def protocol_defaults(options: dict, epochs: dict[str, int], base_images: int, o
 
 def build_settings(model: str, stages: str, defaults: dict, *, data_dir, dataset, epochs, base_epochs, img_size,
                    data_size, num_classes, batch_size, pretrained, pretrained_path, seed, num_images, overrides,
-                   output, force, export_rtol, export_atol, force_base):
+                   output, force, export_rtol, export_atol, force_base, device, workers):
     """PipelineSettings from the shared options; ``defaults`` holds the command's epochs (and data options)."""
     from ..errors import DataError
     from ..pipeline import PipelineSettings
@@ -101,7 +106,7 @@ def build_settings(model: str, stages: str, defaults: dict, *, data_dir, dataset
         pretrained=pretrained, pretrained_path=pretrained_path, seed=seed, num_images=num_images,
         mask=data["mask"], finetune=data["finetune"], force=force, data_options=data_options,
         base_data_options=base_data_options, export_rtol=export_rtol, export_atol=export_atol,
-        force_base=force_base,
+        force_base=force_base, device=device, workers=workers,
     )
 
 

@@ -288,7 +288,7 @@ def train_base(settings: PipelineSettings, config: FinetuneConfig, folder: Path,
     config = dataclasses.replace(config, **chosen.finetune_keys())
     train_set, val_set = build_datasets(config, config.img_size)
     _log.info("base settings for %s: %s", settings.model, "; ".join(chosen.reasons))
-    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = torch.device(settings.device or ("cuda" if torch.cuda.is_available() else "cpu"))
     result = fit(model.to(device), train_set, val_set, config, folder,
                  run_args={"source": settings.model, "base_rule": asdict(chosen)})
     best, last = dict(result.best), dict(result.rows[-1]) if result.rows else {}

@@ -43,6 +43,10 @@ class PipelineSettings:
         pretrained_path: start from local base weights.
         seed: seeds data order, initialisation and evaluation.
         num_images: images evaluated.
+        device: where every step runs: ``cpu``, ``cuda``, ``cuda:N``, ``mps`` (None: CUDA when available, else
+            the CPU).
+        workers: DataLoader worker processes of the trainings (0: the built-in data render in the main
+            process, which is how the main job's time was measured).
         data_options: more ``create_dataset`` options (``size``, ``num_classes`` of builtin:clutter).
         base_data_options: data options for base training only, over ``data_options`` (e.g.
             ``train_size`` of built-in data: the base then sees more unique images rather than more epochs).
@@ -72,6 +76,8 @@ class PipelineSettings:
     pretrained_path: str | None = None
     seed: int = 0
     num_images: int = 256
+    device: str | None = None
+    workers: int = 0
     data_options: dict[str, Any] = field(default_factory=dict)
     base_data_options: dict[str, Any] = field(default_factory=dict)
     mask: dict[str, Any] = field(default_factory=dict)
@@ -105,7 +111,7 @@ def _config(settings: PipelineSettings, epochs: int, lr: float, no_masks: bool =
     return FinetuneConfig.from_sources({
         "data": settings.data, "data_options": {**settings.data_options, **(data_options or {})}, "epochs": epochs,
         "batch_size": settings.batch_size, "lr": lr, "img_size": settings.img_size, "seed": settings.seed,
-        "workers": 0, "no_masks": no_masks,
+        "workers": settings.workers, "no_masks": no_masks,
     }, overrides)
 
 
@@ -126,10 +132,14 @@ def _train(source: str, output: Path, settings: PipelineSettings, epochs: int, l
 
     config = _config(settings, epochs, lr, no_masks)
     inputs = RunInputs(source=source, output=output, force=True, pretrained=settings.pretrained and not pretrained_path,
-                       pretrained_path=pretrained_path, device="cpu" if not _cuda() else None)
+                       pretrained_path=pretrained_path, device=_device(settings))
     result = finetune(inputs, config)
     last = result.rows[-1] if result.rows else {}
     return {"folder": str(output), "rows": result.rows, "best": result.best, "last": last}
+
+
+def _device(settings: PipelineSettings) -> str:
+    return settings.device or ("cuda" if _cuda() else "cpu")
 
 
 def _cuda() -> bool:
@@ -209,7 +219,7 @@ def _evaluate(settings: PipelineSettings, ersm: Path, baseline: Path, out: Path,
                           **settings.data_options)
     images = load_images(data, settings.num_images, settings.seed)
     progress("evaluate", f"evaluating both models on {len(images)} validation images")
-    result = evaluate(model, images, base, EvalSettings(seed=settings.seed),
+    result = evaluate(model, images, base, EvalSettings(seed=settings.seed, device=_device(settings)),
                       model_info={"source": str(ersm)}, baseline_info={"source": str(baseline)})
     out.mkdir(parents=True, exist_ok=True)
     result.results["versions"] = {k: str(v) for k, v in versions().items()}
