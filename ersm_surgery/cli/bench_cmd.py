@@ -57,7 +57,7 @@ def bench(ctx: click.Context, source: str, batch_sizes: list[int], img_size, dat
     _check(model)
     recipe = model.ersm_recipe
     size = img_size or int((recipe.input_size or default_input_size(model))[-1])
-    x = _inputs(data_dir or dataset, split, size, max(batch_sizes), seed)
+    x = _inputs(model, data_dir or dataset, split, size, max(batch_sizes), seed)
     base = plain_model(model)
     out = console(ctx)
     results = []
@@ -74,14 +74,15 @@ def bench(ctx: click.Context, source: str, batch_sizes: list[int], img_size, dat
         _render(out, report)
 
 
-def _inputs(spec, split: str, size: int, count: int, seed: int):
+def _inputs(model, spec, split: str, size: int, count: int, seed: int):
     import torch
 
     if spec is None:
         return torch.randn(count, 3, size, size, generator=torch.Generator().manual_seed(seed))
-    from ..data import create_dataset
+    from ..data import create_dataset, resolve_preprocessing
 
-    data = create_dataset(spec, split=split, img_size=size, seed=seed)
+    # the images as the model was fine-tuned on them (its recorded preprocessing), at the size asked for
+    data = create_dataset(spec, split=split, preprocessing=resolve_preprocessing(model, spec, img_size=size), seed=seed)
     return torch.stack([data[i % len(data)][0] for i in range(count)])
 
 
