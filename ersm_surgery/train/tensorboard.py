@@ -10,11 +10,12 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from ..optional import install_hint
 from .errors import TrainingError
 
 __all__ = ["TensorboardLog", "require_tensorboard", "tag_of", "INSTALL_HINT"]
 
-INSTALL_HINT = 'pip install "ersm-surgery[tensorboard]"'
+INSTALL_HINT = install_hint("tensorboard")  # the one place that knows which extra installs what
 
 
 def require_tensorboard() -> type:
