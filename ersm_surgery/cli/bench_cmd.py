@@ -45,7 +45,7 @@ def bench(ctx: click.Context, source: str, batch_sizes: list[int], img_size, dat
 
     from ..api import default_input_size
     from ..sparse.measure import measure_batch, plain_model
-    from ..sparse.model import DEFAULT_BREAK_EVEN, _check
+    from ..sparse.model import DEFAULT_BREAK_EVEN, check_sparsable
     from ..train.source import load_source
 
     if data_dir is not None and dataset is not None:
@@ -54,7 +54,7 @@ def bench(ctx: click.Context, source: str, batch_sizes: list[int], img_size, dat
         torch.set_num_threads(threads)
     model, _ = load_source(source)
     model.eval()
-    _check(model)
+    check_sparsable(model)
     recipe = model.ersm_recipe
     size = img_size or int((recipe.input_size or default_input_size(model))[-1])
     x = _inputs(model, data_dir or dataset, split, size, max(batch_sizes), seed)

@@ -113,7 +113,8 @@ def _gated(model: nn.Module) -> list[tuple[str, nn.Module]]:
             if path and isinstance(getattr(module, GATE_ATTR, None), StageGate)]
 
 
-def _check(model: nn.Module) -> None:
+def check_sparsable(model: nn.Module) -> None:
+    """Raise SparseError (one line with the fix) unless ``model`` has hard, stage-gated masks."""
     from ..api import RECIPE_ATTR
 
     recipe = getattr(model, RECIPE_ATTR, None)
@@ -141,7 +142,7 @@ def sparse(model: nn.Module, break_even: float = DEFAULT_BREAK_EVEN) -> nn.Modul
     Raises:
         SparseError: the model has no masks, its masks do not gate (``mask.gate=features``) or are soft.
     """
-    _check(model)
+    check_sparsable(model)
     out = copy.deepcopy(model)
     gated = _gated(out)
     if not gated:
