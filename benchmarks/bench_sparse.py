@@ -11,7 +11,8 @@ that the gated blocks compute something and the exactness figure is not triviall
 2. Train the mask heads and the classifier, backbone frozen, for ``--steps`` steps of Adam (lr 1e-3,
    batch 16) on builtin:clutter at 64 px with loss = cross-entropy + 1.0 * the energy regularizer.
 3. Shift the price: at 224 px on the 16 validation images of builtin:clutter that are timed, bisect each
-   mask's alpha (stage 2's first, then stage 3's, which sees stage 2's mask; 12 steps) until its mean kept
+   mask's alpha (stage 2's first, then stage 3's, which sees stage 2's mask; the bracket doubles from
+   [-20, 20] until it encloses the target, then up to 40 halvings, stopping within 0.01) until its mean kept
    density over the 16 is the target (0.4 for the goals; each point of the curve for the curve). Batch 1
    times the first of the 16 images, whose own density is printed.
 4. Time at 224 px, batch 1 and 16 (fp32, ``torch.set_num_threads(--threads)``): the original timm model
@@ -76,21 +77,41 @@ def train_heads(model: torch.nn.Module, steps: int, num_classes: int) -> None:
         p.requires_grad_(True)
 
 
-def shift_price(model: torch.nn.Module, x: torch.Tensor, target: float) -> dict[str, float]:
-    """Bisect each mask's alpha, in model order, until its mean kept density on ``x`` is ``target``."""
+def shift_price(model: torch.nn.Module, x: torch.Tensor, target: float, tol: float = 0.01,
+                steps: int = 40) -> dict[str, float]:
+    """Bisect each mask's alpha, in model order, until its mean kept density on ``x`` is ``target``.
+
+    The bracket starts at [-20, 20] and doubles until it encloses the target (efficientnet_b0's scores
+    reach past +-20 once its residual branches are not identity); bisection stops within ``tol`` of the
+    target or after ``steps`` halvings (12 were too coarse where the kept fraction rises steeply).
+    """
     layers = list(ersm_surgery.masks(model).items())
+
+    def kept(layer, alpha: float) -> float:
+        layer.config.alpha = alpha
+        model(x)
+        return float(layer.state.hard.mean())
+
     with torch.no_grad():
         for _, layer in layers:
-            lo, hi = -20.0, 20.0  # alpha = -20 keeps every token, +20 none
-            for _ in range(12):
-                layer.config.alpha = (lo + hi) / 2
-                model(x)
-                if float(layer.state.hard.mean()) > target:
+            if target >= 1.0:
+                lo = -20.0
+                while kept(layer, lo) < 1.0 and lo > -1e6:  # lower the price until every token is kept
+                    lo *= 2
+                continue
+            lo, hi = -20.0, 20.0  # a low alpha keeps every token, a high one none
+            while kept(layer, lo) <= target and lo > -1e6:
+                lo *= 2
+            while kept(layer, hi) > target and hi < 1e6:
+                hi *= 2
+            for _ in range(steps):
+                density = kept(layer, (lo + hi) / 2)
+                if abs(density - target) <= tol:
+                    break
+                if density > target:
                     lo = layer.config.alpha
                 else:
                     hi = layer.config.alpha
-            if target >= 1.0:
-                layer.config.alpha = -20.0
         model(x)
         return {name: float(layer.state.hard.mean()) for name, layer in layers}
 

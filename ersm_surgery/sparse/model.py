@@ -23,10 +23,10 @@ from .grid import GridSet, Rows
 
 __all__ = ["sparse", "SparseRegion", "sparse_regions", "DEFAULT_BREAK_EVEN"]
 
-# above this kept fraction a gated stage runs densely. Provisional: benchmarks/bench_sparse.py's curve
-# measures where the sparse resnet50 stages stop being faster than the dense gated ones, and it has not
-# been run to the end with the current code; an earlier, slower version crossed at about 0.6 (docs/sparse.md)
-DEFAULT_BREAK_EVEN = 0.85
+# above this kept fraction a gated stage runs densely: where benchmarks/bench_sparse.py's curve (resnet50,
+# 224 px, batch 4, 2 threads) saw the sparse gated stages stop being faster than the same stages computed
+# densely with their gates; 0.61 in two full runs (docs/sparse.md, Measured)
+DEFAULT_BREAK_EVEN = 0.61
 
 _FIX = "inject with --set mask.gate=stage and fine-tune (ersm-surgery inject MODEL --stages 2,3 --set mask.gate=stage)"
 
