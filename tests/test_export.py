@@ -22,7 +22,8 @@ from ersm_surgery.io.artifact import (
     write_weights,
 )
 from ersm_surgery.io.export import BACKBONE, ONNX, VALIDATION, strip_masks
-from ersm_surgery.io.onnx_export import export_onnx, onnx_parity
+from ersm_surgery.io.onnx_export import export_onnx
+from ersm_surgery.io.onnx_validation import validate_onnx
 from ersm_surgery.io.safetensors_header import read_header, tensor_data_sha256
 from tests.coverage_models import COVERAGE
 
@@ -227,7 +228,8 @@ def test_onnx_parity_hard_and_soft(tmp_path: Path, name: str, stages) -> None:
         path = tmp_path / f"{mode}.onnx"
         with_masks = mode == "hard"
         assert export_onnx(model, path, SIZE, with_masks=with_masks)["exporter"] == "torchscript"
-        parity = onnx_parity(model, path, _x(3), with_masks=with_masks)  # batch 3, traced at 2: dynamic axis
+        # batch 3, traced at 2: dynamic axis
+        parity = validate_onnx(model, path, _x(3), SIZE, with_masks=with_masks)
         assert parity["max_abs_diff"] <= 1e-4, (mode, parity)
         if with_masks:
             assert len(parity["outputs"]) == 1 + len(stages) and not any(parity["mask_flips"].values())
@@ -247,7 +249,7 @@ def test_onnx_parity_resnet50(tmp_path: Path, mode: str) -> None:
     model = ersm_surgery.inject("resnet50", stages=[2, 3], input_size=size).eval()
     ersm_surgery.masks(model).set_mode(eval_mode=mode)
     export_onnx(model, tmp_path / "m.onnx", size)
-    assert onnx_parity(model, tmp_path / "m.onnx", _x(2, size))["max_abs_diff"] <= 1e-4
+    assert validate_onnx(model, tmp_path / "m.onnx", _x(2, size), size)["max_abs_diff"] <= 1e-4
 
 
 def test_dynamo_exporter_writes_one_self_contained_file(tmp_path: Path) -> None:
@@ -257,7 +259,7 @@ def test_dynamo_exporter_writes_one_self_contained_file(tmp_path: Path) -> None:
     info = export_onnx(model, tmp_path / "m.onnx", SIZE, exporter="dynamo")
     assert info["exporter"] == "dynamo" and info["files"] == ["m.onnx"]
     assert sorted(p.name for p in tmp_path.iterdir()) == ["m.onnx"]
-    assert onnx_parity(model, tmp_path / "m.onnx", _x(3))["max_abs_diff"] <= 1e-4
+    assert validate_onnx(model, tmp_path / "m.onnx", _x(3), SIZE, exporter="dynamo")["max_abs_diff"] <= 1e-4
 
 
 @pytest.mark.slow
@@ -269,4 +271,4 @@ def test_dynamo_external_data_is_named_after_the_final_file(tmp_path: Path, monk
     info = export_onnx(model, tmp_path / "m.onnx", SIZE, exporter="dynamo")
     assert info["files"] == ["m.onnx.data", "m.onnx"]
     assert sorted(p.name for p in tmp_path.iterdir()) == ["m.onnx", "m.onnx.data"]
-    assert onnx_parity(model, tmp_path / "m.onnx", _x(3))["max_abs_diff"] <= 1e-4
+    assert validate_onnx(model, tmp_path / "m.onnx", _x(3), SIZE, exporter="dynamo")["max_abs_diff"] <= 1e-4

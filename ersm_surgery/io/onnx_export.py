@@ -28,7 +28,7 @@ if TYPE_CHECKING:
     from torch import nn
 
 __all__ = ["EXPORTERS", "INPUT_NAME", "LOGITS_NAME", "energy_output_names", "export_onnx", "mask_output_names",
-           "onnx_parity", "run_onnx", "with_mask_outputs"]
+           "run_onnx", "with_mask_outputs"]
 
 _log = logging.getLogger(__name__)
 
@@ -212,43 +212,3 @@ def run_onnx(path: str | Path, x: np.ndarray) -> list[np.ndarray]:
     options.log_severity_level = 3
     session = ort.InferenceSession(str(path), sess_options=options, providers=["CPUExecutionProvider"])
     return session.run(None, {session.get_inputs()[0].name: x})
-
-
-def onnx_parity(model: nn.Module, path: str | Path, x: torch.Tensor, with_masks: bool = False) -> dict[str, Any]:
-    """Largest absolute difference between PyTorch and onnxruntime on input ``x``, per output.
-
-    Returns:
-        ``{"max_abs_diff": float, "outputs": {name: float}, "batch": int, "logits_max_abs": float}`` (the
-        logits' scale, to judge the difference: float32 rounding grows with it); with mask outputs, the
-        fraction of tokens whose mask differs at 0.5 as ``mask_flips`` (hard masks flip where e is near 0).
-    """
-    import numpy as np
-    import torch
-
-    model.eval()
-    module = with_mask_outputs(model) if with_masks else model
-    names = [LOGITS_NAME, *(mask_output_names(model) if with_masks else [])]
-    with torch.no_grad():
-        ref = module(x)
-    ref = [ref] if isinstance(ref, torch.Tensor) else list(ref)
-    got = run_onnx(path, x.detach().cpu().numpy())
-    if len(got) != len(ref):
-        raise ArtifactError(f"{str(path)!r} has {len(got)} outputs, PyTorch gives {len(ref)}", "re-export it")
-    diffs = {}
-    flips = {}
-    scale = 0.0
-    for name, r, g in zip(names, ref, got, strict=True):
-        r = r.detach().float().cpu().numpy()
-        if r.shape != g.shape:
-            raise ArtifactError(f"ONNX output {name!r} has shape {list(g.shape)}, PyTorch {list(r.shape)}",
-                                "re-export it")
-        diffs[name] = float(np.abs(r - g).max()) if r.size else 0.0
-        if name == LOGITS_NAME and r.size:
-            scale = float(np.abs(r).max())
-        if name != LOGITS_NAME:
-            flips[name] = float(np.mean((r > 0.5) != (g > 0.5))) if r.size else 0.0
-    out: dict[str, Any] = {"max_abs_diff": max(diffs.values()), "outputs": diffs, "batch": int(x.shape[0]),
-                           "logits_max_abs": scale}
-    if flips:
-        out["mask_flips"] = flips
-    return out

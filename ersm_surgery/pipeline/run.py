@@ -12,7 +12,10 @@ import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    import torch
 
 __all__ = ["PipelineSettings", "run_pipeline", "STEPS", "UNTRAINED_NOTE"]
 
@@ -203,7 +206,8 @@ def _num_classes(settings: PipelineSettings) -> int:
 
 
 def _evaluate(settings: PipelineSettings, ersm: Path, baseline: Path, out: Path, base_info: dict[str, Any],
-              progress: Progress) -> dict[str, Any]:
+              progress: Progress) -> tuple[dict[str, Any], torch.Tensor]:
+    """Evaluate both models; returns the results and the evaluated images (the export validates on them)."""
     from ..data import create_dataset, resolve_preprocessing
     from ..eval.figures import write_figures
     from ..eval.images import load_images
@@ -230,19 +234,17 @@ def _evaluate(settings: PipelineSettings, ersm: Path, baseline: Path, out: Path,
     result.results["report"] = str(report)
     write_results(result.results, out)
     write_report(result.results, figures, report)
-    return result.results
+    return result.results, images.images
 
 
-def _export(settings: PipelineSettings, out: Path) -> tuple[dict[str, Any], str | None]:
-    """The export step, validated on evaluation images; a failure is returned as one line, never raised.
+def _export(settings: PipelineSettings, out: Path, images: torch.Tensor) -> tuple[dict[str, Any], str | None]:
+    """The export step, validated on the first evaluation ``images`` (prepared as the model was fine-tuned);
+    a failure is returned as one line, never raised.
 
     Everything the run made before stays where it is; a file that fails validation is left out of export/,
     the rest of the export (safetensors, card, validation.json) is written all the same.
     """
-    from ..data import create_dataset, resolve_preprocessing
     from ..errors import ArtifactError, ExportValidationError
-    from ..eval.images import load_images
-    from ..io import load
     from ..io.export import export
     from ..io.onnx_validation import VALIDATION_IMAGES
 
@@ -250,12 +252,8 @@ def _export(settings: PipelineSettings, out: Path) -> tuple[dict[str, Any], str 
     tolerances = {k: v for k, v in (("rtol", settings.export_rtol), ("atol", settings.export_atol)) if v is not None}
     anyway = f"export anyway with `ersm-surgery export {source} -o {target} --force --no-validate`"
     try:
-        pre = resolve_preprocessing(load(source), settings.data, img_size=settings.img_size)  # as fine-tuned
-        data = create_dataset(settings.data, split="validation", preprocessing=pre, seed=settings.seed,
-                              **settings.data_options)
-        images = load_images(data, VALIDATION_IMAGES, settings.seed).images
         return export(source, target, formats=settings.formats, force=True, results=out / "eval" / "results.json",
-                      validation_images=images, keep_on_failure=True, **tolerances), None
+                      validation_images=images[:VALIDATION_IMAGES], keep_on_failure=True, **tolerances), None
     except ExportValidationError as exc:
         kept = ", ".join(exc.kept) or "nothing"
         line = (f"export {exc.problem}; every earlier step is kept in {out} and export/ holds {kept}; {anyway} "
@@ -316,13 +314,13 @@ def run_pipeline(settings: PipelineSettings, progress: Progress | None = None) -
     start = time.perf_counter()
     # the last epochs, not the best: the same number of steps for both, and a choice by val top-1 would
     # favour the first epochs of ERSM, before its masks close (and peek at the evaluation images)
-    results = _evaluate(settings, out / "ersm" / "last", out / "baseline" / "last", out / "eval", base_info,
+    results, images = _evaluate(settings, out / "ersm" / "last", out / "baseline" / "last", out / "eval", base_info,
                         progress)
     timings["evaluate"] = time.perf_counter() - start
 
     start = time.perf_counter()
     progress("export", f"exporting as {', '.join(settings.formats)}")
-    exported, export_error = _export(settings, out)
+    exported, export_error = _export(settings, out, images)
     if export_error:
         _log.info("%s", export_error)
     timings["export"] = time.perf_counter() - start
