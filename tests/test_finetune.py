@@ -8,24 +8,14 @@ import numpy as np
 import pytest
 import torch
 import yaml
-from click.testing import CliRunner
 from PIL import Image
 from safetensors.torch import load_file
 
 import ersm_surgery
-from ersm_surgery.cli.main import cli
+from tests.cli_helpers import ok, run
 
 DATA = ["--dataset", "builtin:clutter", "--data-opt", "size=12 num_classes=4", "--img-size", "32", "-b", "8",
         "-j", "0", "--seed", "3"]
-
-
-def run(*args):
-    return CliRunner().invoke(cli, ["-q", *[str(a) for a in args if a != "-q"]])
-
-
-def ok(result):
-    assert result.exit_code == 0, result.output
-    return result
 
 
 def one_line_error(result, *fragments):

@@ -8,12 +8,10 @@ import json
 import numpy as np
 import pytest
 import torch
-from click.testing import CliRunner
 from PIL import Image
 from torchvision import transforms
 
 import ersm_surgery
-from ersm_surgery.cli.main import cli
 from ersm_surgery.data import (
     CLUTTER_MEAN,
     CLUTTER_STD,
@@ -25,17 +23,9 @@ from ersm_surgery.data import (
 )
 from ersm_surgery.errors import DataError
 from ersm_surgery.recipe import Recipe
+from tests.cli_helpers import ok, run
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
-
-
-def run(*args):
-    return CliRunner().invoke(cli, ["-q", *[str(a) for a in args if a != "-q"]])
-
-
-def ok(result):
-    assert result.exit_code == 0, result.output
-    return result
 
 
 def _folder(root, size=(40, 30)):

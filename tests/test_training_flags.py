@@ -9,29 +9,19 @@ import sys
 
 import pytest
 import torch
-from click.testing import CliRunner
 from safetensors.torch import load_file
 from timm.layers import DropPath
 from timm.loss import LabelSmoothingCrossEntropy, SoftTargetCrossEntropy
 
 import ersm_surgery
-from ersm_surgery.cli.main import cli
 from ersm_surgery.data import create_dataset, resolve_preprocessing
 from ersm_surgery.train import FinetuneConfig, fit
 from ersm_surgery.train import loop as loop_module
 from ersm_surgery.train.regularization import task_criterion
+from tests.cli_helpers import ok, run
 
 DATA = ["--dataset", "builtin:clutter", "--data-opt", "size=8 num_classes=4", "--img-size", "32", "-b", "4",
         "-j", "0", "--seed", "3"]
-
-
-def run(*args):
-    return CliRunner().invoke(cli, ["-q", *[str(a) for a in args if a != "-q"]])
-
-
-def ok(result):
-    assert result.exit_code == 0, result.output
-    return result
 
 
 @pytest.fixture(scope="module")
