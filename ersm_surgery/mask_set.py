@@ -49,6 +49,21 @@ class MaskSet:
         """sum over layers of alpha * mean(q) + beta * mean |q_i - q_j| (see ``layers.loss``)."""
         return energy_regularizer(self.layers.values())
 
+    def set_gradient_multiplier(self, value: float) -> None:
+        """What the loss is multiplied by before ``backward`` (``1 / accumulation steps``, times a GradScaler's
+        scale); a relative price (``layers.price``) divides the task gradient it observes by it."""
+        for layer in self.layers.values():
+            layer.task_scale.set_multiplier(value)
+
+    def price_state(self) -> dict[str, dict[str, float]]:
+        """The running task-gradient scales of a relative price, by layer (saved for an exact resume)."""
+        return {name: layer.task_scale.state() for name, layer in self.layers.items()}
+
+    def load_price_state(self, state: dict[str, dict[str, float]]) -> None:
+        for name, layer in self.layers.items():
+            if name in state:
+                layer.task_scale.load_state(state[name])
+
     def density(self) -> dict[str, torch.Tensor]:
         """Per-image fraction of kept tokens (the hard mask) of each layer, shape (B,)."""
         out = {}

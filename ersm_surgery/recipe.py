@@ -38,7 +38,9 @@ __all__ = ["Recipe", "RECIPE_VERSION", "load_recipe", "apply_overrides", "settab
 # 2: data_config (the preprocessing a model was fine-tuned with). A version-1 recipe has none and means the
 # preprocessing of that time (ImageNet or the built-in data's statistics, crop fraction 1.0); a version-2
 # recipe without one means the model's own timm pretrained config (see ersm_surgery.data.resolve).
-RECIPE_VERSION = 2
+# 3: mask.price (layers.price). A recipe of version 1 or 2 has no such key and means price "absolute", the only
+# price of that time; a version-3 recipe always writes it.
+RECIPE_VERSION = 3
 
 # top-level keys a user may set with --set (placements are set with --stages/--nodes)
 _TOP_SETTABLE = ("model", "num_classes", "input_size")
@@ -138,7 +140,7 @@ class Recipe:
             raise RecipeError("the recipe names no model", "add 'model: <timm model name>'")
         problems = []
         try:
-            mask = MaskConfig.from_dict(data.get("mask") or {})
+            mask = MaskConfig.from_dict(_versioned_mask(data))
         except (TypeError, ValueError) as exc:
             problems.append(str(exc))
             mask = MaskConfig()
@@ -187,6 +189,15 @@ class Recipe:
 
         path = Path(path)
         atomic_write_text(path, self.to_json() if path.suffix == ".json" else self.to_yaml())
+
+
+def _versioned_mask(data: dict[str, Any]) -> Any:
+    """The recipe's mask settings as that recipe's version meant them (before version 3, price "absolute")."""
+    mask = data.get("mask") or {}
+    version = data.get("version", 1)
+    if isinstance(mask, dict) and "price" not in mask and isinstance(version, int) and version < 3:
+        mask = {**mask, "price": "absolute"}
+    return mask
 
 
 def _data_config_problems(data: Any) -> list[str]:

@@ -4,13 +4,14 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field, fields
 from typing import Any
 
-__all__ = ["MaskConfig", "TRAIN_MODES", "EVAL_MODES", "BORDERS", "GATES"]
+__all__ = ["MaskConfig", "TRAIN_MODES", "EVAL_MODES", "BORDERS", "GATES", "PRICES"]
 
 TRAIN_MODES = ("straight_through", "soft")
 EVAL_MODES = ("hard", "soft")
 BORDERS = ("zero", "normalise")  # how the pairwise pull treats tokens at the border (energy.mean_field)
 # what a stage mask multiplies: its own feature map only, or also every map of the next stage (docs/layer.md)
 GATES = ("features", "stage")
+PRICES = ("relative", "absolute")  # what alpha is measured in (layers.price)
 
 
 @dataclass
@@ -18,8 +19,11 @@ class MaskConfig:
     """Settings of an Energy-Mask layer.
 
     Attributes:
-        alpha: price of keeping a token (the intrinsic cost in u = alpha - s). The default 0.2 is the
-            price benchmarks/bench_finetune.py measured on a trained resnet18 (docs/finetune.md).
+        alpha: price of keeping a token (the intrinsic cost in u = alpha - s). Under ``price="relative"``
+            (the default) the regularizer charges alpha times the mean magnitude of the task gradient the
+            mask sees, so the same alpha means the same on every model and stage (``layers.price``); under
+            ``"absolute"`` it charges alpha in units of the loss (recipe versions 1 and 2). The default is
+            the one benchmarks/bench_price_robustness.py measured across families (docs/finetune.md).
         beta: strength of the Potts coherence term.
         tau: temperature of the mean-field sigmoids.
         steps: number of unrolled mean-field updates T.
@@ -40,6 +44,9 @@ class MaskConfig:
             multiplies every intermediate map of the next stage, so that stage can be computed on the
             kept tokens alone; see ``layers.gate`` and ``ersm_surgery.sparse``). Left out of a
             recipe when "features", so recipes written before the setting existed keep their meaning.
+        price: "relative" (alpha is a fraction of the task gradient's scale) or "absolute" (alpha is in
+            units of the loss, the behaviour before recipe version 3; a recipe of version 1 or 2 without
+            this key reads as "absolute").
     """
 
     alpha: float = 0.2
@@ -57,6 +64,7 @@ class MaskConfig:
     pairwise: str = "potts"
     pairwise_args: dict[str, Any] = field(default_factory=dict)
     gate: str = "features"
+    price: str = "relative"
 
     def __post_init__(self) -> None:
         if self.pairwise_args is None:  # "pairwise_args: null" in a recipe
@@ -88,6 +96,8 @@ class MaskConfig:
             out.append(f"mask.hidden must be a positive integer or null, got {self.hidden}")
         if self.gate not in GATES:
             out.append(f"mask.gate must be one of {', '.join(GATES)}, got {self.gate!r}")
+        if self.price not in PRICES:
+            out.append(f"mask.price must be one of {', '.join(PRICES)}, got {self.price!r}")
         if not isinstance(self.pairwise_args, dict):
             out.append(f"mask.pairwise_args must be a mapping, got {self.pairwise_args!r}")
         return out

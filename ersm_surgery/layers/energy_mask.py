@@ -9,6 +9,7 @@ from torch import nn
 from .config import MaskConfig
 from .energy import mean_field, straight_through
 from .heads import create_pairwise, create_unary_head
+from .price import TaskGradientScale
 
 __all__ = ["EnergyMask", "MaskState"]
 
@@ -52,6 +53,7 @@ class EnergyMask(nn.Module):
         self.hidden = hidden
         self.head = create_unary_head(self.config.head, channels, hidden, self.config)
         self.pairwise = create_pairwise(self.config.pairwise, channels, self.config)
+        self.task_scale = TaskGradientScale()  # the unit of a relative price (layers.price); no parameters
         self.state: MaskState | None = None
 
     @property
@@ -75,6 +77,9 @@ class EnergyMask(nn.Module):
             mask = q
         else:
             mask = hard
+        if self.training and cfg.price == "relative" and torch.is_grad_enabled():
+            mask = mask.view_as(mask)  # a tensor of its own: its gradient is the task's alone, never the price's
+            self.task_scale.observe(mask)
         self.state = MaskState(q=q, energy=energy, hard=hard, mask=mask, weights=weights)
         return x * mask.to(x.dtype)
 

@@ -1,6 +1,10 @@
 """The energy regularizer of ERSM: a token price and a coherence term, with no target density.
 
-    R = sum over mask layers of [alpha * mean(q) + beta * mean over neighbour pairs w_ij |q_i - q_j|]
+    R = sum over mask layers of k * [alpha * mean(q) + beta * mean over neighbour pairs w_ij |q_i - q_j|]
+
+k = 1 under ``mask.price=absolute``; under ``mask.price=relative`` (the default) k is the running
+``sum |dL_task/dm|`` of that layer (``layers.price``, detached), so a token's price is alpha times the
+mean magnitude of the task gradient on the mask, whatever the model, stage or loss scale.
 
 w_ij = 1 for the plain Potts term. A pairwise term with weights (the edge-aware plugin's, say) weights
 the pairs of the regularizer with the same w_ij that its mean-field used, detached: the regularizer is
@@ -51,6 +55,8 @@ def energy_regularizer(layers: Iterable[EnergyMask]) -> torch.Tensor:
             raise RuntimeError("an Energy-Mask layer has no state: run the model's forward pass first")
         c = layer.config
         term = layer_regularizer(layer.state.q, c.alpha, c.beta, c.neighbourhood, layer.state.weights)
+        if c.price == "relative":
+            term = layer.task_scale.value().to(term.dtype) * term
         total = term if total is None else total + term
     if total is None:
         raise RuntimeError("no Energy-Mask layers: the model has no masks to regularize")

@@ -25,7 +25,8 @@ from .config import FinetuneConfig
 from .data import build_loader, set_epoch
 from .distributed import DistInfo, all_true, broadcast_buffers, gather_objects, no_sync, ranks_agree
 from .errors import DivergedError
-from .metrics import EpochMeter
+from .mask_watch import MaskWatch
+from .metrics import EpochMeter, short_name
 from .optim import base_lr, create_optimizer, create_scheduler, updates_per_epoch
 from .regularization import amp_dtype, autocast_factory, create_ema, create_mixup, task_criterion, to_channels_last
 from .run_state import checkpoint, restore
@@ -63,6 +64,7 @@ class FitResult:
     ranks_in_sync: bool = True
     stopped_early: bool = False
     world_size: int = 1
+    warnings: list[str] = field(default_factory=list)  # MaskWatch's lines, in the order they were logged
 
 
 @dataclass
@@ -138,6 +140,8 @@ def _train_epoch(run: _Run, loader, epoch: int, callbacks: Callbacks) -> dict[st
         group = accum if i < full else n - full
         final = (i + 1) % accum == 0 or i + 1 == n
         run.gamma, run.tau = run.schedule.apply(run.layers, run.update)
+        # the relative price reads the task gradient on the masks: tell it what the loss is multiplied by
+        run.layers.set_gradient_multiplier((run.scaler.get_scale() if run.scaler is not None else 1.0) / group)
         with no_sync(run.model, not final):
             logits, task, energy, loss = _forward_loss(run, x, target)
             if not all_true(bool(torch.isfinite(loss)), run.info):
@@ -306,6 +310,9 @@ def _epochs(run: _Run, result: FitResult, config: FinetuneConfig, info: DistInfo
                             "world_size": info.world_size, "masks": run.layers.names(),
                             "model_ema": run.ema is not None})
     labels = list(train_set.classes)
+    per_epoch = max(1, run.schedule.total_updates // max(1, config.epochs))
+    watch = MaskWatch(round(config.gamma_warmup * run.schedule.total_updates) + per_epoch,
+                      {short_name(name): layer.config.alpha for name, layer in run.layers.items()})
     for epoch in range(start, config.epochs):
         if stop_after is not None and epoch >= stop_after:
             result.stopped_early = True
@@ -319,6 +326,10 @@ def _epochs(run: _Run, result: FitResult, config: FinetuneConfig, info: DistInfo
         val = _validate(run, val_loader, epoch, callbacks)
         row = _row(epoch, run, train, val, time.perf_counter() - t0, train_set, val_set)
         result.rows.append(row)
+        if info.primary:
+            for line in watch.check(row, run.update):
+                _log.warning("%s", line)
+                result.warnings.append(line)
         if not result.best or row["val_top1"] > result.best["val_top1"]:
             result.best = {"epoch": epoch + 1, "val_top1": row["val_top1"], "val_top5": row["val_top5"]}
         rng = gather_objects(capture_rng(), info)

@@ -34,7 +34,7 @@ __all__ = ["finetune", "RunInputs", "set_mask_settings", "MUTABLE_MASK_KEYS", "r
 _log = logging.getLogger(__name__)
 
 # mask.* settings a run may change on an injected model; the others shape the layers' weights
-MUTABLE_MASK_KEYS = ("alpha", "beta", "tau", "steps", "border", "train_mode", "eval_mode")
+MUTABLE_MASK_KEYS = ("alpha", "beta", "tau", "steps", "border", "train_mode", "eval_mode", "price")
 
 
 @dataclass

@@ -52,6 +52,7 @@ def checkpoint(folder: RunFolder, result: Any, run: Any, config: FinetuneConfig,
         "rng": rng,
         "data_order": {"seed": config.seed, "next_epoch": last["epoch"], "order": "permutation of (seed, epoch)"},
         "tau_start": run.schedule.tau_start,
+        "price_scale": run.layers.price_state(),
         "best": dict(result.best),
         "history": [dict(r) for r in result.rows],
         "config": config.to_dict(),
@@ -75,6 +76,7 @@ def restore(run: Any, state: dict[str, Any], result: Any) -> int:
     if run.scaler is not None and state.get("scaler") is not None:
         run.scaler.load_state_dict(state["scaler"])
     run.update = int(state["update"])
+    run.layers.load_price_state(state.get("price_scale") or {})
     run.saved_epoch = int(state["epoch"])
     result.rows = [dict(r) for r in state.get("history", [])]
     result.best = dict(state.get("best") or {})

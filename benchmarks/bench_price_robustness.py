@@ -1,0 +1,191 @@
+"""Does the default price land on the first try? The defaults on a matrix of models x placements x bases.
+
+    python benchmarks/bench_price_robustness.py                      # ~30 min on 2 idle cores (bases cached)
+    python benchmarks/bench_price_robustness.py --models resnet18 --set mask.alpha=0.5   # explore one setting
+
+Each cell is what ``ersm-surgery run`` does, with its defaults and nothing tuned per cell:
+1. a base trained from random initialisation on builtin:clutter (4 classes, 64 px, 4000 images) by
+   ``pipeline.base_training`` (the rule-chosen settings of ``run``): a well-trained one (``--full-epochs``)
+   and one with half its epochs;
+2. masks injected at a placement: the two stages before the last (``n-3, n-2`` of timm's feature_info),
+   or one earlier stage (``n-4``);
+3. two fine-tunings from the same injected model with ``run``'s settings (2 epochs of 2000 images, lr 5e-4,
+   batch 64, the same seed and data order): ERSM with the default price, and the baseline without masks.
+
+Per cell: validation top-1 of both (the last epoch, as ``run`` reports), per mask the mean hard-mask density
+on the validation images and its std across images. Criteria, fixed before the run (issue #13): a cell
+passes when every mask's mean density is in [0.15, 0.65] with per-image std > 0.05 and ERSM's top-1 is within
+2 points of the baseline's; the goal is >= 90% of cells passing and no cell collapsed (density < 0.05) or
+open (density > 0.95). The baseline fine-tunings and the bases are cached (``--cache``): they do not depend
+on the price.
+"""
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import sys
+import time
+from pathlib import Path
+
+import timm
+import torch
+
+from ersm_surgery.api import inject
+from ersm_surgery.io import save
+from ersm_surgery.pipeline.base_training import train_base
+from ersm_surgery.pipeline.run import PipelineSettings, _config, _mask_config, _train
+
+MODELS = "resnet18,mobilenetv3_large_100,convnext_atto,regnetx_002"
+IMG, CLASSES, BASE_IMAGES = 64, 4, 4000
+
+
+def placements(model: str) -> dict[str, list[int]]:
+    n = len(timm.create_model(model, pretrained=False, features_only=True).feature_info)
+    return {"late": [n - 3, n - 2], "early": [n - 4]}
+
+
+def parse_set(items: list[str]) -> tuple[dict, dict, dict]:
+    mask, finetune, run = {}, {}, {}
+    for item in items:
+        key, _, value = item.partition("=")
+        section, _, name = key.partition(".")
+        try:
+            parsed = json.loads(value)
+        except json.JSONDecodeError:
+            parsed = value
+        {"mask": mask, "finetune": finetune, "run": run}[section][name] = parsed
+    return mask, finetune, run
+
+
+def settings_for(model: str, stages: list[int], out: Path, mask: dict, finetune: dict, seed: int,
+                 run: dict | None = None) -> PipelineSettings:
+    return PipelineSettings(model=model, stages=stages, output=out, img_size=IMG, seed=seed, device="cpu",
+                            data_options={"num_classes": CLASSES}, base_data_options={"train_size": BASE_IMAGES},
+                            mask=mask, finetune=finetune, force=True, **(run or {}))
+
+
+def base(model: str, epochs: int, cache: Path, seed: int) -> tuple[str, float]:
+    folder = cache / f"base-{model}-e{epochs}-s{seed}"
+    record_file = folder / "bench_record.json"
+    if record_file.is_file():
+        rec = json.loads(record_file.read_text())
+        return rec["weights"], rec["top1"]
+    settings = settings_for(model, [1], folder, {}, {}, seed)
+    settings.base_epochs = epochs
+    config = _config(settings, epochs, 1e-3, no_masks=True, data_options=settings.base_data_options, base=True)
+    t0 = time.perf_counter()
+    rec = train_base(settings, config, folder, CLASSES)
+    top1 = rec["gate"]["top1"]
+    record_file.write_text(json.dumps({"weights": rec["weights"], "top1": top1}))
+    print(f"  base {model} {epochs} epochs: top-1 {100 * top1:.1f}% ({time.perf_counter() - t0:.0f}s)", flush=True)
+    return rec["weights"], top1
+
+
+def _digest(value) -> str:
+    return hashlib.sha256(json.dumps(value, sort_keys=True).encode()).hexdigest()[:8]
+
+
+def densities(row: dict) -> dict[str, tuple[float, float]]:
+    return {k[len("density/"):]: (v, row["density_std/" + k[len("density/"):]])
+            for k, v in row.items() if k.startswith("density/")}
+
+
+def cell(model: str, where: str, stages: list[int], weights: str, tag: str, cache: Path, work: Path,
+         mask: dict, finetune: dict, seed: int, run: dict) -> dict:
+    settings = settings_for(model, stages, work, mask, finetune, seed, run)
+    fingerprint = f"e{settings.epochs}-b{settings.batch_size}-lr{settings.lr:g}"
+    folder = work / f"{model}-{where}-{tag}-{_digest([mask, finetune, run])}"
+    masked = inject(model, stages=stages, input_size=(3, IMG, IMG), num_classes=CLASSES, pretrained_path=weights,
+                    config=_mask_config(settings))
+    save(masked, folder / "injected", force=True)
+    t0 = time.perf_counter()
+    ersm = _train(str(folder / "injected"), folder / "ersm", settings, settings.epochs, settings.lr)
+    t_ersm = time.perf_counter() - t0
+    plain_ft = {k: v for k, v in finetune.items() if not k.startswith(("gamma", "mask_lr", "tau"))}
+    base_key = cache / (f"baseline-{model}-{where}-{tag}-s{seed}-{fingerprint}"
+                        f"{'-' + json.dumps(plain_ft, sort_keys=True) if plain_ft else ''}.json")
+    if base_key.is_file():
+        baseline = json.loads(base_key.read_text())
+    else:
+        plain = _train(str(folder / "injected"), folder / "baseline", settings, settings.epochs, settings.lr,
+                       no_masks=True)
+        baseline = {"top1": plain["last"]["val_top1"]}
+        base_key.write_text(json.dumps(baseline))
+    last = ersm["last"]
+    return {"model": model, "placement": where, "stages": stages, "base": tag, "ersm_top1": last["val_top1"],
+            "baseline_top1": baseline["top1"], "densities": densities(last), "ersm_s": round(t_ersm, 1),
+            "rows": [{k: v for k, v in r.items() if k.startswith(("density", "val_top1", "train_loss", "epoch"))}
+                     for r in ersm["rows"]]}
+
+
+def verdict(c: dict) -> tuple[bool, str]:
+    gap = c["ersm_top1"] - c["baseline_top1"]
+    ds = c["densities"].values()
+    why = []
+    if any(m < 0.05 for m, _ in ds):
+        why.append("COLLAPSED")
+    elif any(m > 0.95 for m, _ in ds):
+        why.append("OPEN")
+    elif not all(0.15 <= m <= 0.65 for m, _ in ds):
+        why.append("density out of [0.15, 0.65]")
+    if not all(s > 0.05 for _, s in ds):
+        why.append("std <= 0.05")
+    if gap < -2.0:
+        why.append(f"gap {gap:+.1f} < -2")
+    return not why, ", ".join(why) or "pass"
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--models", default=MODELS)
+    ap.add_argument("--placements", default="late,early")
+    ap.add_argument("--full-epochs", type=int, default=8, help="epochs of the well-trained base (the other: half)")
+    ap.add_argument("--bases", default="full,half")
+    ap.add_argument("--set", action="append", default=[],
+                    help="mask.KEY=VALUE, finetune.KEY=VALUE or run.KEY=VALUE (PipelineSettings; exploration)")
+    ap.add_argument("--cache", default="/tmp/ersm_bench_price")
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--json", default=None, help="write every cell here")
+    ap.add_argument("--bases-only", action="store_true", help="train and cache the bases, nothing else")
+    args = ap.parse_args()
+    torch.set_num_threads(2)
+    cache = Path(args.cache)
+    cache.mkdir(parents=True, exist_ok=True)
+    work = cache / "work"
+    mask, finetune, run = parse_set(args.set)
+    print(f"machine: {torch.get_num_threads()} threads, torch {torch.__version__}, timm {timm.__version__}; "
+          f"settings: defaults{' + ' + ' '.join(args.set) if args.set else ''}", flush=True)
+    t_start = time.perf_counter()
+    cells = []
+    for model in args.models.split(","):
+        places = placements(model)
+        for tag in args.bases.split(","):
+            epochs = args.full_epochs if tag == "full" else max(1, args.full_epochs // 2)
+            weights, base_top1 = base(model, epochs, cache, args.seed)
+            if args.bases_only:
+                continue
+            for where in args.placements.split(","):
+                c = cell(model, where, places[where], weights, tag, cache, work, mask, finetune, args.seed, run)
+                c["base_top1"] = 100 * base_top1
+                ok, why = verdict(c)
+                c["pass"], c["why"] = ok, why
+                cells.append(c)
+                dens = "  ".join(f"{k} {m:.2f}±{s:.2f}" for k, (m, s) in c["densities"].items())
+                print(f"{model:22s} {where:5s} {str(c['stages']):7s} base {tag} {c['base_top1']:5.1f} | ERSM "
+                      f"{c['ersm_top1']:5.1f} baseline {c['baseline_top1']:5.1f} gap "
+                      f"{c['ersm_top1'] - c['baseline_top1']:+5.1f} | {dens} | {'PASS' if ok else 'FAIL: ' + why}"
+                      f" ({c['ersm_s']:.0f}s)", flush=True)
+    passed = sum(c["pass"] for c in cells)
+    broken = sum(("COLLAPSED" in c["why"]) or ("OPEN" in c["why"]) for c in cells)
+    share = passed / max(1, len(cells))
+    goal = "PASS" if share >= 0.9 and broken == 0 else "FAIL"
+    print(f"\n{passed}/{len(cells)} cells pass ({100 * share:.0f}%; goal >= 90%), {broken} collapsed or open "
+          f"(goal 0)  [{goal}]  wall {time.perf_counter() - t_start:.0f}s")
+    if args.json:
+        Path(args.json).write_text(json.dumps(cells, indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,52 @@
+"""An early word when the masks are not finding an equilibrium: closing towards zero, or never closing.
+
+Both show in the per-epoch densities long before the end of a run, so the loop says so at the epoch they
+appear, in one line per mask with the setting to change, instead of leaving the user to find a useless
+model at the end. Nothing is changed automatically: the price is the user's (ERSM has no budget).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+__all__ = ["MaskWatch", "CLOSED_BELOW", "OPEN_ABOVE"]
+
+# a mask keeping under 5% of the tokens has all but erased its stage; one keeping over 95% after the price
+# is fully on has not started to select (the thresholds of issue #13's "collapsed" and "open" cells)
+CLOSED_BELOW = 0.05
+OPEN_ABOVE = 0.95
+
+
+@dataclass
+class MaskWatch:
+    """Reads each epoch's validation densities; returns the warnings not given yet.
+
+    Args:
+        open_after: the update from which a mask still open is worth a word: gamma at its final value for a
+            whole epoch (the masks close only once the price is on, and take a while to).
+        alphas: each mask's ``mask.alpha``, to name the current value in the advice.
+    """
+
+    open_after: int
+    alphas: dict[str, float]
+    given: set[tuple[str, str]] = field(default_factory=set)
+
+    def check(self, row: dict[str, Any], update: int) -> list[str]:
+        out = []
+        for key, density in row.items():
+            if not key.startswith("density/"):
+                continue
+            name = key[len("density/"):]
+            alpha = self.alphas.get(name)
+            now = f" (mask.alpha is {alpha:g})" if alpha is not None else ""
+            if density < CLOSED_BELOW and (name, "closed") not in self.given:
+                self.given.add((name, "closed"))
+                out.append(f"mask {name} is closing: it keeps {100 * density:.1f}% of the tokens after epoch "
+                           f"{row['epoch']}, so its stage is all but erased; lower the price: --alpha{now}, "
+                           "e.g. half of it, or --gamma")
+            elif density > OPEN_ABOVE and update >= self.open_after and (name, "open") not in self.given:
+                self.given.add((name, "open"))
+                out.append(f"mask {name} stays open: it keeps {100 * density:.1f}% of the tokens after epoch "
+                           f"{row['epoch']} with the price fully on; raise the price: --alpha{now}, "
+                           "e.g. twice it, or train longer (--epochs)")
+        return out
