@@ -102,7 +102,7 @@ def cell(model: str, where: str, stages: list[int], weights: str, tag: str, cach
     t0 = time.perf_counter()
     ersm = _train(str(folder / "injected"), folder / "ersm", settings, settings.epochs, settings.lr)
     t_ersm = time.perf_counter() - t0
-    plain_ft = {k: v for k, v in finetune.items() if not k.startswith(("gamma", "mask_lr", "tau"))}
+    plain_ft = {k: v for k, v in finetune.items() if not k.startswith(("gamma", "mask_lr", "tau", "loss_brake"))}
     base_key = cache / (f"baseline-{model}-{where}-{tag}-s{seed}-{fingerprint}"
                         f"{'-' + json.dumps(plain_ft, sort_keys=True) if plain_ft else ''}.json")
     if base_key.is_file():

@@ -131,3 +131,34 @@ def test_old_recipes_keep_the_absolute_price_and_new_ones_write_theirs():
     assert kept.mask.price == "absolute"
     with pytest.raises(Exception, match="mask.price"):
         Recipe.from_dict({"version": 3, "model": "resnet18", "mask": {"price": "budget"}})
+
+
+def test_the_brake_eases_gamma_off_as_the_task_loss_rises_and_never_reads_the_density():
+    from ersm_surgery.train.loss_brake import LossBrake
+
+    brake = LossBrake(tolerance=1.0, total_updates=30)
+    for update in range(3):  # the reference: the first max(3, 10%) updates
+        brake.observe(0.5, update)
+        assert brake.factor() == 1.0
+    assert brake.reference == pytest.approx(0.5)
+    for update in range(3, 200):
+        brake.observe(0.75, update)  # halfway to twice the starting loss
+    assert brake.factor() == pytest.approx(0.5, abs=1e-6)
+    for update in range(200, 400):
+        brake.observe(1.2, update)  # past twice the starting loss: the price is off
+    assert brake.factor() == 0.0
+    for update in range(400, 600):
+        brake.observe(0.3, update)  # better than at the start: fully on
+    assert brake.factor() == 1.0
+    restored = LossBrake(tolerance=1.0, total_updates=30)
+    restored.load_state(brake.state())
+    assert restored.factor() == brake.factor() and restored.reference == brake.reference
+    assert LossBrake(None, 30).factor() == 1.0
+
+
+def test_the_brake_is_on_by_default_and_validated():
+    from ersm_surgery.train import FinetuneConfig
+
+    assert FinetuneConfig().loss_brake == 1.0
+    with pytest.raises(Exception, match="loss_brake"):
+        FinetuneConfig.from_sources({"loss_brake": -1.0})

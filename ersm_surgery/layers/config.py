@@ -49,7 +49,7 @@ class MaskConfig:
             this key reads as "absolute").
     """
 
-    alpha: float = 0.2
+    alpha: float = 0.5
     beta: float = 0.25
     tau: float = 1.0
     steps: int = 3

@@ -56,6 +56,9 @@ class FinetuneConfig:
         gamma_warmup: fraction of the updates over which gamma ramps linearly from 0.
         tau_end: anneal tau linearly from mask.tau to this value over the run (None: constant).
         mask_lr_scale: learning rate of the mask layers relative to ``lr``.
+        loss_brake: the tolerated relative rise of the task loss over its value in the first updates; gamma
+            is eased off linearly as the running task loss climbs towards ``(1 + loss_brake)`` times it, and
+            is off beyond (``train.loss_brake``). None: no brake (the behaviour before it existed).
         no_masks: baseline: strip the masks and train the base model with the same loop.
         mean: normalisation mean (None: the recorded one, else the model's pretrained config).
         std: normalisation std (None: as ``mean``).
@@ -100,6 +103,7 @@ class FinetuneConfig:
     gamma_warmup: float = 0.5
     tau_end: float | None = None
     mask_lr_scale: float = 10.0
+    loss_brake: float | None = 1.0
     no_masks: bool = False
     mean: list[float] | None = None
     std: list[float] | None = None
@@ -147,6 +151,8 @@ class FinetuneConfig:
         need(is_num(self.mask_lr_scale) and self.mask_lr_scale > 0, "mask_lr_scale", "must be > 0")
         need(self.clip_grad is None or (is_num(self.clip_grad) and self.clip_grad > 0), "clip_grad", "must be > 0")
         need(self.tau_end is None or (is_num(self.tau_end) and self.tau_end > 0), "tau_end", "must be > 0")
+        need(self.loss_brake is None or (is_num(self.loss_brake) and self.loss_brake > 0), "loss_brake",
+             "must be > 0 (or null: no brake)")
         need(self.img_size is None or (is_int(self.img_size) and self.img_size >= 8), "img_size", "must be >= 8")
         need(self.num_classes is None or (is_int(self.num_classes) and self.num_classes >= 1), "num_classes",
              "must be a positive integer")
@@ -217,7 +223,7 @@ class FinetuneConfig:
             setattr(config, key, float(getattr(config, key)))
         for key in ("smoothing", "mixup", "cutmix", "model_ema_decay"):
             setattr(config, key, float(getattr(config, key)))
-        for key in ("clip_grad", "tau_end", "crop_pct", "drop_path"):
+        for key in ("clip_grad", "tau_end", "crop_pct", "drop_path", "loss_brake"):
             if getattr(config, key) is not None:
                 setattr(config, key, float(getattr(config, key)))
         for key in ("mean", "std"):

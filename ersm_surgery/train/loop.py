@@ -25,6 +25,7 @@ from .config import FinetuneConfig
 from .data import build_loader, set_epoch
 from .distributed import DistInfo, all_true, broadcast_buffers, gather_objects, no_sync, ranks_agree
 from .errors import DivergedError
+from .loss_brake import LossBrake
 from .mask_watch import MaskWatch
 from .metrics import EpochMeter, short_name
 from .optim import base_lr, create_optimizer, create_scheduler, updates_per_epoch
@@ -84,6 +85,7 @@ class _Run:
     criterion: nn.Module
     mixup: Any = None
     ema: Any = None  # timm ModelEmaV3: its module is what is validated and saved
+    brake: LossBrake = field(default_factory=lambda: LossBrake(None, 1))
     update: int = 0
     gamma: float = 0.0
     tau: float = 1.0
@@ -140,6 +142,7 @@ def _train_epoch(run: _Run, loader, epoch: int, callbacks: Callbacks) -> dict[st
         group = accum if i < full else n - full
         final = (i + 1) % accum == 0 or i + 1 == n
         run.gamma, run.tau = run.schedule.apply(run.layers, run.update)
+        run.gamma *= run.brake.factor()
         # the relative price reads the task gradient on the masks: tell it what the loss is multiplied by
         run.layers.set_gradient_multiplier((run.scaler.get_scale() if run.scaler is not None else 1.0) / group)
         with no_sync(run.model, not final):
@@ -148,14 +151,16 @@ def _train_epoch(run: _Run, loader, epoch: int, callbacks: Callbacks) -> dict[st
                 raise _diverged(run, epoch, i, task, energy)
             scaled = loss / group
             (run.scaler.scale(scaled) if run.scaler is not None else scaled).backward()
-        meter.add_batch(task.item(), energy.item(), logits, y)
+        task_value = task.item()
+        run.brake.observe(task_value, run.update)
+        meter.add_batch(task_value, energy.item(), logits, y)
         if len(run.layers):
             dens.add_batch(0.0, 0.0, logits, y, {k: v.detach() for k, v in run.layers.density().items()})
         run.layers.clear()
         if final:
             _optimizer_step(run)
         if run.info.primary:
-            callbacks.on_batch(epoch, i + 1, task.item())
+            callbacks.on_batch(epoch, i + 1, task_value)
     finite = all(bool(torch.isfinite(p).all()) for p in run.model.parameters())
     if not all_true(finite, run.info):  # the last update broke the weights: never checkpoint them
         raise _diverged(run, epoch, n - 1, torch.tensor(float("nan")), torch.tensor(float("nan")))
@@ -225,7 +230,7 @@ def _make_run(model: nn.Module, config: FinetuneConfig, info: DistInfo, steps_pe
     schedule = MaskSchedule(total, config.gamma, config.gamma_warmup, tau_start, config.tau_end)
     return _Run(wrapped, masks(model), config, info, optimizer, scheduler, scaler, schedule, autocast,
                 frozen_norms(model) if config.freeze_backbone else [], task_criterion(config),
-                create_mixup(config, num_classes), ema, tau=tau_start)
+                create_mixup(config, num_classes), ema, LossBrake(config.loss_brake, total), tau=tau_start)
 
 
 def fit(

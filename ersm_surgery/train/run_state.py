@@ -53,6 +53,7 @@ def checkpoint(folder: RunFolder, result: Any, run: Any, config: FinetuneConfig,
         "data_order": {"seed": config.seed, "next_epoch": last["epoch"], "order": "permutation of (seed, epoch)"},
         "tau_start": run.schedule.tau_start,
         "price_scale": run.layers.price_state(),
+        "loss_brake": run.brake.state(),
         "best": dict(result.best),
         "history": [dict(r) for r in result.rows],
         "config": config.to_dict(),
@@ -77,6 +78,8 @@ def restore(run: Any, state: dict[str, Any], result: Any) -> int:
         run.scaler.load_state_dict(state["scaler"])
     run.update = int(state["update"])
     run.layers.load_price_state(state.get("price_scale") or {})
+    if state.get("loss_brake"):
+        run.brake.load_state(state["loss_brake"])
     run.saved_epoch = int(state["epoch"])
     result.rows = [dict(r) for r in state.get("history", [])]
     result.best = dict(state.get("best") or {})
