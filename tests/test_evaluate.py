@@ -17,10 +17,10 @@ import ersm_surgery
 from ersm_surgery.cli.main import cli
 from ersm_surgery.eval import deletion_curve, energy_scores, magnitude_scores
 from ersm_surgery.eval.compute import conditional_flops, flop_breakdown
-from ersm_surgery.eval.feature_deletion import DeletionJob, run_deletion_jobs
+from ersm_surgery.eval.deletion_batched import DeletionJob, run_deletion_jobs
 from ersm_surgery.eval.images import EvalImages, load_images
+from ersm_surgery.eval.rerun import Anchor, FxSplit, HookSplit, make_split
 from ersm_surgery.eval.runner import EvalSettings, evaluate
-from ersm_surgery.eval.split import Anchor, FxSplit, HookSplit, make_split
 
 SIZE = 32
 K = 4
@@ -174,7 +174,7 @@ def clutter_images() -> EvalImages:
 
 
 def test_runner_known_answers(clutter_images: EvalImages) -> None:
-    from ersm_surgery.train.source import strip_masks
+    from ersm_surgery.io.source import strip_masks
 
     model = masked_model(stages=[2, 3])
     baseline = strip_masks(model).eval()
@@ -218,8 +218,8 @@ def test_runner_known_answers(clutter_images: EvalImages) -> None:
 
 @pytest.fixture(scope="module")
 def saved(tmp_path_factory) -> dict[str, Path]:
+    from ersm_surgery.io.source import strip_masks
     from ersm_surgery.recipe import Recipe
-    from ersm_surgery.train.source import strip_masks
 
     root = tmp_path_factory.mktemp("models")
     model = masked_model(stages=[2, 3])

@@ -21,7 +21,7 @@ from ersm_surgery.io.artifact import (
     weights_metadata,
     write_weights,
 )
-from ersm_surgery.io.export import BACKBONE, ONNX, VALIDATION, strip_masks
+from ersm_surgery.io.export import BACKBONE, ONNX, VALIDATION, backbone_state_dict
 from ersm_surgery.io.onnx_export import export_onnx
 from ersm_surgery.io.onnx_validation import validate_onnx
 from ersm_surgery.io.safetensors_header import read_header, tensor_data_sha256
@@ -114,7 +114,7 @@ def test_safetensors_round_trip_every_family(tmp_path: Path, family, name, size,
     loaded = ersm_surgery.load(path)
     with torch.no_grad():
         assert (loaded(x) - expected).abs().max() <= 1e-5
-    backbone = strip_masks(model)
+    backbone = backbone_state_dict(model)
     assert not any("ersm_mask" in k for k in backbone) and len(backbone) < len(state_to_save(model))
     timm.create_model(name, num_classes=5).load_state_dict(backbone, strict=True)
 

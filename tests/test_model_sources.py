@@ -74,7 +74,7 @@ def test_cli_accepts_local_dir_names(plain_dir: Path, tmp_path: Path) -> None:
 
 
 def test_finetune_source_accepts_local_dir_names(plain_dir: Path, tmp_path: Path) -> None:
-    from ersm_surgery.train.source import load_source
+    from ersm_surgery.io.source import load_source
 
     model, kind = load_source(f"local-dir:{plain_dir}", pretrained=True)
     assert kind == "timm" and model.num_classes == 7 and model.ersm_recipe.model == "test_resnet.r160_in1k"

@@ -149,7 +149,7 @@ def _default_out(source: str) -> Path:
 
 def _load(spec: str, weights: str | None, num_classes: int | None, what: str) -> tuple[Any, dict]:
     from ..errors import ErsmError
-    from ..train.source import load_source
+    from ..io.source import load_source
 
     try:
         model, kind = load_source(spec, pretrained_path=weights, num_classes=num_classes)

@@ -47,9 +47,9 @@ def inject(ctx: click.Context, model: str, stages, nodes, pretrained, pretrained
     import torch
 
     from ..api import inject as inject_masks
+    from ..injection_summary import describe_injection
     from ..io import save
     from ..models import create_base_model, recorded_name
-    from ..report import describe_injection
 
     out = console(ctx)
     with out.status(f"building {model} and tracing it"):

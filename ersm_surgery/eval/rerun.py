@@ -28,18 +28,45 @@ from __future__ import annotations
 import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol, runtime_checkable
 
 import torch
 from torch import fx, nn
 
-__all__ = ["Anchor", "FxSplit", "HookSplit", "SplitError", "make_split"]
+from ..errors import ErsmError
+
+__all__ = ["Anchor", "Rerunner", "FxSplit", "HookSplit", "RerunError", "SplitError", "make_split"]
 
 _log = logging.getLogger(__name__)
 
 
-class SplitError(RuntimeError):
-    """The model cannot be split at the requested anchors this way."""
+class RerunError(ErsmError):
+    """The model cannot be rerun from the requested anchors this way."""
+
+
+SplitError = RerunError  # the name before the module was called rerun
+
+
+@runtime_checkable
+class Rerunner(Protocol):
+    """What the deletion test needs from a rerun engine; :class:`FxSplit` and :class:`HookSplit` implement it.
+
+    ``clean(x)`` runs the whole network once on a batch and keeps every anchor's feature map;
+    ``rerun(name, z, rows)`` gives the logits the network computes when anchor ``name``'s map is
+    replaced by ``z`` (for the batch rows ``rows``, or all); ``close()`` releases hooks and buffers.
+    """
+
+    anchors: dict[str, Any]
+
+    def clean(self, x: torch.Tensor) -> torch.Tensor: ...
+
+    def features(self, name: str) -> torch.Tensor: ...
+
+    def inputs(self, name: str) -> torch.Tensor | None: ...
+
+    def rerun(self, name: str, z: torch.Tensor, rows: torch.Tensor | None = None) -> torch.Tensor: ...
+
+    def close(self) -> None: ...
 
 
 @dataclass(frozen=True)
@@ -67,7 +94,7 @@ def _first_tensor(out: Any) -> torch.Tensor:
         return out[0]
     if isinstance(out, dict) and "logits" in out:
         return out["logits"]
-    raise SplitError(f"the model returned {type(out).__name__}, not logits")
+    raise RerunError(f"the model returned {type(out).__name__}, not logits")
 
 
 class _InputCapture:
@@ -123,7 +150,7 @@ class FxSplit:
         anchors: where to split.
 
     Raises:
-        SplitError: fx cannot trace the model, or an anchor is not a node of the trace, or the
+        RerunError: fx cannot trace the model, or an anchor is not a node of the trace, or the
             output does not depend on an anchor.
     """
 
@@ -136,7 +163,7 @@ class FxSplit:
         try:
             graph, qualnames = _trace_through(model, leaves)
         except Exception as exc:  # fx raises many types; each means "not traceable as a whole"
-            raise SplitError(f"fx cannot trace the model ({type(exc).__name__}: {str(exc)[:200]})") from exc
+            raise RerunError(f"fx cannot trace the model ({type(exc).__name__}: {str(exc)[:200]})") from exc
         self.graph = graph
         self._gm = fx.GraphModule(model, graph)
         self._nodes = list(graph.nodes)
@@ -151,12 +178,12 @@ class FxSplit:
                 found = [by_qualname[a.node]] if a.node in by_qualname else []
             if len(found) != 1:
                 what = f"module {a.module!r}" if a.module is not None else f"node {a.node!r}"
-                raise SplitError(f"{what} is {'called more than once' if found else 'not a node'} in the trace")
+                raise RerunError(f"{what} is {'called more than once' if found else 'not a node'} in the trace")
             self._anchor_nodes[a.name] = found[0]
         self._downstream = {name: self._users(node) for name, node in self._anchor_nodes.items()}
         for name, down in self._downstream.items():
             if self._output not in down:
-                raise SplitError(f"the output does not depend on anchor {name!r}")
+                raise RerunError(f"the output does not depend on anchor {name!r}")
         self._capture = _InputCapture(model, anchors)
         self._built = False
         self._clean_gm: fx.GraphModule | None = None
@@ -192,7 +219,7 @@ class FxSplit:
             value = values[anchor]
             if not (isinstance(value, torch.Tensor) and value.dim() == 4):
                 shape = tuple(value.shape) if isinstance(value, torch.Tensor) else type(value).__name__
-                raise SplitError(f"anchor {name!r} gives {shape}, not a (B, C, H, W) feature map")
+                raise RerunError(f"anchor {name!r} gives {shape}, not a (B, C, H, W) feature map")
             while True:  # recompute non-tensor frontier values (shapes, sizes) inside the tail
                 frontier = self._frontier_of(anchor, down)
                 moved = [f for f in frontier if f.op != "placeholder" and not isinstance(values[f], torch.Tensor)]
@@ -275,7 +302,7 @@ class HookSplit:
     """Full reruns with a forward hook that substitutes the anchor module's output (the fallback).
 
     Raises:
-        SplitError: an anchor is not a module.
+        RerunError: an anchor is not a module.
     """
 
     method = "hook"
@@ -287,7 +314,7 @@ class HookSplit:
         for a in anchors:
             path = a.module if a.module is not None else a.node
             if path not in names:
-                raise SplitError(f"anchor {a.name!r} ({path}) is not a module, so a hook cannot replace it")
+                raise RerunError(f"anchor {a.name!r} ({path}) is not a module, so a hook cannot replace it")
         paths = {a.name: a.module if a.module is not None else a.node for a in anchors}
         self._modules = {name: names[path] for name, path in paths.items()}
         self._capture = _InputCapture(model, [Anchor(a.name, module=paths[a.name], capture_input=a.capture_input)
@@ -342,7 +369,7 @@ class HookSplit:
 
 
 def make_split(model: nn.Module, anchors: Sequence[Anchor], example: torch.Tensor | None = None,
-               prefer: str = "fx") -> tuple[FxSplit | HookSplit, str | None]:
+               prefer: str = "fx") -> tuple[Rerunner, str | None]:
     """An :class:`FxSplit` when fx can split the model at every anchor, else a :class:`HookSplit`.
 
     Args:
@@ -355,7 +382,7 @@ def make_split(model: nn.Module, anchors: Sequence[Anchor], example: torch.Tenso
         The split and, when it fell back to full reruns, the reason (else None).
 
     Raises:
-        SplitError: neither way works (an anchor that is neither a node nor a module).
+        RerunError: neither way works (an anchor that is neither a node nor a module).
     """
     reason = "full reruns requested"
     if prefer == "fx":
@@ -366,7 +393,7 @@ def make_split(model: nn.Module, anchors: Sequence[Anchor], example: torch.Tenso
                 with torch.no_grad():
                     split.clean(example)
             return split, None
-        except SplitError as exc:
+        except RerunError as exc:
             reason = str(exc)
             _log.info("fx split not possible (%s); using full reruns with hooks", reason)
             if split is not None:
@@ -379,5 +406,5 @@ def make_split(model: nn.Module, anchors: Sequence[Anchor], example: torch.Tenso
             value = split.features(name)
             if value.dim() != 4:
                 split.close()
-                raise SplitError(f"anchor {name!r} gives {tuple(value.shape)}, not a (B, C, H, W) feature map")
+                raise RerunError(f"anchor {name!r} gives {tuple(value.shape)}, not a (B, C, H, W) feature map")
     return split, reason
