@@ -4,7 +4,6 @@ Plugins are installed for a test by writing a ``*.dist-info`` folder (METADATA +
 their modules into a temporary directory on ``sys.path``: importlib.metadata finds them as it finds
 pip-installed ones, and no pip is needed.
 """
-import ast
 import json
 import subprocess
 import sys
@@ -222,15 +221,6 @@ def test_help_imports_no_plugin_no_torch_and_no_timm(site):
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=60)
     assert "Commands:" in out.stdout and "plugins" in out.stdout, out.stderr
     assert "IMPORTED []" in out.stdout
-
-
-def test_the_core_package_imports_no_plugin():
-    core = Path(ersm_surgery.__file__).parent
-    for path in core.rglob("*.py"):
-        for node in ast.walk(ast.parse(path.read_text())):
-            names = [a.name for a in node.names] if isinstance(node, ast.Import) else (
-                [node.module or ""] if isinstance(node, ast.ImportFrom) else [])
-            assert not any(n.split(".")[0] in ("ersm_token_grid", "ersm_edge_aware") for n in names), path
 
 
 def test_registry_rejects_bad_components_by_name():
