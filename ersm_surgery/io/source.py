@@ -13,9 +13,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from ..errors import ArtifactError, ErsmError
-from ..recipe import RECIPE_ATTR
 
-if TYPE_CHECKING:
+if TYPE_CHECKING:  # the recipe module imports torch (through surgery): io stays light for ``info``
     from torch import nn
 
     from ..recipe import Recipe
@@ -32,6 +31,7 @@ def recipe_of(model: nn.Module) -> Recipe:
         ArtifactError: the model carries none (it was not made by ``inject`` or ``load``).
     """
     from ..mask_set import unwrap
+    from ..recipe import RECIPE_ATTR
 
     recipe = getattr(unwrap(model), RECIPE_ATTR, None)
     if recipe is None:
@@ -93,7 +93,7 @@ def _timm_source(name: str, pretrained: bool, pretrained_path: str | None, num_c
                  model_kwargs: dict[str, Any] | None) -> nn.Module:
     """A plain timm model (no masks) with a recipe that rebuilds it offline."""
     from ..models import create_base_model, default_input_size, recorded_name
-    from ..recipe import Recipe
+    from ..recipe import RECIPE_ATTR, Recipe
 
     model = create_base_model(name, pretrained, pretrained_path, num_classes, **dict(model_kwargs or {}))
     arch, kwargs, base_model = recorded_name(name, model, pretrained, dict(model_kwargs or {}))
@@ -110,7 +110,7 @@ def strip_masks(model: nn.Module) -> nn.Module:
     """
     from ..mask_set import masks
     from ..models import create_base_model
-    from ..recipe import Recipe
+    from ..recipe import RECIPE_ATTR, Recipe
 
     layers = masks(model)
     if not len(layers):
