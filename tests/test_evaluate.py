@@ -10,17 +10,16 @@ from pathlib import Path
 
 import pytest
 import torch
-from click.testing import CliRunner
 from PIL import Image
 
 import ersm_surgery
-from ersm_surgery.cli.main import cli
 from ersm_surgery.eval import deletion_curve, energy_scores, magnitude_scores
 from ersm_surgery.eval.compute import conditional_flops, flop_breakdown
 from ersm_surgery.eval.deletion_batched import DeletionJob, run_deletion_jobs
 from ersm_surgery.eval.images import EvalImages, load_images
 from ersm_surgery.eval.rerun import Anchor, FxSplit, HookSplit, make_split
 from ersm_surgery.eval.runner import EvalSettings, evaluate
+from tests.conftest import one_line_error, run
 
 SIZE = 32
 K = 4
@@ -42,18 +41,6 @@ def masked_model(**kwargs) -> torch.nn.Module:
     torch.manual_seed(0)
     model = ersm_surgery.inject("test_resnet", input_size=(3, SIZE, SIZE), num_classes=K, **kwargs)
     return sparsify(model).eval()
-
-
-def run(*args: str):
-    return CliRunner().invoke(cli, list(args))
-
-
-def assert_one_line_error(result, *fragments: str) -> None:
-    assert result.exit_code != 0, result.output
-    lines = [line for line in result.output.strip().splitlines() if line.strip()]
-    assert len(lines) == 1 and lines[0].startswith("Error: "), result.output
-    for fragment in fragments:
-        assert fragment in lines[0], lines[0]
 
 
 # ------------------------------------------------------------------ the split
@@ -291,10 +278,10 @@ def test_data_without_boxes_skips_localization_and_says_so(saved, tmp_path) -> N
 def test_class_count_mismatch_is_one_line_naming_the_fix(saved, tmp_path) -> None:
     result = run("evaluate", str(saved["masked"]), "--dataset", "builtin:clutter", "-o", str(tmp_path / "o"),
                  *SMALL)
-    assert_one_line_error(result, "4-class head", "10 classes", "--num-classes 4")
+    one_line_error(result, "4-class head", "10 classes", "--num-classes 4")
     result = run("evaluate", str(saved["masked"]), "--dataset", "builtin:clutter", "--num-classes", str(K),
                  "--baseline", str(saved["seven"]), "-o", str(tmp_path / "o2"), *SMALL)
-    assert_one_line_error(result, "baseline has a 7-class head")
+    one_line_error(result, "baseline has a 7-class head")
 
 
 def test_empty_split_and_bad_arguments_are_one_line_errors(saved, tmp_path) -> None:
@@ -302,7 +289,7 @@ def test_empty_split_and_bad_arguments_are_one_line_errors(saved, tmp_path) -> N
     Image.new("RGB", (SIZE, SIZE)).save(tmp_path / "data" / "train" / "a" / "x.png")
     (tmp_path / "data" / "validation" / "a").mkdir(parents=True)
     result = run("evaluate", str(saved["masked"]), "--data-dir", str(tmp_path / "data"), "-o", str(tmp_path / "o"))
-    assert_one_line_error(result, "validation")
+    one_line_error(result, "validation")
     masked = str(saved["masked"])
     for args, fragment in [
         ([masked], "exactly one of --data-dir"),
@@ -311,7 +298,7 @@ def test_empty_split_and_bad_arguments_are_one_line_errors(saved, tmp_path) -> N
         ([masked, "--dataset", "builtin:clutter", "--num-images", "0"], "--num-images"),
         ([str(tmp_path / "nothing"), "--dataset", "builtin:clutter"], "nothing"),
     ]:
-        assert_one_line_error(run("evaluate", *args, "-o", str(tmp_path / "o3")), fragment)
+        one_line_error(run("evaluate", *args, "-o", str(tmp_path / "o3")), fragment)
 
 
 def test_energy_scores_rank_kept_tokens_first() -> None:

@@ -12,14 +12,13 @@ from pathlib import Path
 
 import pytest
 import torch
-from click.testing import CliRunner
 
 import ersm_surgery
 from ersm_surgery import plugins
-from ersm_surgery.cli.main import cli
 from ersm_surgery.errors import DataError, PluginError
 from ersm_surgery.layers import list_pairwise
 from ersm_surgery.recipe import Recipe
+from tests.conftest import run
 
 GOOD = '''
 import click
@@ -112,10 +111,6 @@ def broken(site):
     }, BROKEN)
     plugins.load_plugins(reload=True)
     return site
-
-
-def run(*args):
-    return CliRunner().invoke(cli, list(args))
 
 
 def test_a_plugin_registers_a_pairwise_term_a_dataset_and_a_command(good, tmp_path):
