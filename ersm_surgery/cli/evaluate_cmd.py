@@ -98,7 +98,7 @@ def evaluate(ctx: click.Context, source: str, data_dir, dataset, split, baseline
     out = console(ctx)
     quiet = bool((ctx.obj or {}).get("quiet"))
 
-
+    from ..eval.outputs import write_evaluation
     from ..eval.runner import EvalSettings
     from ..eval.runner import evaluate as run_evaluation
 
@@ -127,7 +127,7 @@ def evaluate(ctx: click.Context, source: str, data_dir, dataset, split, baseline
         if info and info.get("weights") == "random initialisation":
             result.results["notes"].append(f"{role} ({info['source']}) has random weights: its numbers are a "
                                            "chance reference, not a trained comparison")
-    files = _write(result, out_path, report)
+    files = write_evaluation(result, out_path, report)
     if as_json:
         from ..eval.results import to_jsonable
 
@@ -205,21 +205,6 @@ def _progress(out, disabled: bool):
     with Progress(TextColumn("{task.description:<24}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
                   console=out, transient=True) as bar:
         yield _RichProgress(bar)
-
-
-def _write(result, out_path: Path, report: str | None) -> dict[str, Path]:
-    from ..eval.figures import write_figures
-    from ..eval.report import write_report
-    from ..eval.results import write_results
-
-    out_path.mkdir(parents=True, exist_ok=True)
-    figures = write_figures(result.results, result.samples, out_path)
-    result.results["figures"] = {k: p.name for k, p in figures.items()}
-    report_path = Path(report) if report else out_path / "report.html"
-    result.results["report"] = str(report_path)
-    results_path = write_results(result.results, out_path)
-    write_report(result.results, figures, report_path)
-    return {"results": results_path, "report": report_path, **figures}
 
 
 def _render(out, results: dict, files: dict[str, Path]) -> None:

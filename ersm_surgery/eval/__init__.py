@@ -13,7 +13,7 @@ The orchestration behind ``ersm-surgery evaluate`` builds on them:
 - :mod:`.deletion_batched`: every deletion curve of a batch with batched, deduplicated reruns.
 - :mod:`.compute`: dense and conditional FLOPs, latency. :mod:`.summaries`: per-layer numbers.
 - :mod:`.figures`, :mod:`.report`, :mod:`.results`, :mod:`.tables`: PNGs, the HTML report, results.json
-  (imported on use: they need matplotlib).
+  (imported on use: they need matplotlib); :func:`.outputs.write_evaluation` writes all three in order.
 """
 from .compute import conditional_flops, flop_breakdown, measure_latency
 from .curves import auc_trapezoid
@@ -35,6 +35,7 @@ from .deletion_reference import (
 from .images import EvalImages, load_images
 from .localization import box_to_token_mask, mask_box_iou, mass_in_box, pointing_game, top_tokens_mask
 from .occlusion import Occluder, cutout, hide_and_seek, occlusion_curve, random_patch_drop
+from .outputs import write_evaluation
 from .rerun import Anchor, FxSplit, HookSplit, RerunError, Rerunner, SplitError, make_split
 from .runner import METRICS, OCCLUDERS, RANKINGS, EvalError, EvalResult, EvalSettings, evaluate
 from .sparsity import (
@@ -100,4 +101,5 @@ __all__ = [
     "sparsity_summary",
     "tokens_removed",
     "top_tokens_mask",
+    "write_evaluation",
 ]
