@@ -14,6 +14,7 @@ from .errors import DivergedError, TrainingError
 from .finetune import MUTABLE_MASK_KEYS, RunInputs, finetune, recorded_settings, set_mask_settings
 from .loop import Callbacks, FitResult, fit, seed_everything
 from .schedule import MaskSchedule
+from .settings import default_run_output, resolve_finetune_settings
 from .source import freeze_backbone, reset_head
 
 __all__ = [
@@ -42,6 +43,8 @@ __all__ = [
     "recorded_settings",
     "set_mask_settings",
     "MaskSchedule",
+    "default_run_output",
+    "resolve_finetune_settings",
     "SourceError",
     "freeze_backbone",
     "load_source",
