@@ -13,11 +13,12 @@ import torch
 from PIL import Image
 
 import ersm_surgery
+from ersm_surgery.errors import ErsmError
 from ersm_surgery.eval import deletion_curve, energy_scores, magnitude_scores
 from ersm_surgery.eval.compute import conditional_flops, flop_breakdown
 from ersm_surgery.eval.deletion_batched import DeletionJob, run_deletion_jobs
 from ersm_surgery.eval.images import EvalImages, load_images
-from ersm_surgery.eval.rerun import Anchor, FxSplit, HookSplit, make_split
+from ersm_surgery.eval.rerun import Anchor, FxSplit, HookSplit, RerunError, Rerunner, make_split
 from ersm_surgery.eval.runner import EvalSettings, evaluate
 from tests.conftest import one_line_error, run
 
@@ -95,6 +96,22 @@ def test_make_split_falls_back_to_hooks_and_says_why() -> None:
     # a module inside an fx leaf (the mask's own head) is no node of the trace, but a hook can reach it
     split, reason = make_split(model, [Anchor("head", module=f"{name}.head")])
     assert isinstance(split, HookSplit) and "not a node" in reason
+
+
+def test_both_rerunners_implement_the_protocol_and_fail_with_an_ersm_error() -> None:
+    model = masked_model(stages=[2]).eval()
+    name = ersm_surgery.masks(model).names()[0]
+    x = torch.randn(2, 3, 64, 64)
+    for prefer, kind in (("fx", FxSplit), ("hook", HookSplit)):
+        split, _ = make_split(model, [Anchor(name, module=name)], example=x, prefer=prefer)
+        assert isinstance(split, kind) and isinstance(split, Rerunner)
+        with torch.no_grad():
+            same = split.rerun(name, split.features(name))
+            assert torch.allclose(same, model(x), atol=1e-5)
+        split.close()
+    with pytest.raises(RerunError, match="is not a module") as failed:
+        HookSplit(model, [Anchor("nowhere", module="no.such.module")])
+    assert isinstance(failed.value, ErsmError)
 
 
 # ------------------------------------------------------------------ batched deletion

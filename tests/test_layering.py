@@ -43,8 +43,8 @@ ALLOWED: dict[str, set[str]] = {
                   "surgery"},
     "train": {"build", "data", "io", "layers", "mask_set", "model_source", "recipe"},
     "pipeline": {"api", "data", "eval", "io", "layers", "recipe", "surgery", "train"},
-    "cli": {"api", "build", "data", "eval", "injection", "injection_summary", "io", "layers", "mask_set", "model_source",
-            "models", "pipeline", "plugins", "recipe", "sparse", "surgery", "train"},
+    "cli": {"api", "build", "data", "eval", "injection", "injection_summary", "io", "layers", "mask_set",
+            "model_source", "models", "pipeline", "plugins", "recipe", "sparse", "surgery", "train"},
     "__main__": {"cli"},
 }
 
