@@ -1,9 +1,9 @@
 """Injecting a named model from settings and saving it: what ``ersm-surgery inject`` does, callable from Python.
 
 Settings, lowest priority first: a recipe file (its ``model_kwargs``, ``num_classes``, ``input_size``, ``mask``,
-``finetune`` and ``placements``), then ``key=value`` overrides (the CLI's ``--set``), then explicit arguments.
-The masks go where ``stages``/``nodes`` say, or, when neither is given, where the recipe file's placements
-were (by stage index and node name).
+``finetune`` and ``placements``), then the ``num_classes`` argument, then ``key=value`` overrides (the CLI's
+``--set``, which wins as it always has). The masks go where ``stages``/``nodes`` say, or, when neither is
+given, where the recipe file's placements were (by stage index and node name).
 
     from ersm_surgery.injection import inject_to_folder
     summary = inject_to_folder("resnet18", "r18-ersm/", stages=[2, 3], overrides=["mask.alpha=0.3"])
