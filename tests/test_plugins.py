@@ -228,6 +228,34 @@ def test_registry_rejects_bad_components_by_name():
         registry.register_pairwise("x", 3)
 
 
+def test_a_plugin_cannot_take_a_built_in_command_name_and_commit_uses_the_public_registries():
+    import click
+
+    from ersm_surgery.cli.main import COMMANDS
+    from ersm_surgery.layers import get_pairwise, unregister_pairwise
+
+    assert "inspect" in COMMANDS  # the CLI reserved its names when it was imported (conftest imports it)
+    registry = plugins.PluginRegistry("someone")
+    registry.register_command(click.Command("inspect"))
+    with pytest.raises(ValueError, match="'inspect' is registered by both 'ersm-surgery \\(built-in\\)' and 'someone'"):
+        registry.commit()
+    assert plugins.get_command("inspect") is None  # nothing half-registered
+
+    def factory(channels, config):
+        return None
+
+    registry = plugins.PluginRegistry("someone")
+    registry.register_pairwise("test_none", factory)
+    registry.commit()
+    try:
+        assert get_pairwise("test_none") is factory and "test_none" in list_pairwise()
+        assert plugins.component_owner("pairwise:test_none") == "someone"
+    finally:
+        assert unregister_pairwise("test_none") is factory
+        plugins._registry.OWNERS.pop("pairwise:test_none")
+    assert "test_none" not in list_pairwise() and unregister_pairwise("test_none") is None
+
+
 def test_the_documented_example_plugin_works(site, tmp_path):
     docs = (Path(__file__).parents[1] / "docs" / "plugins.md").read_text()
     source = docs.split("```python\n# ersm_uniform.py\n", 1)[1].split("```", 1)[0]
