@@ -138,3 +138,18 @@ def test_the_core_package_imports_no_plugin():
             names = [a.name for a in node.names] if isinstance(node, ast.Import) else (
                 [node.module or ""] if isinstance(node, ast.ImportFrom) else [])
             assert not any(n.split(".")[0] in ("ersm_token_grid", "ersm_edge_aware") for n in names), path
+
+
+def test_the_docs_map_lists_every_part_and_says_what_it_may_import():
+    docs = (LIBRARY.parent / "docs" / "index.md").read_text()
+    rows = [line for line in docs.split("## The packages at one glance", 1)[1].splitlines() if line.startswith("| `")]
+    documented = {row.split("`")[1].rstrip("/").removesuffix(".py"): row for row in rows}
+    assert set(documented) == set(ALLOWED) - {"__init__", "__main__"}
+    for part, row in documented.items():
+        listed = row.rsplit("|", 2)[1]
+        if part != "cli":  # "everything below"
+            named = {w.strip() for w in listed.split(",")} - {"(leaves only)"}
+            assert named == ALLOWED[part], (part, named ^ ALLOWED[part])
+    order = list(documented)
+    upward = [(p, t) for p in order for t in ALLOWED[p] if order.index(t) < order.index(p)]
+    assert upward == [("io", "eval")]  # the one documented exception: each calls the other inside functions
