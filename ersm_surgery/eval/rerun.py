@@ -4,9 +4,9 @@ The deletion test (paper claim (e)) edits the feature map at a mask layer and as
 the network makes of it, ten fractions times three rankings times two orders per batch. Running the
 whole network for each would spend most of the time recomputing the unchanged front.
 
-:class:`FxSplit` traces the whole model once with torch.fx, through the ``DualGraphModule`` owners that
-surgery made (they are plain GraphModules) and with Energy-Masks and timm's untraceable layers kept as
-leaves. For every anchor (the node whose output is the feature map) it builds two graph modules:
+:class:`FxSplit` traces the whole model once with torch.fx (:func:`ersm_surgery.surgery.trace_through`:
+surgery owns the tracing), through the ``DualGraphModule`` owners that surgery made and with Energy-Masks
+and timm's untraceable layers kept as leaves. For every anchor (the node whose output is the feature map) it builds two graph modules:
 
 - a *clean* one: the whole network, which also returns the anchors' values and every value computed
   before an anchor that a later node reads (the *frontier*, e.g. the identity branch of a residual
@@ -32,31 +32,12 @@ from typing import Any
 import torch
 from torch import fx, nn
 
+from ..surgery import trace_through
 from ._rerun_base import Anchor, RerunError, Rerunner, SplitError, _first_tensor, _InputCapture
 
 __all__ = ["Anchor", "Rerunner", "FxSplit", "HookSplit", "RerunError", "SplitError", "make_split"]
 
 _log = logging.getLogger(__name__)
-
-
-def _trace_through(model: nn.Module, leaves: set[str]) -> tuple[fx.Graph, dict[fx.Node, str]]:
-    """Trace ``model`` in eval mode with an :class:`~ersm_surgery.surgery.ErsmTracer` that goes *through*
-    DualGraphModules and keeps the ``leaves`` module paths as single nodes (so their outputs are nodes)."""
-    from ..surgery import ErsmTracer, training_mode
-    from ..surgery.graph_module import DualGraphModule
-
-    class Tracer(ErsmTracer):
-        def is_leaf_module(self, m: nn.Module, qualname: str) -> bool:
-            if qualname in leaves:
-                return True
-            if isinstance(m, DualGraphModule):
-                return False
-            return super().is_leaf_module(m, qualname)
-
-    tracer = Tracer()
-    with training_mode(model, False), torch.no_grad():
-        graph = tracer.trace(model)
-    return graph, dict(tracer.node_to_qualname)
 
 
 class FxSplit:
@@ -78,7 +59,7 @@ class FxSplit:
         self.anchors = {a.name: a for a in anchors}
         leaves = {a.module for a in anchors if a.module is not None}
         try:
-            graph, qualnames = _trace_through(model, leaves)
+            graph, qualnames = trace_through(model, leaves)
         except Exception as exc:  # fx raises many types; each means "not traceable as a whole"
             raise RerunError(f"fx cannot trace the model ({type(exc).__name__}: {str(exc)[:200]})") from exc
         self.graph = graph

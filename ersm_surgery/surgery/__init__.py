@@ -1,5 +1,5 @@
 """torch.fx surgery on timm models: tracing, candidate nodes, stage table, mask insertion."""
-from ._tracer import ErsmTracer, register_leaf_module, trace, training_mode
+from ._tracer import ErsmTracer, register_leaf_module, trace, trace_through, training_mode
 from .adapters import (
     ModelAdapter,
     create_adapter,
@@ -26,6 +26,7 @@ __all__ = [
     "ErsmTracer",
     "register_leaf_module",
     "trace",
+    "trace_through",
     "training_mode",
     "FeatureNode",
     "ModelAnalysis",
