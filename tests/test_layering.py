@@ -36,7 +36,7 @@ ALLOWED: dict[str, set[str]] = {
     # io and eval use each other on purpose, inside functions: eval records io.versions(), export
     # validation reads images through eval.images
     "io": {"build", "data", "eval", "layers", "mask_set", "model_source", "models", "recipe", "surgery"},
-    "eval": {"io", "layers", "mask_set", "sparse", "surgery"},
+    "eval": {"data", "io", "layers", "mask_set", "model_source", "sparse", "surgery"},
     "api": {"build", "layers", "models", "plugins", "recipe", "surgery"},
     "injection_summary": {"io", "mask_set", "surgery"},
     "injection": {"api", "injection_summary", "io", "layers", "model_source", "models", "plugins", "recipe",

@@ -1,6 +1,7 @@
 """The library's settings resolution behind finetune, inject and run: the documented precedence, from Python."""
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
@@ -92,3 +93,20 @@ def test_pipeline_settings_from_python(tmp_path: Path) -> None:
     assert build_settings("test_resnet", [2], defaults, epochs=5, data_size=40).base_data_options == {}
     with pytest.raises(DataError, match="does not exist"):
         build_settings("test_resnet", "2", defaults, data_dir=str(tmp_path / "nope"))
+
+
+def test_evaluate_sources_and_write_evaluation_from_python(injected: Path, tmp_path: Path) -> None:
+    from ersm_surgery.eval import EvalSettings, write_evaluation
+    from ersm_surgery.eval.sources import default_eval_output, evaluate_sources
+
+    settings = EvalSettings(metrics=("accuracy", "sparsity"), batch_size=4, seed=1, figure_images=2)
+    result = evaluate_sources(str(injected), "builtin:clutter", baseline="test_resnet", num_images=4,
+                              num_classes=4, settings=settings, img_size=32)
+    assert any("the baseline (test_resnet) has random weights" in note for note in result.results["notes"])
+    files = write_evaluation(result, tmp_path / "ev")
+    assert files["results"] == tmp_path / "ev" / "results.json" and files["report"].is_file()
+    saved = json.loads(files["results"].read_text())
+    assert saved["report"] == str(files["report"]) and set(saved["figures"]) <= set(files)
+    assert default_eval_output(str(injected)) == injected.resolve().parent / "inj-eval"
+    with pytest.raises(DataError, match="built-in data only"):
+        evaluate_sources(str(injected), str(tmp_path), num_classes=4, settings=settings)

@@ -6,7 +6,8 @@ whole network for each would spend most of the time recomputing the unchanged fr
 
 :class:`FxSplit` traces the whole model once with torch.fx (:func:`ersm_surgery.surgery.trace_through`:
 surgery owns the tracing), through the ``DualGraphModule`` owners that surgery made and with Energy-Masks
-and timm's untraceable layers kept as leaves. For every anchor (the node whose output is the feature map) it builds two graph modules:
+and timm's untraceable layers kept as leaves. For every anchor (the node whose output is the feature map)
+it builds two graph modules:
 
 - a *clean* one: the whole network, which also returns the anchors' values and every value computed
   before an anchor that a later node reads (the *frontier*, e.g. the identity branch of a residual
