@@ -42,7 +42,7 @@ def _child(cmd: list[str]) -> tuple[subprocess.CompletedProcess, float, float]:
 _BASE_ONLY = """
 import json, sys
 from pathlib import Path
-from ersm_surgery.cli.run_cmd import RUN_BASE_IMAGES, RUN_EPOCHS
+from ersm_surgery.pipeline.settings import RUN_BASE_IMAGES, RUN_EPOCHS
 from ersm_surgery.pipeline.run import PipelineSettings, _config, _num_classes
 from ersm_surgery.pipeline.base_training import train_base
 s = PipelineSettings(model=sys.argv[1], stages=[2, 3], output=sys.argv[2], batch_size=32,

@@ -1,4 +1,4 @@
-"""The library entry points: ``inject`` a timm model, ``build_model`` from a recipe."""
+"""The library entry points: ``inject`` a timm model; ``build_model`` (from :mod:`.build`) from a recipe."""
 from __future__ import annotations
 
 import logging
@@ -7,11 +7,12 @@ from typing import Any
 
 from torch import nn
 
+from .build import build_model, with_gate
 from .errors import PlacementError
 from .layers import MaskConfig, auto_hidden
-from .models import create_base_model, model_name_of, recorded_name
+from .models import create_base_model, default_input_size, model_name_of, recorded_name
 from .plugins import components_of, provenance, require_components
-from .recipe import Recipe
+from .recipe import RECIPE_ATTR, Recipe
 from .surgery import apply_placements, resolve_nodes, resolve_stages
 from .surgery.placement import Placement
 
@@ -19,18 +20,8 @@ __all__ = ["inject", "build_model", "default_input_size", "RECIPE_ATTR", "with_g
 
 _log = logging.getLogger(__name__)
 
-# the recipe travels with the model as a plain attribute (not in the state dict)
-RECIPE_ATTR = "ersm_recipe"
-
 # masks may add at most this fraction of the backbone's parameters (DESIGN.md section 2)
 PARAM_BUDGET = 0.01
-
-
-def default_input_size(model: nn.Module) -> tuple[int, int, int]:
-    """The (C, H, W) of the model's pretrained_cfg, else (3, 224, 224)."""
-    cfg = getattr(model, "pretrained_cfg", None) or {}
-    size = cfg.get("input_size") or (3, 224, 224)
-    return tuple(int(v) for v in size)
 
 
 def inject(
@@ -111,36 +102,3 @@ def inject(
     )
     setattr(model, RECIPE_ATTR, recipe)
     return model
-
-
-def build_model(recipe: Recipe) -> nn.Module:
-    """Rebuild a masked model (without weights) from its recipe: base model + recorded placements.
-
-    Raises:
-        PluginError: the recipe uses a component of a plugin that is missing, failed or turned off.
-    """
-    require_components(components_of(recipe.mask, recipe.placements), recipe.plugins)
-    model = create_base_model(recipe.model, num_classes=recipe.num_classes, **recipe.model_kwargs)
-    placements = [Placement.from_dict(p.to_dict()) for p in recipe.placements]
-    apply_placements(model, placements, recipe.mask, fallback=False)
-    setattr(model, RECIPE_ATTR, recipe)
-    return model
-
-
-def with_gate(model: nn.Module, gate: str) -> nn.Module:
-    """The same masked model (weights, mode) with ``mask.gate`` changed, rebuilt from its recipe.
-
-    The stage gates hold no weights, so the state dict carries over unchanged.
-
-    Raises:
-        RecipeError: ``gate`` is not a valid setting; PlacementError: the model's stages cannot be gated.
-    """
-    recipe = getattr(model, RECIPE_ATTR)
-    if recipe.mask.gate == gate or not recipe.placements:
-        return model
-    data = recipe.to_dict()
-    data["mask"] = {**data["mask"], "gate": gate}
-    new = build_model(Recipe.from_dict(data))
-    new.load_state_dict(model.state_dict())
-    new.ersm_recipe.finetune = dict(recipe.finetune)
-    return new.train(model.training)

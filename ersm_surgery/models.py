@@ -12,7 +12,7 @@ from .errors import UnknownModelError, WeightsError
 from .model_source import ModelName, hub_errors, resolve_model_name
 
 __all__ = ["check_model_name", "create_base_model", "recorded_name", "read_state_dict", "load_base_weights",
-           "model_name_of"]
+           "model_name_of", "default_input_size"]
 
 _log = logging.getLogger(__name__)
 
@@ -160,3 +160,10 @@ def create_base_model(
     if pretrained_path:
         load_base_weights(model, pretrained_path)
     return model
+
+
+def default_input_size(model: nn.Module) -> tuple[int, int, int]:
+    """The (C, H, W) of the model's pretrained_cfg, else (3, 224, 224)."""
+    cfg = getattr(model, "pretrained_cfg", None) or {}
+    size = cfg.get("input_size") or (3, 224, 224)
+    return tuple(int(v) for v in size)

@@ -33,7 +33,7 @@ def load_yaml(text: str) -> Any:
     """``yaml.safe_load`` with YAML 1.2 exponent floats (``lr: 1e-4`` is a number, not a string)."""
     return yaml.load(text, Loader=_YamlLoader)  # noqa: S506 - a SafeLoader subclass
 
-__all__ = ["Recipe", "RECIPE_VERSION", "load_recipe", "apply_overrides", "settable_keys"]
+__all__ = ["Recipe", "RECIPE_VERSION", "RECIPE_ATTR", "load_recipe", "apply_overrides", "settable_keys"]
 
 # 2: data_config (the preprocessing a model was fine-tuned with). A version-1 recipe has none and means the
 # preprocessing of that time (ImageNet or the built-in data's statistics, crop fraction 1.0); a version-2
@@ -41,6 +41,9 @@ __all__ = ["Recipe", "RECIPE_VERSION", "load_recipe", "apply_overrides", "settab
 # 3: mask.price (layers.price). A recipe of version 1 or 2 has no such key and means price "absolute", the only
 # price of that time; a version-3 recipe always writes it.
 RECIPE_VERSION = 3
+
+# the recipe travels with the model as a plain attribute (not in the state dict)
+RECIPE_ATTR = "ersm_recipe"
 
 # top-level keys a user may set with --set (placements are set with --stages/--nodes)
 _TOP_SETTABLE = ("model", "num_classes", "input_size")

@@ -7,8 +7,7 @@ from ersm_surgery import plugins
 from ersm_surgery.errors import NotSpatialError, PluginError
 from ersm_surgery.layers import AdaptedMask
 from ersm_surgery.recipe import Recipe
-from ersm_surgery.surgery import ModelAdapter, Placement, list_adapters, register_adapter
-from ersm_surgery.surgery import adapters as adapter_registry
+from ersm_surgery.surgery import ModelAdapter, Placement, list_adapters, register_adapter, unregister_adapter
 
 
 class Permute(ModelAdapter):
@@ -33,7 +32,7 @@ def permute():
         try:
             yield
         finally:
-            adapter_registry._ADAPTERS.pop("test_permute", None)
+            unregister_adapter("test_permute")
 
 
 def test_an_adapter_makes_a_channels_last_model_maskable_and_rebuildable(tmp_path, permute):
@@ -55,7 +54,7 @@ def test_an_adapter_makes_a_channels_last_model_maskable_and_rebuildable(tmp_pat
     ersm_surgery.save(model, tmp_path / "m")
     with torch.no_grad():
         assert torch.equal(ersm_surgery.load(tmp_path / "m")(x), expected)
-    adapter_registry._ADAPTERS.pop("test_permute")
+    assert unregister_adapter("test_permute") is Permute
     with pytest.raises(PluginError, match="unknown model adapter 'test_permute'"):
         ersm_surgery.load(tmp_path / "m")
 

@@ -4,11 +4,9 @@ import json
 import numpy as np
 import pytest
 import timm
-from click.testing import CliRunner
 from PIL import Image
 from rich.console import Console
 
-from ersm_surgery.cli.main import cli
 from ersm_surgery.cli.run_cmd import render_summary
 from ersm_surgery.pipeline import judge_claims
 from ersm_surgery.pipeline.base_training import (
@@ -18,6 +16,7 @@ from ersm_surgery.pipeline.base_training import (
     model_traits,
     zero_head_if_loud,
 )
+from tests.conftest import run
 
 
 def test_rule_gives_a_batchnorm_cnn_and_a_layernorm_model_different_settings():
@@ -74,7 +73,7 @@ ARGS = ["--stages", "2,3", "--base-epochs", "2", "--epochs", "1", "--img-size", 
 def test_gate_stops_a_base_at_chance_in_one_line_and_injects_nothing(tmp_path):
     data = _noise_folder(tmp_path / "noise")
     out = tmp_path / "run"
-    result = CliRunner().invoke(cli, ["run", "test_resnet", *ARGS, "--data-dir", str(data), "-o", str(out)])
+    result = run("run", "test_resnet", *ARGS, "--data-dir", str(data), "-o", str(out))
     assert result.exit_code != 0
     lines = result.output.strip().splitlines()
     line = lines[-1]
@@ -90,8 +89,8 @@ def test_gate_stops_a_base_at_chance_in_one_line_and_injects_nothing(tmp_path):
 def test_force_base_continues_and_marks_every_figure(tmp_path):
     data = _noise_folder(tmp_path / "noise")
     out = tmp_path / "run"
-    result = CliRunner().invoke(cli, ["-q", "run", "test_resnet", *ARGS, "--data-dir", str(data), "-o", str(out),
-                                      "--force-base", "--json", "--set", "mask.alpha=0.2"])
+    result = run("-q", "run", "test_resnet", *ARGS, "--data-dir", str(data), "-o", str(out),
+                 "--force-base", "--json", "--set", "mask.alpha=0.2")
     assert result.exit_code == 0, result.output
     summary = json.loads(result.output)
     assert summary["summary"]["base.untrained"] is True and summary["summary"]["base.chance"] == 0.5

@@ -4,38 +4,25 @@ import json
 import pytest
 import torch
 import yaml
-from click.testing import CliRunner
 
 import ersm_surgery
-from ersm_surgery.cli.main import cli
 from ersm_surgery.layers import StageGate
-
-
-def run(*args, quiet=True):
-    return CliRunner().invoke(cli, [*(["-q"] if quiet else []), *[str(a) for a in args]])
-
-
-def one_line_error(result, *fragments):
-    assert result.exit_code != 0, result.output
-    lines = [line for line in result.output.strip().splitlines() if line.strip()]
-    assert lines[-1].startswith("Error: ") and "Traceback" not in result.output, result.output
-    for fragment in fragments:
-        assert fragment in lines[-1], lines[-1]
+from tests.conftest import one_line_error, run, run_quiet
 
 
 @pytest.fixture(scope="module")
 def folders(tmp_path_factory):
     root = tmp_path_factory.mktemp("bench")
     for name, extra in (("gated", ["--set", "mask.gate=stage"]), ("features", [])):
-        result = run("inject", "test_resnet", "--stages", "2,3", "--input-size", "3,32,32", "--num-classes", "4",
-                     "-o", root / name, *extra)
+        result = run_quiet("inject", "test_resnet", "--stages", "2,3", "--input-size", "3,32,32", "--num-classes", "4",
+                           "-o", root / name, *extra)
         assert result.exit_code == 0, result.output
     return root
 
 
 def test_bench_json_reports_both_batches(folders):
-    result = run("bench", folders / "gated", "-b", "1,3", "--repeat", "1", "--warmup", "0", "--json",
-                 "--dataset", "builtin:clutter", "--break-even", "1.0")
+    result = run_quiet("bench", folders / "gated", "-b", "1,3", "--repeat", "1", "--warmup", "0", "--json",
+                       "--dataset", "builtin:clutter", "--break-even", "1.0")
     assert result.exit_code == 0, result.output
     report = json.loads(result.stdout)
     assert [r["batch"] for r in report["results"]] == [1, 3] and report["inputs"] == "builtin:clutter"
@@ -46,20 +33,22 @@ def test_bench_json_reports_both_batches(folders):
 
 
 def test_bench_table(folders):
-    result = run("bench", folders / "gated", "-b", "2", "--repeat", "1", "--warmup", "0", quiet=False)
+    result = run("bench", folders / "gated", "-b", "2", "--repeat", "1", "--warmup", "0")
     assert result.exit_code == 0 and "ops that ran densely: none" in result.output, result.output
 
 
 def test_bench_refuses_models_it_cannot_speed_up(folders):
-    one_line_error(run("bench", "test_resnet", "--repeat", "1"), "no ERSM masks", "--set mask.gate=stage")
-    one_line_error(run("bench", folders / "features", "--repeat", "1"), "mask.gate=features", "--set mask.gate=stage")
-    one_line_error(run("bench", folders / "gated", "-b", "1,x"), "not a comma-separated list")
+    one_line_error(run_quiet("bench", "test_resnet", "--repeat", "1"), "no ERSM masks", "--set mask.gate=stage")
+    one_line_error(run_quiet("bench", folders / "features", "--repeat", "1"), "mask.gate=features",
+                   "--set mask.gate=stage")
+    one_line_error(run_quiet("bench", folders / "gated", "-b", "1,x"), "not a comma-separated list")
 
 
 def test_finetune_can_switch_the_gate_on(folders, tmp_path):
     out = tmp_path / "ft"
-    result = run("finetune", folders / "features", "--dataset", "builtin:clutter", "--data-opt", "size=8 num_classes=4",
-                 "--img-size", "32", "-b", "8", "-j", "0", "--epochs", "1", "--set", "mask.gate=stage", "-o", out)
+    result = run_quiet("finetune", folders / "features", "--dataset", "builtin:clutter", "--data-opt",
+                       "size=8 num_classes=4", "--img-size", "32", "-b", "8", "-j", "0", "--epochs", "1", "--set",
+                       "mask.gate=stage", "-o", out)
     assert result.exit_code == 0, result.output
     recipe = yaml.safe_load((out / "last" / "recipe.yaml").read_text())
     assert recipe["mask"]["gate"] == "stage"

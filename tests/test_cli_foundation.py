@@ -6,23 +6,10 @@ import time
 
 import pytest
 import torch
-from click.testing import CliRunner
 
 import ersm_surgery
-from ersm_surgery.cli.main import COMMANDS, cli
-
-
-def run(*args):
-    return CliRunner().invoke(cli, list(args))
-
-
-def assert_one_line_error(result, *fragments, code=None):
-    assert result.exit_code != 0 if code is None else result.exit_code == code, result.output
-    lines = [line for line in result.output.strip().splitlines() if line.strip()]
-    assert len(lines) == 1 and lines[0].startswith("Error: "), result.output
-    assert "Traceback" not in result.output
-    for fragment in fragments:
-        assert fragment in lines[0], lines[0]
+from ersm_surgery.cli.main import COMMANDS
+from tests.conftest import one_line_error, run
 
 
 def test_cold_help_is_fast_and_every_command_has_help():
@@ -120,29 +107,29 @@ def test_bad_input_is_one_line_with_the_fix(tmp_path, args, fragments):
     if "inject" in args[:2]:
         args = [*args, "-o", str(tmp_path / "o")]
     result = run(*args)
-    assert_one_line_error(result, *fragments)
+    one_line_error(result, *fragments)
     assert not (tmp_path / "o").exists()
 
 
 def test_corrupt_pretrained_path(tmp_path):
     bad = tmp_path / "w.safetensors"
     bad.write_bytes(b"\x10\x00\x00\x00\x00\x00\x00\x00{not json")
-    assert_one_line_error(run("inject", "test_resnet", "--stages", "2", "--pretrained-path", str(bad),
-                              "-o", str(tmp_path / "o")), "cannot read weights")
+    one_line_error(run("inject", "test_resnet", "--stages", "2", "--pretrained-path", str(bad),
+                       "-o", str(tmp_path / "o")), "cannot read weights")
     pth = tmp_path / "w.pth"
     pth.write_bytes(b"garbage")
-    assert_one_line_error(run("inject", "test_resnet", "--stages", "2", "--pretrained-path", str(pth),
-                              "-o", str(tmp_path / "o")), "cannot read weights")
+    one_line_error(run("inject", "test_resnet", "--stages", "2", "--pretrained-path", str(pth),
+                       "-o", str(tmp_path / "o")), "cannot read weights")
 
 
 def test_output_dir_not_empty_needs_force(busy_dir):
     result = run("inject", "test_resnet", "--stages", "2", "--input-size", "3,64,64", "-o", str(busy_dir))
-    assert_one_line_error(result, "exists and is not empty", "--force")
+    one_line_error(result, "exists and is not empty", "--force")
     assert sorted(p.name for p in busy_dir.iterdir()) == ["keep.txt"]
     ok = run("inject", "test_resnet", "--stages", "2", "--input-size", "3,64,64", "-o", str(busy_dir), "--force")
     assert ok.exit_code == 0 and (busy_dir / "keep.txt").read_text() == "user data"
 
 
 def test_debug_shows_the_traceback(tmp_path):
-    result = CliRunner().invoke(cli, ["--debug", "inject", "resnet5", "--stages", "2", "-o", str(tmp_path / "o")])
+    result = run("--debug", "inject", "resnet5", "--stages", "2", "-o", str(tmp_path / "o"))
     assert result.exit_code != 0 and result.exception is not None

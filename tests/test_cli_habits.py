@@ -12,18 +12,14 @@ from pathlib import Path
 import click
 import pytest
 import torch
-from click.testing import CliRunner
 
 import ersm_surgery
 from ersm_surgery.cli._common import WORKERS_DEFAULT, check_device
-from ersm_surgery.cli.main import COMMANDS, cli
+from ersm_surgery.cli.main import COMMANDS
 from ersm_surgery.train.config import FinetuneConfig
+from tests.conftest import run
 
 ROOT = Path(__file__).resolve().parents[1]
-
-
-def _run(*args):
-    return CliRunner().invoke(cli, [str(a) for a in args])
 
 
 def _child(code: str, env: dict[str, str] | None = None, timeout: int = 300) -> subprocess.CompletedProcess:
@@ -37,7 +33,7 @@ def test_python_m_and_help_on_every_command() -> None:
     assert proc.returncode == 0 and "Usage: ersm-surgery" in proc.stdout
     for name in COMMANDS:
         assert name in proc.stdout
-        result = _run(name, "--help")
+        result = run(name, "--help")
         assert result.exit_code == 0 and "Usage:" in result.output, (name, result.output)
 
 
@@ -50,14 +46,14 @@ def test_one_device_option_checked_in_one_place() -> None:
         with pytest.raises(click.BadParameter, match="no CUDA device"):
             check_device("cuda:1")
     for command in ("finetune", "evaluate"):
-        help_text = _run(command, "--help").output
+        help_text = run(command, "--help").output
         assert "--device DEVICE" in help_text and "auto, cpu, cuda, cuda:N, mps" in help_text
-        result = _run(command, "somewhere", "--dataset", "builtin:clutter", "--device", "gpu")
+        result = run(command, "somewhere", "--dataset", "builtin:clutter", "--device", "gpu")
         lines = result.output.strip().splitlines()
         assert result.exit_code == 2 and len(lines) == 1 and "'gpu' is not a device" in lines[0], result.output
     for args in (("run", "test_resnet", "--stages", "2"), ("reproduce", "--model", "test_resnet")):
-        assert "--device DEVICE" in _run(args[0], "--help").output
-        result = _run(*args, "--device", "gpu")  # refused before any training
+        assert "--device DEVICE" in run(args[0], "--help").output
+        result = run(*args, "--device", "gpu")  # refused before any training
         lines = result.output.strip().splitlines()
         assert result.exit_code == 2 and len(lines) == 1 and "'gpu' is not a device" in lines[0], result.output
 
@@ -65,20 +61,20 @@ def test_one_device_option_checked_in_one_place() -> None:
 def test_workers_default_is_the_same_everywhere() -> None:
     assert WORKERS_DEFAULT == FinetuneConfig().workers
     for command in ("finetune", "evaluate"):
-        help_text = " ".join(_run(command, "--help").output.split())
+        help_text = " ".join(run(command, "--help").output.split())
         assert f"-j, --workers INTEGER RANGE DataLoader worker processes. [default: {WORKERS_DEFAULT}]" in help_text
 
 
 def test_evaluate_output_is_o_and_out_is_a_hidden_deprecated_alias(tmp_path: Path) -> None:
-    help_text = _run("evaluate", "--help").output
+    help_text = run("evaluate", "--help").output
     assert "-o, --output" in help_text and "--out " not in help_text
     taken = tmp_path / "taken"
     taken.mkdir()
     (taken / "x").write_text("mine")
-    result = _run("evaluate", "m", "--dataset", "builtin:clutter", "--out", taken)
+    result = run("evaluate", "m", "--dataset", "builtin:clutter", "--out", taken)
     assert "--out is deprecated; use -o/--output" in result.output
     assert result.exit_code == 1 and "exists and is not empty" in result.output  # --out went where -o goes
-    result = _run("evaluate", "m", "--dataset", "builtin:clutter", "--out", taken, "-o", taken)
+    result = run("evaluate", "m", "--dataset", "builtin:clutter", "--out", taken, "-o", taken)
     assert result.exit_code == 2 and "give -o/--output only" in result.output
 
 

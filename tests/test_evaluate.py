@@ -10,17 +10,17 @@ from pathlib import Path
 
 import pytest
 import torch
-from click.testing import CliRunner
 from PIL import Image
 
 import ersm_surgery
-from ersm_surgery.cli.main import cli
+from ersm_surgery.errors import ErsmError
 from ersm_surgery.eval import deletion_curve, energy_scores, magnitude_scores
 from ersm_surgery.eval.compute import conditional_flops, flop_breakdown
-from ersm_surgery.eval.feature_deletion import DeletionJob, run_deletion_jobs
+from ersm_surgery.eval.deletion_batched import DeletionJob, run_deletion_jobs
 from ersm_surgery.eval.images import EvalImages, load_images
+from ersm_surgery.eval.rerun import Anchor, FxSplit, HookSplit, RerunError, Rerunner, make_split
 from ersm_surgery.eval.runner import EvalSettings, evaluate
-from ersm_surgery.eval.split import Anchor, FxSplit, HookSplit, make_split
+from tests.conftest import one_line_error, run
 
 SIZE = 32
 K = 4
@@ -42,18 +42,6 @@ def masked_model(**kwargs) -> torch.nn.Module:
     torch.manual_seed(0)
     model = ersm_surgery.inject("test_resnet", input_size=(3, SIZE, SIZE), num_classes=K, **kwargs)
     return sparsify(model).eval()
-
-
-def run(*args: str):
-    return CliRunner().invoke(cli, list(args))
-
-
-def assert_one_line_error(result, *fragments: str) -> None:
-    assert result.exit_code != 0, result.output
-    lines = [line for line in result.output.strip().splitlines() if line.strip()]
-    assert len(lines) == 1 and lines[0].startswith("Error: "), result.output
-    for fragment in fragments:
-        assert fragment in lines[0], lines[0]
 
 
 # ------------------------------------------------------------------ the split
@@ -108,6 +96,22 @@ def test_make_split_falls_back_to_hooks_and_says_why() -> None:
     # a module inside an fx leaf (the mask's own head) is no node of the trace, but a hook can reach it
     split, reason = make_split(model, [Anchor("head", module=f"{name}.head")])
     assert isinstance(split, HookSplit) and "not a node" in reason
+
+
+def test_both_rerunners_implement_the_protocol_and_fail_with_an_ersm_error() -> None:
+    model = masked_model(stages=[2]).eval()
+    name = ersm_surgery.masks(model).names()[0]
+    x = torch.randn(2, 3, 64, 64)
+    for prefer, kind in (("fx", FxSplit), ("hook", HookSplit)):
+        split, _ = make_split(model, [Anchor(name, module=name)], example=x, prefer=prefer)
+        assert isinstance(split, kind) and isinstance(split, Rerunner)
+        with torch.no_grad():
+            same = split.rerun(name, split.features(name))
+            assert torch.allclose(same, model(x), atol=1e-5)
+        split.close()
+    with pytest.raises(RerunError, match="is not a module") as failed:
+        HookSplit(model, [Anchor("nowhere", module="no.such.module")])
+    assert isinstance(failed.value, ErsmError)
 
 
 # ------------------------------------------------------------------ batched deletion
@@ -174,7 +178,7 @@ def clutter_images() -> EvalImages:
 
 
 def test_runner_known_answers(clutter_images: EvalImages) -> None:
-    from ersm_surgery.train.source import strip_masks
+    from ersm_surgery.io.source import strip_masks
 
     model = masked_model(stages=[2, 3])
     baseline = strip_masks(model).eval()
@@ -218,8 +222,8 @@ def test_runner_known_answers(clutter_images: EvalImages) -> None:
 
 @pytest.fixture(scope="module")
 def saved(tmp_path_factory) -> dict[str, Path]:
+    from ersm_surgery.io.source import strip_masks
     from ersm_surgery.recipe import Recipe
-    from ersm_surgery.train.source import strip_masks
 
     root = tmp_path_factory.mktemp("models")
     model = masked_model(stages=[2, 3])
@@ -291,10 +295,10 @@ def test_data_without_boxes_skips_localization_and_says_so(saved, tmp_path) -> N
 def test_class_count_mismatch_is_one_line_naming_the_fix(saved, tmp_path) -> None:
     result = run("evaluate", str(saved["masked"]), "--dataset", "builtin:clutter", "-o", str(tmp_path / "o"),
                  *SMALL)
-    assert_one_line_error(result, "4-class head", "10 classes", "--num-classes 4")
+    one_line_error(result, "4-class head", "10 classes", "--num-classes 4")
     result = run("evaluate", str(saved["masked"]), "--dataset", "builtin:clutter", "--num-classes", str(K),
                  "--baseline", str(saved["seven"]), "-o", str(tmp_path / "o2"), *SMALL)
-    assert_one_line_error(result, "baseline has a 7-class head")
+    one_line_error(result, "baseline has a 7-class head")
 
 
 def test_empty_split_and_bad_arguments_are_one_line_errors(saved, tmp_path) -> None:
@@ -302,7 +306,7 @@ def test_empty_split_and_bad_arguments_are_one_line_errors(saved, tmp_path) -> N
     Image.new("RGB", (SIZE, SIZE)).save(tmp_path / "data" / "train" / "a" / "x.png")
     (tmp_path / "data" / "validation" / "a").mkdir(parents=True)
     result = run("evaluate", str(saved["masked"]), "--data-dir", str(tmp_path / "data"), "-o", str(tmp_path / "o"))
-    assert_one_line_error(result, "validation")
+    one_line_error(result, "validation")
     masked = str(saved["masked"])
     for args, fragment in [
         ([masked], "exactly one of --data-dir"),
@@ -311,7 +315,7 @@ def test_empty_split_and_bad_arguments_are_one_line_errors(saved, tmp_path) -> N
         ([masked, "--dataset", "builtin:clutter", "--num-images", "0"], "--num-images"),
         ([str(tmp_path / "nothing"), "--dataset", "builtin:clutter"], "nothing"),
     ]:
-        assert_one_line_error(run("evaluate", *args, "-o", str(tmp_path / "o3")), fragment)
+        one_line_error(run("evaluate", *args, "-o", str(tmp_path / "o3")), fragment)
 
 
 def test_energy_scores_rank_kept_tokens_first() -> None:

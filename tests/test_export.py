@@ -7,11 +7,9 @@ from pathlib import Path
 import pytest
 import timm
 import torch
-from click.testing import CliRunner
 from safetensors.torch import save_file
 
 import ersm_surgery
-from ersm_surgery.cli.main import cli
 from ersm_surgery.io.artifact import (
     RECIPE_KEY,
     SHA256_KEY,
@@ -21,10 +19,11 @@ from ersm_surgery.io.artifact import (
     weights_metadata,
     write_weights,
 )
-from ersm_surgery.io.export import BACKBONE, ONNX, VALIDATION, strip_masks
+from ersm_surgery.io.export import BACKBONE, ONNX, VALIDATION, backbone_state_dict
 from ersm_surgery.io.onnx_export import export_onnx
 from ersm_surgery.io.onnx_validation import validate_onnx
 from ersm_surgery.io.safetensors_header import read_header, tensor_data_sha256
+from tests.conftest import run
 from tests.coverage_models import COVERAGE
 
 SIZE = (3, 64, 64)
@@ -57,10 +56,6 @@ def saved(tmp_path_factory) -> Path:
 
 def _x(batch: int = 2, size=SIZE) -> torch.Tensor:
     return torch.randn(batch, *size, generator=torch.Generator().manual_seed(1))
-
-
-def _run(*args: str):
-    return CliRunner().invoke(cli, [str(a) for a in args])
 
 
 # -- the sha256 ----------------------------------------------------------------------------------------------
@@ -114,7 +109,7 @@ def test_safetensors_round_trip_every_family(tmp_path: Path, family, name, size,
     loaded = ersm_surgery.load(path)
     with torch.no_grad():
         assert (loaded(x) - expected).abs().max() <= 1e-5
-    backbone = strip_masks(model)
+    backbone = backbone_state_dict(model)
     assert not any("ersm_mask" in k for k in backbone) and len(backbone) < len(state_to_save(model))
     timm.create_model(name, num_classes=5).load_state_dict(backbone, strict=True)
 
@@ -124,8 +119,8 @@ def test_safetensors_round_trip_every_family(tmp_path: Path, family, name, size,
 
 def test_export_writes_every_file_and_validates(saved: Path, tmp_path: Path) -> None:
     out = tmp_path / "out"
-    result = _run("export", saved, "-o", out, "--format", "safetensors,onnx", "--strip-masks", "--with-masks",
-                  "--mask-mode", "soft", "--json")
+    result = run("export", saved, "-o", out, "--format", "safetensors,onnx", "--strip-masks", "--with-masks",
+                 "--mask-mode", "soft", "--json")
     assert result.exit_code == 0, result.output
     summary = json.loads(result.stdout)
     names = {"model.safetensors", "recipe.yaml", "config.json", "README.md", ONNX, BACKBONE, VALIDATION}
@@ -161,7 +156,7 @@ def test_stripped_backbone_loads_in_plain_timm(saved: Path, tmp_path: Path) -> N
     """backbone/ opens with timm.create_model("local-dir:...", pretrained=True) and nothing else, and its
     outputs equal the masked model's with the masks switched off (and differ with them on)."""
     out = tmp_path / "out"
-    assert _run("export", saved, "-o", out, "--format", "safetensors", "--strip-masks").exit_code == 0
+    assert run("export", saved, "-o", out, "--format", "safetensors", "--strip-masks").exit_code == 0
     assert {p.name for p in (out / BACKBONE).iterdir()} == {"config.json", "model.safetensors", "README.md"}
     from_timm = timm.create_model(f"local-dir:{out / BACKBONE}", pretrained=True).eval()
     masked = ersm_surgery.load(saved)
@@ -176,17 +171,17 @@ def test_stripped_backbone_loads_in_plain_timm(saved: Path, tmp_path: Path) -> N
     resolved = timm.data.resolve_model_data_config(from_timm)
     assert {k: list(v) if isinstance(v, tuple) else v for k, v in resolved.items()} == recorded
     assert json.loads((out / BACKBONE / "config.json").read_text())["label_names"][0] == "cat"
-    assert _run("info", out / BACKBONE / "model.safetensors").output.count("plain safetensors") == 1
+    assert run("info", out / BACKBONE / "model.safetensors").output.count("plain safetensors") == 1
 
 
 def test_force_replaces_an_export_and_drops_its_stale_files(saved: Path, tmp_path: Path) -> None:
     out = tmp_path / "out"
-    assert _run("export", saved, "-o", out, "--format", "onnx", "--no-validate", "--strip-masks").exit_code == 0
+    assert run("export", saved, "-o", out, "--format", "onnx", "--no-validate", "--strip-masks").exit_code == 0
     assert (out / ONNX).exists() and not (out / VALIDATION).exists() and (out / BACKBONE / "config.json").exists()
     (out / "notes.txt").write_text("mine")
     for old in ("model_card.md", "backbone.safetensors"):  # what exports before README.md and backbone/ wrote
         (out / old).write_text("old")
-    result = _run("export", saved, "-o", out, "--format", "safetensors", "--force")
+    result = run("export", saved, "-o", out, "--format", "safetensors", "--force")
     assert result.exit_code == 0, result.output
     assert not (out / ONNX).exists() and (out / VALIDATION).exists() and (out / "model.safetensors").exists()
     assert not (out / "model_card.md").exists() and not (out / "backbone.safetensors").exists()
@@ -196,7 +191,7 @@ def test_force_replaces_an_export_and_drops_its_stale_files(saved: Path, tmp_pat
 
 def test_validation_over_tolerance_fails_in_one_line_and_writes_nothing(saved: Path, tmp_path: Path) -> None:
     out = tmp_path / "out"
-    result = _run("export", saved, "-o", out, "--format", "onnx", "--rtol", "0", "--atol", "0")
+    result = run("export", saved, "-o", out, "--format", "onnx", "--rtol", "0", "--atol", "0")
     assert result.exit_code == 1
     lines = result.output.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("Error: validation failed: model.onnx: output 'logits' differs")
@@ -206,15 +201,15 @@ def test_validation_over_tolerance_fails_in_one_line_and_writes_nothing(saved: P
 
 
 def test_with_masks_needs_onnx(saved: Path, tmp_path: Path) -> None:
-    result = _run("export", saved, "-o", tmp_path / "o", "--format", "safetensors", "--with-masks")
+    result = run("export", saved, "-o", tmp_path / "o", "--format", "safetensors", "--with-masks")
     assert result.exit_code == 2 and "add onnx to --format" in result.output
 
 
 def test_help_is_fast_and_lists_the_commands() -> None:
-    result = _run("--help")
+    result = run("--help")
     assert "export" in result.output and "info" in result.output
     for command in ("export", "info"):
-        assert _run(command, "--help").exit_code == 0
+        assert run(command, "--help").exit_code == 0
 
 
 # -- ONNX --------------------------------------------------------------------------------------------------------

@@ -8,15 +8,14 @@ import numpy as np
 import onnx
 import pytest
 import torch
-from click.testing import CliRunner
 from onnx import numpy_helper
 
 import ersm_surgery
-from ersm_surgery.cli.main import cli
 from ersm_surgery.errors import ExportValidationError
 from ersm_surgery.io.export import export
 from ersm_surgery.io.onnx_export import export_onnx, run_onnx
 from ersm_surgery.io.onnx_validation import classify_flips, random_inputs, validate_onnx, validation_inputs
+from tests.conftest import run
 
 SIZE = (3, 48, 48)
 CLASSES = 4
@@ -137,8 +136,8 @@ def test_run_whose_export_fails_keeps_every_output_and_exits_1(tmp_path: Path) -
     out = tmp_path / "run"
     # a tolerance no float32 runtime meets: the ONNX validation really fails (--force-base: a 1-epoch base
     # fails the base gate, which is not what this test is about)
-    result = CliRunner().invoke(cli, ["-q", "run", "test_resnet", "--stages", "2,3", *TINY_RUN, "-o", str(out),
-                                      "--export-rtol", "0", "--export-atol", "0", "--force-base"])
+    result = run("-q", "run", "test_resnet", "--stages", "2,3", *TINY_RUN, "-o", str(out),
+                 "--export-rtol", "0", "--export-atol", "0", "--force-base")
     assert result.exit_code == 1, result.output
     lines = result.output.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("Error: export validation failed: model.onnx: output 'logits'")
@@ -153,6 +152,6 @@ def test_run_whose_export_fails_keeps_every_output_and_exits_1(tmp_path: Path) -
     report = json.loads((target / "validation.json").read_text())
     assert report["onnx"]["ok"] is False and report["inputs"]["source"] == "evaluation images"
     # the way out that the line names works
-    again = CliRunner().invoke(cli, ["-q", "export", str(source), "-o", str(target), "--force", "--no-validate"])
+    again = run("-q", "export", str(source), "-o", str(target), "--force", "--no-validate")
     assert again.exit_code == 0, again.output
     assert (target / "model.onnx").is_file()

@@ -12,20 +12,11 @@ from PIL import Image
 from safetensors.torch import load_file
 
 import ersm_surgery
-from tests.cli_helpers import ok, run
+from tests.conftest import ok, one_line_error
+from tests.conftest import run_quiet as run
 
 DATA = ["--dataset", "builtin:clutter", "--data-opt", "size=12 num_classes=4", "--img-size", "32", "-b", "8",
         "-j", "0", "--seed", "3"]
-
-
-def one_line_error(result, *fragments):
-    assert result.exit_code != 0, result.output
-    lines = [line for line in result.output.strip().splitlines() if line.strip()]
-    assert len(lines) >= 1 and lines[-1].startswith("Error: "), result.output
-    assert sum(line.startswith("Error: ") for line in lines) == 1 and "Traceback" not in result.output
-    for fragment in fragments:
-        assert fragment in lines[-1], lines[-1]
-    return lines[-1]
 
 
 @pytest.fixture(scope="module")

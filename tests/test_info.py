@@ -9,13 +9,12 @@ from pathlib import Path
 
 import pytest
 import torch
-from click.testing import CliRunner
 from safetensors.torch import save_file
 
 import ersm_surgery
-from ersm_surgery.cli.main import cli
 from ersm_surgery.io import safetensors_header
 from ersm_surgery.io.file_info import file_info, mask_groups
+from tests.conftest import run
 
 SIZE = (3, 64, 64)
 
@@ -28,11 +27,6 @@ def saved(tmp_path_factory) -> Path:
     src = tmp_path_factory.mktemp("src") / "r-ersm"
     ersm_surgery.save(model, src)
     return src
-
-
-def _invoke(*args) -> tuple[int, str]:
-    result = CliRunner().invoke(cli, [str(a) for a in args])
-    return result.exit_code, result.output
 
 
 def test_describes_a_masked_model(saved: Path) -> None:
@@ -54,7 +48,8 @@ def test_describes_a_masked_model(saved: Path) -> None:
 
 def test_verify_reads_the_data(saved: Path) -> None:
     assert file_info(saved, verify=True)["sha256"]["state"] == "verified"
-    code, out = _invoke("info", saved, "--verify")
+    result = run("info", saved, "--verify")
+    code, out = result.exit_code, result.output
     assert code == 0 and "verified" in out
 
 
@@ -88,28 +83,32 @@ def test_plain_safetensors_is_shown_as_plain(tmp_path: Path) -> None:
     info = file_info(path)
     assert info["kind"] == "plain" and "recipe" not in info and "sha256" not in info
     assert info["tensors"] == {"count": 2, "bytes": 30, "dtypes": {"F32": 1, "F16": 1}, "params": 9}
-    code, out = _invoke("info", path)
+    result = run("info", path)
+    code, out = result.exit_code, result.output
     assert code == 0 and "plain safetensors (no ersm metadata)" in out
 
 
 def test_json_output(saved: Path) -> None:
-    result = CliRunner().invoke(cli, ["info", str(saved), "--json"])
+    result = run("info", str(saved), "--json")
     assert result.exit_code == 0
     data = json.loads(result.stdout)
     assert data["kind"] == "ersm" and len(data["masks"]) == 2
 
 
 def test_text_output(saved: Path) -> None:
-    code, out = _invoke("info", saved)
+    result = run("info", saved)
+    code, out = result.exit_code, result.output
     assert code == 0
     for text in ("ersm masked model", "test_resnet", "layer2.ersm_mask", "stage 3", "present", "timm"):
         assert text in out
 
 
 def test_missing_file_is_one_line(tmp_path: Path) -> None:
-    code, out = _invoke("info", tmp_path / "nope.safetensors")
+    result = run("info", tmp_path / "nope.safetensors")
+    code, out = result.exit_code, result.output
     assert code != 0 and len(out.strip().splitlines()) == 1 and out.startswith("Error:")
-    code, out = _invoke("info", tmp_path)  # a folder without model.safetensors
+    result = run("info", tmp_path)  # a folder without model.safetensors
+    code, out = result.exit_code, result.output
     assert code != 0 and len(out.strip().splitlines()) == 1 and "no model.safetensors" in out
 
 

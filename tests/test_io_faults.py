@@ -11,14 +11,13 @@ from pathlib import Path
 
 import pytest
 import torch
-from click.testing import CliRunner
 from safetensors.torch import load_file, save_file
 
 import ersm_surgery
-from ersm_surgery.cli.main import cli
 from ersm_surgery.errors import ArtifactError
 from ersm_surgery.io import artifact, export, publish
 from ersm_surgery.io.artifact import RECIPE_KEY, SHA256_KEY, state_sha256
+from tests.conftest import one_line_error, run
 
 SIZE = (3, 64, 64)
 
@@ -50,20 +49,10 @@ def _copy(saved: Path, tmp_path: Path) -> Path:
     return path
 
 
-def _fails(*args, match: str) -> str:
-    """Run the CLI and check: non-zero exit, one line starting with "Error:", no traceback."""
-    result = CliRunner().invoke(cli, [str(a) for a in args])
-    lines = result.output.strip().splitlines()
-    assert result.exit_code != 0, result.output
-    assert len(lines) == 1 and lines[0].startswith("Error:"), result.output
-    assert "Traceback" not in result.output and match in lines[0], lines[0]
-    return lines[0]
-
-
 def _each_command(path: Path, tmp_path: Path, match: str) -> None:
     """The same bad file is refused by info, export and load()."""
-    _fails("info", path, match=match)
-    _fails("export", path, "-o", tmp_path / "out", match=match)
+    one_line_error(run("info", path), match)
+    one_line_error(run("export", path, "-o", tmp_path / "out"), match)
     with pytest.raises(ArtifactError, match=re.escape(match)):
         ersm_surgery.load(path)
     assert not (tmp_path / "out").exists()
@@ -108,7 +97,7 @@ def test_pickle_is_refused_with_the_conversion(saved: Path, tmp_path: Path) -> N
     folder = tmp_path / "folder"
     folder.mkdir()
     os.replace(path, folder / "model.safetensors")  # a pickle under the safetensors name
-    _fails("export", folder, "-o", tmp_path / "out", match="PyTorch pickle")
+    one_line_error(run("export", folder, "-o", tmp_path / "out"), "PyTorch pickle")
 
 
 def test_recipe_edited_after_export_is_refused_unless_no_verify(saved: Path, tmp_path: Path) -> None:
@@ -119,15 +108,15 @@ def test_recipe_edited_after_export_is_refused_unless_no_verify(saved: Path, tmp
     folder = tmp_path / "edited"
     folder.mkdir()
     _write(folder / "model.safetensors", header, data)
-    _fails("export", folder, "-o", tmp_path / "out", match="sha256 mismatch")
+    one_line_error(run("export", folder, "-o", tmp_path / "out"), "sha256 mismatch")
     with pytest.raises(ArtifactError, match="sha256 mismatch"):
         ersm_surgery.load(folder)
-    _fails("info", folder, "--verify", match="sha256 mismatch")
-    assert CliRunner().invoke(cli, ["info", str(folder)]).exit_code == 0  # the header alone is fine
+    one_line_error(run("info", folder, "--verify"), "sha256 mismatch")
+    assert run("info", str(folder)).exit_code == 0  # the header alone is fine
     # --no-verify (verify=False) loads it anyway, with the edited setting
     assert ersm_surgery.load(folder, verify=False).ersm_recipe.mask.alpha == 0.1
-    result = CliRunner().invoke(cli, ["export", str(folder), "-o", str(tmp_path / "out"), "--format", "safetensors",
-                                      "--no-verify"])
+    result = run("export", str(folder), "-o", str(tmp_path / "out"), "--format", "safetensors",
+                 "--no-verify")
     assert result.exit_code == 0, result.output
     assert ersm_surgery.load(tmp_path / "out").ersm_recipe.mask.alpha == 0.1  # re-signed by the export
 
@@ -137,7 +126,7 @@ def test_tensor_data_edited_is_refused(saved: Path, tmp_path: Path) -> None:
     blob = bytearray(path.read_bytes())
     blob[-3] ^= 0xFF
     path.write_bytes(bytes(blob))
-    _fails("export", path, "-o", tmp_path / "out", match="sha256 mismatch")
+    one_line_error(run("export", path, "-o", tmp_path / "out"), "sha256 mismatch")
 
 
 def test_tensor_shapes_that_do_not_match_the_recipe(saved: Path, tmp_path: Path) -> None:
@@ -148,7 +137,8 @@ def test_tensor_shapes_that_do_not_match_the_recipe(saved: Path, tmp_path: Path)
     meta[RECIPE_KEY] = json.dumps(recipe, sort_keys=True)
     meta[SHA256_KEY] = state_sha256(tensors, meta[RECIPE_KEY].encode())  # consistently signed: only shapes differ
     save_file(tensors, str(tmp_path / "model.safetensors"), metadata=meta)
-    line = _fails("export", tmp_path / "model.safetensors", "-o", tmp_path / "out", match="do not match the recipe")
+    line = one_line_error(run("export", tmp_path / "model.safetensors", "-o", tmp_path / "out"),
+                          "do not match the recipe")
     assert "layer2.ersm_mask.head.reduce.weight is [8, 48, 1, 1] in the file but [12, 48, 1, 1]" in line
     with pytest.raises(ArtifactError, match="shape mismatch"):
         ersm_surgery.load(tmp_path / "model.safetensors")
@@ -156,7 +146,7 @@ def test_tensor_shapes_that_do_not_match_the_recipe(saved: Path, tmp_path: Path)
 
 def test_plain_safetensors_is_not_a_masked_model(tmp_path: Path) -> None:
     save_file({"w": torch.ones(2)}, str(tmp_path / "plain.safetensors"))
-    _fails("export", tmp_path / "plain.safetensors", "-o", tmp_path / "out", match="no ersm recipe")
+    one_line_error(run("export", tmp_path / "plain.safetensors", "-o", tmp_path / "out"), "no ersm recipe")
 
 
 def test_file_without_sha256_loads_with_a_warning(saved: Path, tmp_path: Path, caplog) -> None:
@@ -175,13 +165,13 @@ def test_existing_folder_without_force(saved: Path, tmp_path: Path) -> None:
     out = tmp_path / "out"
     out.mkdir()
     (out / "keep.txt").write_text("x")
-    _fails("export", saved, "-o", out, match="exists and is not empty")
+    one_line_error(run("export", saved, "-o", out), "exists and is not empty")
     assert [p.name for p in out.iterdir()] == ["keep.txt"]
 
 
 def _export_once(saved: Path, out: Path) -> dict[str, bytes]:
-    result = CliRunner().invoke(cli, ["export", str(saved), "-o", str(out), "--format", "safetensors",
-                                      "--no-validate"])
+    result = run("export", str(saved), "-o", str(out), "--format", "safetensors",
+                 "--no-validate")
     assert result.exit_code == 0, result.output
     return {p.name: p.read_bytes() for p in out.iterdir()}
 
@@ -196,8 +186,8 @@ def test_disk_full_midway_leaves_the_old_export_untouched(saved: Path, tmp_path:
         raise OSError(errno.ENOSPC, "No space left on device")
 
     monkeypatch.setattr(export, "atomic_write_text", full)
-    line = _fails("export", saved, "-o", out, "--format", "safetensors,onnx", "--force",
-                  match="No space left on device")
+    line = one_line_error(run("export", saved, "-o", out, "--format", "safetensors,onnx", "--force"),
+                          "No space left on device")
     assert "nothing was changed" in line and calls
     assert {p.name: p.read_bytes() for p in out.iterdir()} == before
     assert sorted(p.name for p in tmp_path.iterdir()) == ["out"]  # no staging folder left
@@ -217,8 +207,8 @@ def test_failure_while_moving_into_place_rolls_back(saved: Path, tmp_path: Path,
         return real(src, dst)
 
     monkeypatch.setattr(publish.os, "replace", flaky)
-    _fails("export", saved, "-o", out, "--format", "safetensors", "--no-validate", "--force",
-           match="Permission denied")
+    one_line_error(run("export", saved, "-o", out, "--format", "safetensors", "--no-validate", "--force"),
+                   "Permission denied")
     assert {p.name: p.read_bytes() for p in out.iterdir()} == before
     assert sorted(p.name for p in tmp_path.iterdir()) == ["out"]
 
@@ -230,7 +220,7 @@ def test_unwritable_output_location(saved: Path, tmp_path: Path) -> None:
     try:
         if os.access(parent, os.W_OK):
             pytest.skip("running as root: chmod does not stop writes (the monkeypatched faults above cover it)")
-        _fails("export", saved, "-o", parent / "out", match="Permission denied")
+        one_line_error(run("export", saved, "-o", parent / "out"), "Permission denied")
         assert not list(parent.iterdir())
     finally:
         parent.chmod(0o755)
@@ -241,5 +231,5 @@ def test_unwritable_output_location_simulated(saved: Path, tmp_path: Path, monke
         raise PermissionError(errno.EACCES, "Permission denied")
 
     monkeypatch.setattr(publish.tempfile, "mkdtemp", denied)
-    _fails("export", saved, "-o", tmp_path / "out", match="Permission denied")
+    one_line_error(run("export", saved, "-o", tmp_path / "out"), "Permission denied")
     assert not (tmp_path / "out").exists()

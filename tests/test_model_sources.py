@@ -17,12 +17,11 @@ from pathlib import Path
 import pytest
 import timm
 import torch
-from click.testing import CliRunner
 from timm.models._hub import save_for_hf
 
 import ersm_surgery
-from ersm_surgery.cli.main import cli
 from ersm_surgery.errors import UnknownModelError
+from tests.conftest import run
 
 SIZE = (3, 64, 64)
 ROOT = Path(__file__).resolve().parents[1]
@@ -35,10 +34,6 @@ def plain_dir(tmp_path_factory) -> Path:
     folder = tmp_path_factory.mktemp("plain") / "test_resnet-7"
     save_for_hf(timm.create_model("test_resnet.r160_in1k", num_classes=7), folder, safe_serialization=True)
     return folder
-
-
-def _run(*args: str):
-    return CliRunner().invoke(cli, [str(a) for a in args])
 
 
 def test_inject_local_dir_takes_the_folders_weights_and_rebuilds_offline(plain_dir: Path, tmp_path: Path) -> None:
@@ -64,17 +59,17 @@ def test_inject_local_dir_takes_the_folders_weights_and_rebuilds_offline(plain_d
 
 
 def test_cli_accepts_local_dir_names(plain_dir: Path, tmp_path: Path) -> None:
-    result = _run("inspect", f"local-dir:{plain_dir}", "--input-size", "3,64,64", "--json")
+    result = run("inspect", f"local-dir:{plain_dir}", "--input-size", "3,64,64", "--json")
     assert result.exit_code == 0, result.output
     assert [s["index"] for s in json.loads(result.stdout)["stages"]][:3] == [0, 1, 2]
-    result = _run("inject", f"local-dir:{plain_dir}", "--stages", "2,3", "--pretrained", "--input-size", "3,64,64",
-                  "-o", tmp_path / "inj", "--json")
+    result = run("inject", f"local-dir:{plain_dir}", "--stages", "2,3", "--pretrained", "--input-size", "3,64,64",
+                 "-o", tmp_path / "inj", "--json")
     assert result.exit_code == 0, result.output
     assert ersm_surgery.load(tmp_path / "inj").ersm_recipe.model == "test_resnet.r160_in1k"
 
 
 def test_finetune_source_accepts_local_dir_names(plain_dir: Path, tmp_path: Path) -> None:
-    from ersm_surgery.train.source import load_source
+    from ersm_surgery.io.source import load_source
 
     model, kind = load_source(f"local-dir:{plain_dir}", pretrained=True)
     assert kind == "timm" and model.num_classes == 7 and model.ersm_recipe.model == "test_resnet.r160_in1k"
@@ -90,7 +85,7 @@ def test_finetune_source_accepts_local_dir_names(plain_dir: Path, tmp_path: Path
     ("zip:abc", "unknown model"),
 ])
 def test_bad_names_fail_in_one_line(name: str, words: str) -> None:
-    result = _run("inspect", name)
+    result = run("inspect", name)
     lines = result.output.strip().splitlines()
     assert result.exit_code == 1 and len(lines) == 1 and words in lines[0] and "Traceback" not in result.output
     with pytest.raises(UnknownModelError):
@@ -159,7 +154,7 @@ def test_load_takes_a_cloned_hub_repo_and_names_an_lfs_pointer(tmp_path: Path) -
     _hub_cache(cache, "a/b", {"model.safetensors": export / "model.safetensors"})
     assert ersm_surgery.load(cache / "models--a--b").num_classes == 3  # a Hub cache folder
     (export / "model.safetensors").write_text("version https://git-lfs.github.com/spec/v1\noid sha256:00\n")
-    result = _run("export", export, "-o", tmp_path / "o")
+    result = run("export", export, "-o", tmp_path / "o")
     assert result.exit_code == 1 and "Git LFS pointer" in result.output and "git lfs pull" in result.output
 
 
@@ -167,6 +162,6 @@ def test_load_takes_a_cloned_hub_repo_and_names_an_lfs_pointer(tmp_path: Path) -
 def test_run_and_reproduce_check_the_name_before_any_training(command: str, tmp_path: Path) -> None:
     name_args = ["local-dir:/no/such/folder", "--stages", "2,3"] if command == "run" else \
         ["--model", "local-dir:/no/such/folder"]
-    result = _run(command, *name_args, "-o", tmp_path / "r")
+    result = run(command, *name_args, "-o", tmp_path / "r")
     lines = result.output.strip().splitlines()
     assert result.exit_code == 1 and len(lines) == 1 and "does not exist" in lines[0], result.output

@@ -3,10 +3,9 @@ import json
 
 import pytest
 import yaml
-from click.testing import CliRunner
 
-from ersm_surgery.cli.main import cli
 from ersm_surgery.pipeline import CLAIMS, judge_claims
+from tests.conftest import run
 
 # a plumbing check: a base of 1 epoch on 64 images stays near chance, so the gate is forced open
 TINY = ["--epochs", "1", "--base-epochs", "1", "--data-size", "64", "--num-images", "16", "-b", "32",
@@ -15,8 +14,8 @@ TINY = ["--epochs", "1", "--base-epochs", "1", "--data-size", "64", "--num-image
 
 def test_run_end_to_end(tmp_path):
     out = tmp_path / "run"
-    result = CliRunner().invoke(cli, ["-q", "run", "test_resnet", "--stages", "2,3", *TINY, "-o", str(out), "--json",
-                                      "--set", "finetune.lr=1e-4", "--device", "cpu", "-j", "1"])
+    result = run("-q", "run", "test_resnet", "--stages", "2,3", *TINY, "-o", str(out), "--json",
+                 "--set", "finetune.lr=1e-4", "--device", "cpu", "-j", "1")
     assert result.exit_code == 0, result.output
     summary = json.loads(result.output)
     # --device and -j reach every training (recorded in each run's config)
@@ -48,7 +47,7 @@ def test_run_end_to_end(tmp_path):
     (["reproduce", "--model", "test_resnet", "--set", "mask.hidden=zero"], "invalid mask setting"),
 ])
 def test_run_stops_before_training_with_the_reason(tmp_path, args, fragment):
-    result = CliRunner().invoke(cli, [*args, "-o", str(tmp_path / "o")])
+    result = run(*args, "-o", str(tmp_path / "o"))
     assert result.exit_code != 0
     lines = result.output.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("Error:") and fragment in lines[0], result.output
@@ -76,7 +75,7 @@ def test_reproduce_prints_the_claims_and_two_runs_give_the_same_table(tmp_path):
     tables = []
     for name in ("r1", "r2"):
         out = tmp_path / name
-        result = CliRunner().invoke(cli, ["-q", "reproduce", "--model", "test_resnet", *TINY, "-o", str(out), "--json"])
+        result = run("-q", "reproduce", "--model", "test_resnet", *TINY, "-o", str(out), "--json")
         assert result.exit_code == 0, result.output
         claims = json.loads(result.output)["claims"]
         assert [c["claim"][:3] for c in claims] == ["(a)", "(b)", "(c)", "(d)", "(e)"]
@@ -91,8 +90,8 @@ def test_reproduce_prints_the_claims_and_two_runs_give_the_same_table(tmp_path):
 
 def test_run_refuses_built_in_data_options_with_a_folder(tmp_path):
     (tmp_path / "data").mkdir()
-    result = CliRunner().invoke(cli, ["run", "test_resnet", "--stages", "2", "--data-dir", str(tmp_path / "data"),
-                                      "--num-classes", "3", "-o", str(tmp_path / "o")])
+    result = run("run", "test_resnet", "--stages", "2", "--data-dir", str(tmp_path / "data"),
+                 "--num-classes", "3", "-o", str(tmp_path / "o"))
     assert result.exit_code != 0
     lines = result.output.strip().splitlines()
     assert len(lines) == 1 and "--num-classes" in lines[0] and "built-in data only" in lines[0], result.output

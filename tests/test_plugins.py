@@ -4,7 +4,6 @@ Plugins are installed for a test by writing a ``*.dist-info`` folder (METADATA +
 their modules into a temporary directory on ``sys.path``: importlib.metadata finds them as it finds
 pip-installed ones, and no pip is needed.
 """
-import ast
 import json
 import subprocess
 import sys
@@ -13,14 +12,13 @@ from pathlib import Path
 
 import pytest
 import torch
-from click.testing import CliRunner
 
 import ersm_surgery
 from ersm_surgery import plugins
-from ersm_surgery.cli.main import cli
 from ersm_surgery.errors import DataError, PluginError
 from ersm_surgery.layers import list_pairwise
 from ersm_surgery.recipe import Recipe
+from tests.conftest import run
 
 GOOD = '''
 import click
@@ -113,10 +111,6 @@ def broken(site):
     }, BROKEN)
     plugins.load_plugins(reload=True)
     return site
-
-
-def run(*args):
-    return CliRunner().invoke(cli, list(args))
 
 
 def test_a_plugin_registers_a_pairwise_term_a_dataset_and_a_command(good, tmp_path):
@@ -224,15 +218,6 @@ def test_help_imports_no_plugin_no_torch_and_no_timm(site):
     assert "IMPORTED []" in out.stdout
 
 
-def test_the_core_package_imports_no_plugin():
-    core = Path(ersm_surgery.__file__).parent
-    for path in core.rglob("*.py"):
-        for node in ast.walk(ast.parse(path.read_text())):
-            names = [a.name for a in node.names] if isinstance(node, ast.Import) else (
-                [node.module or ""] if isinstance(node, ast.ImportFrom) else [])
-            assert not any(n.split(".")[0] in ("ersm_token_grid", "ersm_edge_aware") for n in names), path
-
-
 def test_registry_rejects_bad_components_by_name():
     registry = plugins.PluginRegistry("someone")
     with pytest.raises(ValueError, match="must look like '<plugin>:<name>'"):
@@ -241,6 +226,34 @@ def test_registry_rejects_bad_components_by_name():
         registry.register_command(print, name="print")
     with pytest.raises(ValueError, match="must be callable"):
         registry.register_pairwise("x", 3)
+
+
+def test_a_plugin_cannot_take_a_built_in_command_name_and_commit_uses_the_public_registries():
+    import click
+
+    from ersm_surgery.cli.main import COMMANDS
+    from ersm_surgery.layers import get_pairwise, unregister_pairwise
+
+    assert "inspect" in COMMANDS  # the CLI reserved its names when it was imported (conftest imports it)
+    registry = plugins.PluginRegistry("someone")
+    registry.register_command(click.Command("inspect"))
+    with pytest.raises(ValueError, match="'inspect' is registered by both 'ersm-surgery \\(built-in\\)' and 'someone'"):
+        registry.commit()
+    assert plugins.get_command("inspect") is None  # nothing half-registered
+
+    def factory(channels, config):
+        return None
+
+    registry = plugins.PluginRegistry("someone")
+    registry.register_pairwise("test_none", factory)
+    registry.commit()
+    try:
+        assert get_pairwise("test_none") is factory and "test_none" in list_pairwise()
+        assert plugins.component_owner("pairwise:test_none") == "someone"
+    finally:
+        assert unregister_pairwise("test_none") is factory
+        plugins._registry.OWNERS.pop("pairwise:test_none")
+    assert "test_none" not in list_pairwise() and unregister_pairwise("test_none") is None
 
 
 def test_the_documented_example_plugin_works(site, tmp_path):

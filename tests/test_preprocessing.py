@@ -23,7 +23,8 @@ from ersm_surgery.data import (
 )
 from ersm_surgery.errors import DataError
 from ersm_surgery.recipe import Recipe
-from tests.cli_helpers import ok, run
+from tests.conftest import ok
+from tests.conftest import run_quiet as run
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 

@@ -18,7 +18,8 @@ from ersm_surgery.data import create_dataset, resolve_preprocessing
 from ersm_surgery.train import FinetuneConfig, fit
 from ersm_surgery.train import loop as loop_module
 from ersm_surgery.train.regularization import task_criterion
-from tests.cli_helpers import ok, run
+from tests.conftest import ok
+from tests.conftest import run_quiet as run
 
 DATA = ["--dataset", "builtin:clutter", "--data-opt", "size=8 num_classes=4", "--img-size", "32", "-b", "4",
         "-j", "0", "--seed", "3"]

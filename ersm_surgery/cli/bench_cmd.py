@@ -43,10 +43,10 @@ def bench(ctx: click.Context, source: str, batch_sizes: list[int], img_size, dat
     """
     import torch
 
-    from ..api import default_input_size
+    from ..io.source import load_source
+    from ..models import default_input_size
     from ..sparse.measure import measure_batch, plain_model
     from ..sparse.model import DEFAULT_BREAK_EVEN, check_sparsable
-    from ..train.source import load_source
 
     if data_dir is not None and dataset is not None:
         raise click.UsageError("give at most one of --data-dir DATA or --dataset builtin:clutter")

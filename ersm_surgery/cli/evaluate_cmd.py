@@ -92,88 +92,34 @@ def evaluate(ctx: click.Context, source: str, data_dir, dataset, split, baseline
         click.echo("Warning: --out is deprecated; use -o/--output", err=True)
         out_dir = deprecated_out
     workers = WORKERS_DEFAULT if workers is None else workers
+    from ..data import BUILTIN_PREFIX
     from ..io import check_output_dir
 
-    out_path = check_output_dir(out_dir or _default_out(source), force)
+    if num_classes is not None and (data_dir is not None or not str(dataset).startswith(BUILTIN_PREFIX)):
+        raise click.BadParameter("applies to built-in data only; a folder's classes are its class folders",
+                                 param_hint="--num-classes")
+    from ..eval.outputs import write_evaluation
+    from ..eval.runner import EvalSettings
+    from ..eval.sources import default_eval_output, evaluate_sources
+
+    out_path = check_output_dir(out_dir or default_eval_output(source), force)
     out = console(ctx)
     quiet = bool((ctx.obj or {}).get("quiet"))
-
-
-    from ..eval.runner import EvalSettings
-    from ..eval.runner import evaluate as run_evaluation
-
-    model, model_info = _load(source, None, None, "DIR")
-    spec = data_dir if data_dir is not None else dataset
-    from ..data import resolve_preprocessing
-
-    # the model's recorded preprocessing (or its own pretrained config); the baseline sees the same images
-    pre = resolve_preprocessing(model, spec, img_size=img_size, mean=mean, std=std, interpolation=interpolation,
-                                crop_pct=crop_pct)
-    data = _dataset(spec, data_dir is not None, split, pre, seed, num_classes)
-    base, base_info = (None, None)
-    if baseline:
-        base, base_info = _load(baseline, baseline_weights, getattr(model, "num_classes", None), "--baseline")
     settings = EvalSettings(metrics=metrics, batch_size=batch_size, seed=seed, deletion_fill=deletion_fill,
                             occlusion_grid=occlusion_grid, figure_images=max(0, figure_images),
                             device=device)
     with _progress(out, quiet or not is_tty()) as progress:
-        from ..eval.images import load_images
-
-        task = "loading images"
-        progress.start(task, min(num_images, len(data)) if len(data) else 1)
-        images = load_images(data, num_images, seed, batch_size, workers, lambda n: progress.advance(task, n))
-        result = run_evaluation(model, images, base, settings, progress, model_info, base_info)
-    for role, info in (("the model", model_info), ("the baseline", base_info)):
-        if info and info.get("weights") == "random initialisation":
-            result.results["notes"].append(f"{role} ({info['source']}) has random weights: its numbers are a "
-                                           "chance reference, not a trained comparison")
-    files = _write(result, out_path, report)
+        result = evaluate_sources(source, data_dir if data_dir is not None else dataset, baseline=baseline,
+                                  baseline_weights=baseline_weights, split=split, num_images=num_images,
+                                  workers=workers, num_classes=num_classes, settings=settings, progress=progress,
+                                  img_size=img_size, mean=mean, std=std, interpolation=interpolation,
+                                  crop_pct=crop_pct)
+    files = write_evaluation(result, out_path, report)
     if as_json:
         from ..eval.results import to_jsonable
 
         emit_json(to_jsonable(result.results))
     _render(out, result.results, files)
-
-
-def _default_out(source: str) -> Path:
-    """``<DIR>-eval`` beside DIR (where ``export`` looks for results.json); ``./<name>-eval`` for a timm name."""
-    path = Path(source).expanduser()
-    if path.exists():
-        path = path.resolve()
-        name = path.stem if path.is_file() else path.name
-        return path.parent / f"{name}-eval"
-    from ..model_source import short_name
-
-    return Path(f"{short_name(source)}-eval")
-
-
-def _load(spec: str, weights: str | None, num_classes: int | None, what: str) -> tuple[Any, dict]:
-    from ..errors import ErsmError
-    from ..train.source import load_source
-
-    try:
-        model, kind = load_source(spec, pretrained_path=weights, num_classes=num_classes)
-    except ErsmError as exc:
-        if what == "DIR":
-            raise
-        raise type(exc)(f"{what}: {exc.problem}", exc.fix) from exc
-    info = {"source": spec, "kind": kind, "name": getattr(getattr(model, "ersm_recipe", None), "model", spec),
-            "num_classes": getattr(model, "num_classes", None)}
-    if kind == "timm":
-        info["weights"] = weights or "random initialisation"
-    return model.eval(), info
-
-
-def _dataset(spec: str, is_dir: bool, split: str, preprocessing, seed: int, num_classes: int | None):
-    from ..data import BUILTIN_PREFIX, create_dataset
-
-    options = {}
-    if num_classes is not None:
-        if is_dir or not str(spec).startswith(BUILTIN_PREFIX):
-            raise click.BadParameter("applies to built-in data only; a folder's classes are its class folders",
-                                     param_hint="--num-classes")
-        options["num_classes"] = num_classes
-    return create_dataset(spec, split=split, seed=seed, preprocessing=preprocessing, **options)
 
 
 class _RichProgress:
@@ -205,21 +151,6 @@ def _progress(out, disabled: bool):
     with Progress(TextColumn("{task.description:<24}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
                   console=out, transient=True) as bar:
         yield _RichProgress(bar)
-
-
-def _write(result, out_path: Path, report: str | None) -> dict[str, Path]:
-    from ..eval.figures import write_figures
-    from ..eval.report import write_report
-    from ..eval.results import write_results
-
-    out_path.mkdir(parents=True, exist_ok=True)
-    figures = write_figures(result.results, result.samples, out_path)
-    result.results["figures"] = {k: p.name for k, p in figures.items()}
-    report_path = Path(report) if report else out_path / "report.html"
-    result.results["report"] = str(report_path)
-    results_path = write_results(result.results, out_path)
-    write_report(result.results, figures, report_path)
-    return {"results": results_path, "report": report_path, **figures}
 
 
 def _render(out, results: dict, files: dict[str, Path]) -> None:

@@ -2,7 +2,8 @@
 
 Settings come, lowest priority first, from the defaults, DIR's recorded ``recipe.finetune``, the run given
 to ``--resume``, ``--recipe FILE`` (its ``finetune`` and ``mask`` sections), ``--set key=value`` and the
-flags typed on the command line. Under ``torchrun`` every process runs this command; only rank 0 prints.
+flags typed on the command line: :func:`ersm_surgery.train.settings.resolve_finetune_settings` resolves them.
+Under ``torchrun`` every process runs this command; only rank 0 prints.
 """
 from __future__ import annotations
 
@@ -124,8 +125,9 @@ def _run(ctx: click.Context, source: str, opts: dict[str, Any], primary: bool) -
 
     from ..train import RunInputs
     from ..train import finetune as run_finetune
+    from ..train.settings import default_run_output
 
-    output = opts["output"] or (_resume_root(opts["resume"]) if opts["resume"] else _default_output(source))
+    output = opts["output"] or default_run_output(source, opts["resume"])
     inputs = RunInputs(source=source, output=output, mask=mask, resume=opts["resume"], stop_after=opts["stop_after"],
                        force=opts["force"], pretrained=opts["pretrained"], pretrained_path=opts["pretrained_path"],
                        device=opts["device"], args=_args(source, output, opts, settings),
@@ -145,95 +147,22 @@ def _run(ctx: click.Context, source: str, opts: dict[str, Any], primary: bool) -
     _render(out, summary)
 
 
-def _default_output(source: str) -> str:
-    """``DIR-ft`` beside DIR; ``./<name>-ft`` for a hub or local-dir name."""
-    from ..model_source import is_source_name, short_name
-
-    return f"{short_name(source)}-ft" if is_source_name(source) else f"{source.rstrip('/')}-ft"
-
-
-def _resume_root(resume: str) -> str:
-    from pathlib import Path
-
-    path = Path(resume)
-    if path.is_file():
-        path = path.parent
-    return str(path.parent if path.name == "last" else path)
-
-
 def _settings(ctx: click.Context, source: str, opts: dict[str, Any]):
-    """Merge defaults, DIR's record, the resumed run, --recipe, --set and the flags into a FinetuneConfig."""
-    from ..errors import RecipeError
-    from ..recipe import apply_overrides
-    from ..train import FinetuneConfig, recorded_settings
+    """The flags typed on the command line, handed to the library's resolution (train.settings)."""
+    from ..train.config import FinetuneConfig
+    from ..train.settings import resolve_finetune_settings
 
-    recorded = _recorded(source)
-    resumed = recorded_settings(opts["resume"]) if opts["resume"] else {}
-    file_data = _read_recipe_file(opts["recipe_path"]) if opts["recipe_path"] else {}
-    data = apply_overrides({"model": source, "mask": file_data.get("mask") or {},
-                            "finetune": file_data.get("finetune") or {}}, list(opts["overrides"]))
-    if data.get("model") != source or data.get("input_size") is not None:
-        raise RecipeError("model and input_size cannot change in finetune", "inject a new model instead")
-    set_ft = dict(data["finetune"])
-    if data.get("num_classes") is not None:
-        set_ft["num_classes"] = data["num_classes"]
-    flags: dict[str, Any] = {}
+    explicit: dict[str, Any] = {}
     for key in FinetuneConfig.keys():
         if key in opts and key not in _RUN_FLAGS and _explicit(ctx, key):
-            flags[key] = opts[key]
+            explicit[key] = opts[key]
     if opts["data_dir"] or opts["dataset"]:
-        flags["data"] = opts["data_dir"] or opts["dataset"]
+        explicit["data"] = opts["data_dir"] or opts["dataset"]
     if opts["data_opt"]:
-        base = {**recorded.get("data_options", {}), **resumed.get("data_options", {}), **set_ft.get("data_options", {})}
-        flags["data_options"] = {**base, **_parse_pairs(opts["data_opt"], "--data-opt")}
-    config = FinetuneConfig.from_sources(recorded, resumed, set_ft, flags, strict=(False, False, True, True))
-    mask = dict(data["mask"])
-    mask.update({key: opts[flag] for flag, key in _MASK_FLAGS.items() if opts[flag] is not None})
-    return config, mask
-
-
-def _recorded(source: str) -> dict[str, Any]:
-    """DIR's recorded ``recipe.finetune`` (empty for a timm name or an unreadable folder)."""
-    import json
-    from pathlib import Path
-
-    from ..errors import ArtifactError
-    from ..io import read_metadata
-    from ..io.artifact import RECIPE_KEY
-    from ..model_source import is_source_name
-
-    if is_source_name(source) and source.lower().startswith("local-dir:"):
-        source = source.partition(":")[2]
-    if not Path(source).expanduser().exists():
-        return {}
-    try:
-        meta = read_metadata(source)
-        return dict((json.loads(meta.get(RECIPE_KEY, "{}")) or {}).get("finetune") or {})
-    except (ArtifactError, ValueError):
-        return {}  # the source check reports the problem with the folder
-
-
-def _read_recipe_file(path: str) -> dict[str, Any]:
-    from pathlib import Path
-
-    import yaml
-
-    from ..errors import RecipeError
-    from ..recipe import load_yaml
-
-    file = Path(path)
-    if not file.is_file():
-        raise RecipeError(f"recipe file {path!r} does not exist", "check the path given to --recipe")
-    try:
-        data = load_yaml(file.read_text(encoding="utf-8"))  # JSON is YAML too
-    except yaml.YAMLError as exc:
-        raise RecipeError(f"{path!r} is not valid YAML/JSON ({str(exc).splitlines()[0]})", "fix the file") from exc
-    if not isinstance(data, dict):
-        raise RecipeError(f"{path!r} is not a mapping", "give it finetune: and mask: sections")
-    for key in ("finetune", "mask"):
-        if data.get(key) is not None and not isinstance(data[key], dict):
-            raise RecipeError(f"{key}: in {path!r} is not a mapping", f"write {key}: as key: value lines")
-    return data
+        explicit["data_options"] = _parse_pairs(opts["data_opt"], "--data-opt")
+    mask = {key: opts[flag] for flag, key in _MASK_FLAGS.items() if opts[flag] is not None}
+    return resolve_finetune_settings(source, resume=opts["resume"], recipe_file=opts["recipe_path"],
+                                     overrides=opts["overrides"], explicit=explicit, mask=mask)
 
 
 def _parse_pairs(items, flag: str) -> dict[str, Any]:

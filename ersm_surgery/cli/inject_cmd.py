@@ -28,75 +28,23 @@ def inject(ctx: click.Context, model: str, stages, nodes, pretrained, pretrained
     MODEL is a timm name (resnet50, resnet50.a1_in1k), hf-hub:ORG/NAME or local-dir:PATH, as in
     timm.create_model.
     """
-    from ..errors import RecipeError
-    from ..io import check_output_dir
-
     if num_classes is not None and num_classes <= 0:
         raise click.BadParameter(f"{num_classes} is not a class count; give a positive integer",
                                  param_hint="--num-classes")
-    from ..model_source import short_name
+    from ..injection import inject_to_folder
+    from ..surgery import parse_stages
 
-    out_dir = check_output_dir(output or f"{short_name(model)}-ersm", force)
-    settings = _settings(model, recipe_path, overrides, num_classes)
-    stage_list, node_list = _placements(stages, nodes, settings)
-    if not stage_list and not node_list:
-        raise RecipeError("no placement given", "name stages (--stages 2,3) or nodes (--nodes layer3.2.act3)")
-
-    import copy
-
-    import torch
-
-    from ..api import inject as inject_masks
-    from ..io import save
-    from ..models import create_base_model, recorded_name
-    from ..report import describe_injection
-
+    node_list = [n.strip() for item in nodes for n in item.split(",") if n.strip()]
     out = console(ctx)
     with out.status(f"building {model} and tracing it"):
-        base = create_base_model(model, pretrained, pretrained_path, settings["num_classes"],
-                                 **settings["model_kwargs"])
-        original = copy.deepcopy(base)
-        name, kwargs, base_model = recorded_name(model, base, pretrained, settings["model_kwargs"])
-        masked = inject_masks(base, stages=stage_list, nodes=node_list, config=settings["mask"],
-                              input_size=input_size or settings["input_size"], model_kwargs=kwargs)
-        masked.ersm_recipe.model = name
-        masked.ersm_recipe.base_model = base_model
-        if settings["finetune"]:
-            masked.ersm_recipe.finetune = settings["finetune"]
-        torch.manual_seed(0)
-        summary = describe_injection(original, masked)
-        save(masked, out_dir, force=force)
-    summary["output"] = str(out_dir)
+        summary = inject_to_folder(model, output, recipe_file=recipe_path, overrides=overrides,
+                                   num_classes=num_classes, stages=parse_stages(stages) if stages is not None else None,
+                                   nodes=node_list, pretrained=pretrained, pretrained_path=pretrained_path,
+                                   input_size=input_size, force=force)
     if as_json:
         emit_json(summary)
         return
     _render(out, model, summary)
-
-
-def _settings(model: str, recipe_path: str | None, overrides, num_classes: int | None) -> dict:
-    from ..plugins import components_of, require_components
-    from ..recipe import Recipe, apply_overrides, load_recipe
-
-    data = load_recipe(recipe_path).to_dict() if recipe_path else {"model": model}
-    data["model"] = model
-    if num_classes is not None:
-        data["num_classes"] = num_classes
-    data = apply_overrides(data, list(overrides))
-    recipe = Recipe.from_dict(data)  # validates every setting before the model is built
-    require_components(components_of(recipe.mask), recipe.plugins)  # names the plugin a recipe needs
-    return {"num_classes": recipe.num_classes, "model_kwargs": recipe.model_kwargs, "mask": recipe.mask,
-            "input_size": recipe.input_size, "finetune": recipe.finetune, "placements": recipe.placements}
-
-
-def _placements(stages: str | None, nodes, settings: dict) -> tuple[list[int], list[str]]:
-    from ..surgery import parse_stages
-
-    stage_list = parse_stages(stages) if stages is not None else []
-    node_list = [n.strip() for item in nodes for n in item.split(",") if n.strip()]
-    if stages is None and not node_list and settings["placements"]:
-        stage_list = [p.stage for p in settings["placements"] if p.stage is not None]
-        node_list = [p.node for p in settings["placements"] if p.node is not None]
-    return stage_list, node_list
 
 
 def _render(out, model: str, s: dict) -> None:

@@ -19,8 +19,7 @@ def inspect(ctx: click.Context, model: str, input_size, all_nodes: bool, as_json
     """
     from rich.table import Table
 
-    from ..api import default_input_size
-    from ..models import create_base_model
+    from ..models import create_base_model, default_input_size
     from ..surgery import analyse
 
     net = create_base_model(model)

@@ -7,6 +7,7 @@ import sys
 
 import click
 
+from ..plugins import reserve_commands  # no torch: the registries are plain dicts until a plugin loads
 from ..version import __version__
 
 # command name -> (module, attribute, one-line help shown by the root --help without importing it)
@@ -24,6 +25,7 @@ COMMANDS: dict[str, tuple[str, str, str]] = {
     "reproduce": ("ersm_surgery.cli.reproduce_cmd", "reproduce", "Test the paper's five claims on built-in data."),
     "bench": ("ersm_surgery.cli.bench_cmd", "bench", "Time a mask.gate=stage model's sparse runtime against timm."),
 }
+reserve_commands(COMMANDS)  # a plugin that registers one of these names fails, naming the built-in owner
 
 
 class LazyGroup(click.Group):

@@ -6,10 +6,6 @@ import click
 from ..model_source import short_name
 from ._common import DEVICES, console, device_callback, emit_json
 
-# ``run`` on the built-in data: 3 min 2 s on an idle 2-core CPU (benchmarks/README.md), inside the 5-minute goal
-RUN_EPOCHS = {"base_epochs": 4, "epochs": 2}
-RUN_BASE_IMAGES = 4000
-
 
 def pipeline_options(func):
     """Options shared by ``run`` and ``reproduce``."""
@@ -57,57 +53,28 @@ def pipeline_options(func):
 
 
 def protocol_defaults(options: dict, epochs: dict[str, int], base_images: int, output: str) -> dict:
-    """The defaults of ``run`` and ``reproduce``: the protocol of benchmarks/bench_finetune.py.
+    """The command's defaults (:func:`ersm_surgery.pipeline.settings.protocol_defaults`) for its options."""
+    from ..pipeline.settings import protocol_defaults as defaults_for
 
-    That benchmark measured the default mask settings: fine-tuning at batch 32 and lr 3e-4 and, on the
-    built-in data, 4 classes with a base that sees ``base_images`` unique images (more images rather
-    than more epochs: the fine-tuning split alone is too small to train a base from scratch).
-    """
-    defaults: dict = {**epochs, "batch_size": 32, "lr": 3e-4, "output": output}
-    if options["dataset"] in (None, "builtin:clutter"):
-        defaults.update(data_options={"num_classes": 4}, base_data_options={"train_size": base_images})
-    return defaults
+    return defaults_for(options["dataset"], epochs, base_images, output)
 
 
-def build_settings(model: str, stages: str, defaults: dict, *, data_dir, dataset, epochs, base_epochs, img_size,
-                   data_size, num_classes, batch_size, pretrained, pretrained_path, seed, num_images, overrides,
-                   output, force, export_rtol, export_atol, force_base, device, workers):
-    """PipelineSettings from the shared options; ``defaults`` holds the command's epochs (and data options)."""
-    from ..errors import DataError
-    from ..pipeline import PipelineSettings
-    from ..recipe import apply_overrides
-    from ..surgery import parse_stages
+def build_settings(model: str, stages: str, defaults: dict, **options):
+    """Check the flag combinations, then resolve the settings in the library (pipeline.settings)."""
+    from ..pipeline.settings import build_settings as resolve
 
-    if data_dir and dataset:
+    if options["data_dir"] and options["dataset"]:
         raise click.UsageError("give one of --data-dir DATA or --dataset builtin:clutter")
-    if pretrained and pretrained_path:
+    if options["pretrained"] and options["pretrained_path"]:
         raise click.UsageError("give one of --pretrained or --pretrained-path")
-    if data_dir:
-        from pathlib import Path
+    from pathlib import Path
 
-        if not Path(data_dir).is_dir():
-            raise DataError(f"data dir {data_dir!r} does not exist", "pass a folder with train/ and validation/")
-        if num_classes or data_size:
-            flag = "--num-classes" if num_classes else "--data-size"
-            raise click.BadParameter("applies to built-in data only; a folder's classes and images are its own",
-                                     param_hint=flag)
-    data = apply_overrides({"model": model}, list(overrides))
-    data_options = {} if data_dir else dict(defaults.get("data_options", {}))
-    base_data_options = {} if data_dir or data_size else dict(defaults.get("base_data_options", {}))
-    if data_size:
-        data_options["size"] = data_size
-    if num_classes:
-        data_options["num_classes"] = num_classes
-    return PipelineSettings(
-        model=model, stages=parse_stages(stages), data=data_dir or dataset or "builtin:clutter",
-        output=output or defaults["output"], epochs=epochs or defaults["epochs"],
-        base_epochs=base_epochs or defaults["base_epochs"], img_size=img_size,
-        batch_size=batch_size or defaults["batch_size"], lr=defaults.get("lr", PipelineSettings.lr),
-        pretrained=pretrained, pretrained_path=pretrained_path, seed=seed, num_images=num_images,
-        mask=data["mask"], finetune=data["finetune"], force=force, data_options=data_options,
-        base_data_options=base_data_options, export_rtol=export_rtol, export_atol=export_atol,
-        force_base=force_base, device=device, workers=workers,
-    )
+    # a missing folder is the library's error (it names the folder); a flag that a folder cannot use is ours
+    if options["data_dir"] and Path(options["data_dir"]).is_dir() and (options["num_classes"] or options["data_size"]):
+        flag = "--num-classes" if options["num_classes"] else "--data-size"
+        raise click.BadParameter("applies to built-in data only; a folder's classes and images are its own",
+                                 param_hint=flag)
+    return resolve(model, stages, defaults, **options)
 
 
 def run_with_display(ctx: click.Context, settings, quiet: bool) -> dict:
@@ -178,6 +145,8 @@ def run(ctx: click.Context, model: str, stages: str, as_json: bool, **options) -
     \b
       ersm-surgery run resnet18 --stages 2,3 --dataset builtin:clutter -o runs/r18
     """
+    from ..pipeline.settings import RUN_BASE_IMAGES, RUN_EPOCHS
+
     defaults = protocol_defaults(options, RUN_EPOCHS, RUN_BASE_IMAGES, f"{short_name(model)}-ersm-run")
     settings = build_settings(model, stages, defaults, **options)
     summary = run_with_display(ctx, settings, bool((ctx.obj or {}).get("quiet")) or as_json)

@@ -15,15 +15,6 @@ from torch.utils.data import Dataset
 from ..errors import DataError
 from .preprocessing import Preprocessing
 
-__all__ = [
-    "Box",
-    "ErsmDataset",
-    "TRAIN_SPLITS",
-    "EVAL_SPLITS",
-    "canonical_split",
-    "build_transform",
-]
-
 Box = tuple[float, float, float, float]
 
 try:  # reuse timm's split names so --data-dir behaves as in timm's train.py

@@ -2,22 +2,23 @@
 
 - :mod:`.curves`: normalised trapezoid AUC.
 - :mod:`.occlusion`: structured occluders and the accuracy-under-occlusion curve (claim (b)).
-- :mod:`.deletion`: feature-space deletion curves, energy vs magnitude vs random ranking (claim (e)).
+- :mod:`.deletion_reference`: feature-space deletion curves, energy vs magnitude vs random ranking (claim (e)).
 - :mod:`.localization`: pointing game, mass in box, mask-box IoU (claim (c)).
 - :mod:`.sparsity`: density, coherence, connected components, random masks of equal density (claim (a)).
 
 The orchestration behind ``ersm-surgery evaluate`` builds on them:
 
 - :mod:`.runner`: :func:`evaluate` a masked model and its baseline on the same images (:mod:`.images`).
-- :mod:`.split`: run the network before a mask once and only the rest per edited feature map.
-- :mod:`.feature_deletion`: every deletion curve of a batch with batched, deduplicated reruns.
+- :mod:`.rerun`: run the network before a mask once and only the rest per edited feature map.
+- :mod:`.deletion_batched`: every deletion curve of a batch with batched, deduplicated reruns.
 - :mod:`.compute`: dense and conditional FLOPs, latency. :mod:`.summaries`: per-layer numbers.
 - :mod:`.figures`, :mod:`.report`, :mod:`.results`, :mod:`.tables`: PNGs, the HTML report, results.json
-  (imported on use: they need matplotlib).
+  (imported on use: they need matplotlib); :func:`.outputs.write_evaluation` writes all three in order.
 """
 from .compute import conditional_flops, flop_breakdown, measure_latency
 from .curves import auc_trapezoid
-from .deletion import (
+from .deletion_batched import DeletionJob, run_deletion_jobs
+from .deletion_reference import (
     FILLS,
     ORDERS,
     combine_deletion_curves,
@@ -31,10 +32,11 @@ from .deletion import (
     removal_rank,
     tokens_removed,
 )
-from .feature_deletion import DeletionJob, run_deletion_jobs
 from .images import EvalImages, load_images
 from .localization import box_to_token_mask, mask_box_iou, mass_in_box, pointing_game, top_tokens_mask
 from .occlusion import Occluder, cutout, hide_and_seek, occlusion_curve, random_patch_drop
+from .outputs import write_evaluation
+from .rerun import Anchor, FxSplit, HookSplit, RerunError, Rerunner, SplitError, make_split
 from .runner import METRICS, OCCLUDERS, RANKINGS, EvalError, EvalResult, EvalSettings, evaluate
 from .sparsity import (
     as_token_maps,
@@ -44,7 +46,6 @@ from .sparsity import (
     histogram,
     random_mask_like,
 )
-from .split import Anchor, FxSplit, HookSplit, SplitError, make_split
 from .summaries import localization_summary, sparsity_summary
 
 __all__ = [
@@ -62,6 +63,8 @@ __all__ = [
     "FxSplit",
     "HookSplit",
     "Occluder",
+    "RerunError",
+    "Rerunner",
     "SplitError",
     "as_token_maps",
     "auc_trapezoid",
@@ -98,4 +101,5 @@ __all__ = [
     "sparsity_summary",
     "tokens_removed",
     "top_tokens_mask",
+    "write_evaluation",
 ]

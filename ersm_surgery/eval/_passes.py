@@ -18,12 +18,12 @@ from torch import nn
 
 from ..layers import EnergyMask
 from .compute import conditional_flops, flop_breakdown, measure_latency, measure_sparse_latency
-from .deletion import ORDERS, combine_deletion_curves, energy_scores, magnitude_scores, random_scores
-from .feature_deletion import DeletionJob, run_deletion_jobs
+from .deletion_batched import DeletionJob, run_deletion_jobs
+from .deletion_reference import ORDERS, combine_deletion_curves, energy_scores, magnitude_scores, random_scores
 from .images import EvalImages
 from .occlusion import cutout, hide_and_seek, occlusion_curve, random_patch_drop
+from .rerun import Anchor
 from .settings import EvalSettings, Progress
-from .split import Anchor
 
 __all__ = ["Subject", "Clock", "feature_pass", "accuracy", "compute_pass", "occlusion_pass", "deletion_pass"]
 
@@ -39,7 +39,7 @@ class Subject:
         masks: its Energy-Mask layers by result name (the placement path).
         mask_paths: the module path of each of those layers.
         anchors: where its feature maps are taken (at the masks; for the baseline, at the same places).
-        split: the :mod:`.split` object that runs it from those anchors, once prepared.
+        split: the :mod:`.rerun` object that runs it from those anchors, once prepared.
         split_note: why the split fell back to full reruns, if it did.
     """
 

@@ -53,13 +53,8 @@ def _apply(images: torch.Tensor, hidden: torch.Tensor, fill: torch.Tensor | None
     return torch.where(hidden, fill.view(1, c, 1, 1), images)
 
 
-def random_patch_drop(
-    images: torch.Tensor,
-    il: float,
-    grid: GridSize = 4,
-    generator: torch.Generator | None = None,
-    fill: torch.Tensor | None = None,
-) -> torch.Tensor:
+def random_patch_drop(images: torch.Tensor, il: float, grid: GridSize = 4, generator: torch.Generator | None = None,
+                      fill: torch.Tensor | None = None) -> torch.Tensor:
     """Hide ``round(il * n_patches)`` random cells of a ``grid`` laid over each image.
 
     Args:
@@ -103,7 +98,7 @@ def cutout(
         fill: (C,) value painted over the hidden pixels; default 0.
 
     Returns:
-        A new (B, C, H, W) tensor.
+        A new (B, C, H, W) tensor with one rectangle hidden per image.
     """
     _check(images, il)
     b, _, h, w = images.shape
@@ -124,13 +119,8 @@ def cutout(
     return _apply(images, hidden, fill)
 
 
-def hide_and_seek(
-    images: torch.Tensor,
-    il: float,
-    grid: GridSize = 4,
-    generator: torch.Generator | None = None,
-    fill: torch.Tensor | None = None,
-) -> torch.Tensor:
+def hide_and_seek(images: torch.Tensor, il: float, grid: GridSize = 4, generator: torch.Generator | None = None,
+                  fill: torch.Tensor | None = None) -> torch.Tensor:
     """Hide each cell of a ``grid`` independently with probability ``il`` (Singh and Lee, 2017).
 
     The hidden area is ``il`` in expectation, not per image.
@@ -143,7 +133,7 @@ def hide_and_seek(
         fill: (C,) value painted over the hidden pixels; default 0.
 
     Returns:
-        A new (B, C, H, W) tensor.
+        A new (B, C, H, W) tensor with the drawn cells hidden.
     """
     _check(images, il)
     b, _, h, w = images.shape

@@ -9,8 +9,8 @@ deletion curves, localization) plus the small arrays the figures need. Passes, i
    q, energy and the features' magnitude (accuracy, sparsity, localization come from it);
 2. *compute*: FLOPs (dense and a theoretical conditional estimate) and measured latency;
 3. *occlusion*: accuracy under patch drop, Cutout and Hide-and-Seek at each information loss;
-4. *deletion*: feature-space deletion at each mask layer, through :mod:`.split` (the network up to the
-   mask runs once per batch; only the rest reruns) and :mod:`.feature_deletion`.
+4. *deletion*: feature-space deletion at each mask layer, through :mod:`.rerun` (the network up to the
+   mask runs once per batch; only the rest reruns) and :mod:`.deletion_batched`.
 
 The library never prints; it reports progress through an optional :class:`Progress` object.
 """
@@ -29,8 +29,8 @@ from ..mask_set import masks as mask_set
 from ..mask_set import unwrap
 from ._passes import Subject, accuracy, compute_pass, deletion_pass, feature_pass, occlusion_pass
 from .images import EvalImages
+from .rerun import Anchor, SplitError, make_split
 from .settings import METRICS, OCCLUDERS, RANKINGS, EvalError, EvalSettings, Progress, SilentProgress
-from .split import Anchor, SplitError, make_split
 from .summaries import localization_summary, sparsity_summary
 
 __all__ = ["METRICS", "RANKINGS", "OCCLUDERS", "EvalError", "EvalSettings", "EvalResult", "Progress", "evaluate"]

@@ -21,6 +21,7 @@ from ..errors import ArtifactError, OutputExistsError
 from ..version import __version__
 from .atomic import atomic_path, atomic_write_text
 from .safetensors_header import _HASH_DOMAIN, SafetensorsHeader, read_header
+from .source import recipe_of
 
 if TYPE_CHECKING:
     import torch
@@ -29,7 +30,7 @@ if TYPE_CHECKING:
     from ..recipe import Recipe
 
 __all__ = [
-    "save", "load", "read_metadata", "recipe_of", "check_output_dir", "versions", "weights_path",
+    "save", "load", "read_metadata", "check_output_dir", "versions", "weights_path",
     "weights_metadata", "write_weights", "state_sha256", "timm_config", "input_config", "labels_of",
     "WEIGHTS", "RECIPE", "CONFIG", "RECIPE_KEY", "SHA256_KEY", "LABELS_KEY", "INPUT_KEY", "MASK_MODE_KEY",
 ]  # fmt: skip
@@ -54,16 +55,6 @@ def versions() -> dict[str, str]:
     import torch
 
     return {"ersm_surgery": __version__, "torch": torch.__version__, "timm": timm.__version__}
-
-
-def recipe_of(model: nn.Module) -> Recipe:
-    from ..api import RECIPE_ATTR
-    from ..mask_set import unwrap
-
-    recipe = getattr(unwrap(model), RECIPE_ATTR, None)
-    if recipe is None:
-        raise ArtifactError("the model carries no ersm recipe", "create it with ersm_surgery.inject() or load()")
-    return recipe
 
 
 def check_output_dir(path: str | Path, force: bool) -> Path:
@@ -405,7 +396,7 @@ def load(path: str | Path, device: str | torch.device = "cpu", *, verify: bool =
         UnknownModelError: an ``hf-hub:`` name offline and not cached (the line says what to do).
         RecipeError: the recipe in the metadata is invalid.
     """
-    from ..api import build_model
+    from ..build import build_model
     from ..recipe import Recipe
 
     weights = weights_path(path)

@@ -21,14 +21,14 @@ if TYPE_CHECKING:
 
     from ..recipe import Recipe
 
-__all__ = ["BACKBONE_DIR", "strip_masks", "plain_model", "write_backbone", "load_with_timm"]
+__all__ = ["BACKBONE_DIR", "backbone_state_dict", "plain_model", "write_backbone", "load_with_timm"]
 
 BACKBONE_DIR = "backbone"
 # the keys of timm's data config, read back by resolve_model_data_config from the pretrained_cfg
 _DATA_KEYS = ("input_size", "interpolation", "mean", "std", "crop_pct", "crop_mode")
 
 
-def strip_masks(model: nn.Module) -> dict[str, torch.Tensor]:
+def backbone_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
     """The backbone's state dict without the mask layers: a plain timm state dict."""
     from ..surgery.placement import is_mask_key
 
@@ -45,7 +45,7 @@ def plain_model(model: nn.Module, recipe: Recipe) -> nn.Module:
 
     plain = create_base_model(recipe.model, num_classes=int(model.num_classes), **recipe.model_kwargs)
     try:
-        plain.load_state_dict(strip_masks(model), strict=True)
+        plain.load_state_dict(backbone_state_dict(model), strict=True)
     except RuntimeError as exc:
         first = (str(exc).strip().splitlines() or [""])[0][:200]
         raise ArtifactError(f"the non-mask weights do not fit {recipe.model} ({first})",
@@ -78,7 +78,7 @@ def write_backbone(model: nn.Module, recipe: Recipe, folder: Path, labels: list[
     if source_sha:
         meta["ersm_stripped_from"] = source_sha
     with atomic_path(folder / WEIGHTS) as tmp:
-        save_file(strip_masks(model), str(tmp), metadata=meta)
+        save_file(backbone_state_dict(model), str(tmp), metadata=meta)
     model_config = {"label_names": list(labels)} if labels else None
     with atomic_path(folder / CONFIG) as tmp:
         save_config_for_hf(plain, str(tmp), model_config=model_config)

@@ -34,7 +34,7 @@ from .artifact import (
     write_weights,
 )
 from .atomic import atomic_write_text
-from .backbone import BACKBONE_DIR, load_with_timm, strip_masks, write_backbone
+from .backbone import BACKBONE_DIR, backbone_state_dict, load_with_timm, write_backbone
 from .labels import read_labels, resolve_labels
 from .model_card import CARD, find_results, model_card
 from .onnx_export import DEFAULT_OPSET, export_onnx
@@ -57,7 +57,7 @@ if TYPE_CHECKING:
 
     from ..recipe import Recipe
 
-__all__ = ["export", "FORMATS", "ONNX", "BACKBONE", "CARD", "VALIDATION", "SAFETENSORS_TOL", "strip_masks",
+__all__ = ["export", "FORMATS", "ONNX", "BACKBONE", "CARD", "VALIDATION", "SAFETENSORS_TOL", "backbone_state_dict",
            "default_formats", "skipped_formats", "read_labels", "default_output"]
 
 _log = logging.getLogger(__name__)

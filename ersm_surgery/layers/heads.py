@@ -17,8 +17,12 @@ __all__ = [
     "PottsPairwise",
     "register_unary_head",
     "register_pairwise",
+    "unregister_unary_head",
+    "unregister_pairwise",
     "list_unary_heads",
     "list_pairwise",
+    "get_unary_head",
+    "get_pairwise",
     "create_unary_head",
     "create_pairwise",
     "auto_hidden",
@@ -48,6 +52,16 @@ def register_pairwise(name: str) -> Callable[[PairwiseFactory], PairwiseFactory]
     return lambda factory: _register(_PAIRWISE, "pairwise term", name, factory)
 
 
+def unregister_unary_head(name: str) -> UnaryHeadFactory | None:
+    """Remove the unary head ``name``; return its factory, or None when nothing was registered under it."""
+    return _UNARY_HEADS.pop(name, None)
+
+
+def unregister_pairwise(name: str) -> PairwiseFactory | None:
+    """Remove the pairwise term ``name``; return its factory, or None when nothing was registered under it."""
+    return _PAIRWISE.pop(name, None)
+
+
 def list_unary_heads() -> list[str]:
     return sorted(_UNARY_HEADS)
 
@@ -56,16 +70,26 @@ def list_pairwise() -> list[str]:
     return sorted(_PAIRWISE)
 
 
-def create_unary_head(name: str, channels: int, hidden: int, config: MaskConfig) -> nn.Module:
+def get_unary_head(name: str) -> UnaryHeadFactory:
+    """The factory registered as unary head ``name`` (KeyError naming the registered ones)."""
     if name not in _UNARY_HEADS:
         raise KeyError(f"unknown unary head {name!r}; registered: {', '.join(list_unary_heads())}")
-    return _UNARY_HEADS[name](channels, hidden, config)
+    return _UNARY_HEADS[name]
+
+
+def get_pairwise(name: str) -> PairwiseFactory:
+    """The factory registered as pairwise term ``name`` (KeyError naming the registered ones)."""
+    if name not in _PAIRWISE:
+        raise KeyError(f"unknown pairwise term {name!r}; registered: {', '.join(list_pairwise())}")
+    return _PAIRWISE[name]
+
+
+def create_unary_head(name: str, channels: int, hidden: int, config: MaskConfig) -> nn.Module:
+    return get_unary_head(name)(channels, hidden, config)
 
 
 def create_pairwise(name: str, channels: int, config: MaskConfig) -> nn.Module:
-    if name not in _PAIRWISE:
-        raise KeyError(f"unknown pairwise term {name!r}; registered: {', '.join(list_pairwise())}")
-    return _PAIRWISE[name](channels, config)
+    return get_pairwise(name)(channels, config)
 
 
 def auto_hidden(channels: int, param_budget: int | None = None) -> int:

@@ -209,10 +209,8 @@ def _evaluate(settings: PipelineSettings, ersm: Path, baseline: Path, out: Path,
               progress: Progress) -> tuple[dict[str, Any], torch.Tensor]:
     """Evaluate both models; returns the results and the evaluated images (the export validates on them)."""
     from ..data import create_dataset, resolve_preprocessing
-    from ..eval.figures import write_figures
     from ..eval.images import load_images
-    from ..eval.report import write_report
-    from ..eval.results import write_results
+    from ..eval.outputs import write_evaluation
     from ..eval.runner import EvalSettings, evaluate
     from ..io import load, versions
 
@@ -225,15 +223,9 @@ def _evaluate(settings: PipelineSettings, ersm: Path, baseline: Path, out: Path,
     progress("evaluate", f"evaluating both models on {len(images)} validation images")
     result = evaluate(model, images, base, EvalSettings(seed=settings.seed, device=_device(settings)),
                       model_info={"source": str(ersm)}, baseline_info={"source": str(baseline)})
-    out.mkdir(parents=True, exist_ok=True)
     result.results["versions"] = {k: str(v) for k, v in versions().items()}
     _add_base(result.results, base_info)
-    figures = write_figures(result.results, result.samples, out)
-    result.results["figures"] = {k: p.name for k, p in figures.items()}
-    report = out / "report.html"
-    result.results["report"] = str(report)
-    write_results(result.results, out)
-    write_report(result.results, figures, report)
+    write_evaluation(result, out)
     return result.results, images.images
 
 

@@ -43,7 +43,7 @@ from ._extensions import (
     register_command,
     register_dataset,
 )
-from ._registry import KINDS, PluginRegistry
+from ._registry import KINDS, PluginRegistry, reserve_commands
 
 __all__ = [
     "ENTRY_POINT_GROUP",
@@ -66,4 +66,5 @@ __all__ = [
     "register_command",
     "list_commands",
     "get_command",
+    "reserve_commands",
 ]

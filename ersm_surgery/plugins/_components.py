@@ -6,7 +6,7 @@ from typing import Any
 
 from ..errors import PluginError
 from ._discovery import DISABLE_ENV, load_plugins, plugins_enabled
-from ._registry import OWNERS, label, table
+from ._registry import OWNERS, label, lookup, names
 
 __all__ = ["component_owner", "components_of", "provenance", "require_components"]
 
@@ -45,12 +45,12 @@ def require_components(keys: Iterable[str], recorded: dict[str, str] | None = No
     problems, fixes = [], []
     for key in dict.fromkeys([*keys, *recorded]):
         kind, _, name = key.partition(":")
-        if kind in _CHECKED and name in table(kind):
+        if kind in _CHECKED and lookup(kind, name) is not None:
             continue
         what = f"{label(kind)} {name!r}"
         plugin = recorded.get(key)
         if plugin is None:
-            known = ", ".join(sorted(table(kind))) if kind in _CHECKED else ""
+            known = ", ".join(names(kind)) if kind in _CHECKED else ""
             problems.append(f"unknown {what}" + (f" (registered: {known})" if known else ""))
             fixes.append("install the plugin that provides it (see: ersm-surgery plugins) or choose a registered one")
         elif not plugins_enabled():

@@ -9,17 +9,6 @@ from ..errors import DataError
 from ._discovery import load_plugins
 from ._registry import COMMANDS, DATASET_SPEC, DATASETS, check_component, owner_of
 
-__all__ = [
-    "register_dataset",
-    "list_datasets",
-    "get_dataset_factory",
-    "is_plugin_dataset_spec",
-    "create_plugin_dataset",
-    "register_command",
-    "list_commands",
-    "get_command",
-]
-
 
 def register_dataset(name: str, factory: Callable[..., Any] | None = None) -> Any:
     """Register ``factory(split, img_size, seed, **kwargs)`` for the data set spec ``name`` ("x:y").

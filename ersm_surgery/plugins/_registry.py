@@ -2,10 +2,11 @@
 from __future__ import annotations
 
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from typing import Any
 
-__all__ = ["KINDS", "PluginRegistry", "table", "owner_of", "check_component", "hide", "restore", "OWNERS", "label"]
+__all__ = ["KINDS", "PluginRegistry", "lookup", "names", "add", "remove", "owner_of", "check_component", "hide",
+           "restore", "reserve_commands", "OWNERS", "label"]
 
 KINDS = ("unary_head", "pairwise", "adapter", "dataset", "command")
 _LABELS = {"unary_head": "unary head", "pairwise": "pairwise term", "adapter": "model adapter",
@@ -16,42 +17,70 @@ BUILTIN_OWNER = "ersm-surgery (built-in)"
 DATASETS: dict[str, Callable[..., Any]] = {}
 COMMANDS: dict[str, Any] = {}
 OWNERS: dict[str, str] = {}  # "pairwise:edge_aware" -> the plugin (distribution) that registered it
+_RESERVED_COMMANDS: set[str] = set()  # the command line's own commands, which no plugin may take
 
 
 def label(kind: str) -> str:
     return _LABELS.get(kind, kind)
 
 
-def table(kind: str) -> dict[str, Any]:
-    """The registry dict of ``kind``: the core ones for masks and adapters, this package's for the rest."""
-    # the core registries are module-level dicts; this package is the one place that also removes entries
+def reserve_commands(names: Iterable[str]) -> None:
+    """Mark command names as the command line's own (``ersm_surgery.cli`` calls this): a plugin cannot take them.
+
+    The command line owns its table; this package only learns the names, so it never imports the CLI.
+    """
+    _RESERVED_COMMANDS.update(names)
+
+
+def _core(kind: str) -> tuple[Callable[[str], Any], Callable[[str, Any], Any], Callable[[str], Any],
+                              Callable[[], list[str]]]:
+    """(get, register, unregister, list) of the core registry that holds ``kind``: its public API only."""
     if kind in ("unary_head", "pairwise"):
-        from ..layers import heads
+        from .. import layers
 
-        return heads._UNARY_HEADS if kind == "unary_head" else heads._PAIRWISE
-    if kind == "adapter":
-        from ..surgery import adapters
+        if kind == "unary_head":
+            return (layers.get_unary_head, lambda n, o: layers.register_unary_head(n)(o), layers.unregister_unary_head,
+                    layers.list_unary_heads)
+        return layers.get_pairwise, lambda n, o: layers.register_pairwise(n)(o), layers.unregister_pairwise, \
+            layers.list_pairwise
+    from .. import surgery
 
-        return adapters._ADAPTERS
+    return surgery.get_adapter, lambda n, o: surgery.register_adapter(n)(o), surgery.unregister_adapter, \
+        surgery.list_adapters
+
+
+def _local(kind: str) -> dict[str, Any]:
     return DATASETS if kind == "dataset" else COMMANDS
 
 
-def _add(kind: str, name: str, obj: Any) -> None:
+def lookup(kind: str, name: str) -> Any:
+    """The component registered as ``kind:name``, or None."""
+    if kind in ("dataset", "command"):
+        return _local(kind).get(name)
+    try:
+        return _core(kind)[0](name)
+    except KeyError:
+        return None
+
+
+def names(kind: str) -> list[str]:
+    """The names registered for ``kind``."""
+    return sorted(_local(kind)) if kind in ("dataset", "command") else sorted(_core(kind)[3]())
+
+
+def add(kind: str, name: str, obj: Any) -> None:
     """Register through the core's own ``register_*`` so that its checks apply."""
-    if kind == "unary_head":
-        from ..layers import register_unary_head
-
-        register_unary_head(name)(obj)
-    elif kind == "pairwise":
-        from ..layers import register_pairwise
-
-        register_pairwise(name)(obj)
-    elif kind == "adapter":
-        from ..surgery.adapters import register_adapter
-
-        register_adapter(name)(obj)
+    if kind in ("dataset", "command"):
+        _local(kind)[name] = obj
     else:
-        table(kind)[name] = obj
+        _core(kind)[1](name, obj)
+
+
+def remove(kind: str, name: str) -> Any:
+    """Take ``kind:name`` out of its registry; return what was there, or None."""
+    if kind in ("dataset", "command"):
+        return _local(kind).pop(name, None)
+    return _core(kind)[2](name)
 
 
 def owner_of(kind: str, name: str) -> str | None:
@@ -59,12 +88,9 @@ def owner_of(kind: str, name: str) -> str | None:
     key = f"{kind}:{name}"
     if key in OWNERS:
         return OWNERS[key]
-    if kind == "command":
-        from ..cli.main import COMMANDS as BUILTIN_COMMANDS  # a plain dict; importing it does not import torch
-
-        if name in BUILTIN_COMMANDS:
-            return BUILTIN_OWNER
-    obj = table(kind).get(name)
+    if kind == "command" and name in _RESERVED_COMMANDS:
+        return BUILTIN_OWNER
+    obj = lookup(kind, name)
     if obj is None:
         return None
     module = getattr(obj, "__module__", "") or ""
@@ -142,12 +168,12 @@ class PluginRegistry:
         for kind, name, obj in self.items:
             key = f"{kind}:{name}"
             owner = owner_of(kind, name)
-            if (owner is not None and table(kind).get(name) is not obj) or seen.get(key, obj) is not obj:
+            if (owner is not None and lookup(kind, name) is not obj) or seen.get(key, obj) is not obj:
                 raise ValueError(f"{label(kind)} {name!r} is registered by both {owner or self.owner!r} and "
                                  f"{self.owner!r}; uninstall one of them or ask for a rename")
             seen[key] = obj
         for kind, name, obj in self.items:
-            _add(kind, name, obj)
+            add(kind, name, obj)
             OWNERS[f"{kind}:{name}"] = self.owner
 
 
@@ -156,12 +182,13 @@ def hide() -> list[tuple[str, str, Any]]:
     hidden = []
     for key in list(OWNERS):
         kind, name = key.split(":", 1)
-        obj = table(kind).pop(name, None)
+        obj = remove(kind, name)
         if obj is not None:
             hidden.append((kind, name, obj))
     return hidden
 
 
 def restore(hidden: list[tuple[str, str, Any]]) -> None:
+    """Put back what :func:`hide` took out."""
     for kind, name, obj in hidden:
-        table(kind)[name] = obj
+        add(kind, name, obj)

@@ -25,8 +25,8 @@ __all__ = ["plain_model", "interleaved", "measure_batch"]
 
 def plain_model(model: nn.Module) -> nn.Module:
     """The timm model the masked ``model`` was made from, with its weights and no masks."""
-    from ..api import RECIPE_ATTR
     from ..models import create_base_model
+    from ..recipe import RECIPE_ATTR
 
     recipe = getattr(model, RECIPE_ATTR)
     base = create_base_model(recipe.model, num_classes=recipe.num_classes, **recipe.model_kwargs)

@@ -115,7 +115,7 @@ def _gated(model: nn.Module) -> list[tuple[str, nn.Module]]:
 
 def check_sparsable(model: nn.Module) -> None:
     """Raise SparseError (one line with the fix) unless ``model`` has hard, stage-gated masks."""
-    from ..api import RECIPE_ATTR
+    from ..recipe import RECIPE_ATTR
 
     recipe = getattr(model, RECIPE_ATTR, None)
     if recipe is None or not recipe.placements:

@@ -1,6 +1,14 @@
 """torch.fx surgery on timm models: tracing, candidate nodes, stage table, mask insertion."""
-from ._tracer import ErsmTracer, register_leaf_module, trace, training_mode
-from .adapters import ModelAdapter, create_adapter, find_adapter, get_adapter, list_adapters, register_adapter
+from ._tracer import ErsmTracer, register_leaf_module, trace, trace_through, training_mode
+from .adapters import (
+    ModelAdapter,
+    create_adapter,
+    find_adapter,
+    get_adapter,
+    list_adapters,
+    register_adapter,
+    unregister_adapter,
+)
 from .analysis import FeatureNode, ModelAnalysis, StageInfo, analyse, feature_info, probe_shapes
 from .graph_module import DualGraphModule
 from .insert import apply_placements
@@ -14,9 +22,11 @@ __all__ = [
     "get_adapter",
     "list_adapters",
     "register_adapter",
+    "unregister_adapter",
     "ErsmTracer",
     "register_leaf_module",
     "trace",
+    "trace_through",
     "training_mode",
     "FeatureNode",
     "ModelAnalysis",

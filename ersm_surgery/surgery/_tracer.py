@@ -15,7 +15,7 @@ import torch
 from torch import fx, nn
 from torchvision.models.feature_extraction import NodePathTracer
 
-__all__ = ["ErsmTracer", "trace", "training_mode", "register_leaf_module"]
+__all__ = ["ErsmTracer", "trace", "trace_through", "training_mode", "register_leaf_module"]
 
 _EXTRA_LEAVES: set[type[nn.Module]] = set()
 
@@ -81,6 +81,28 @@ def trace(module: nn.Module, train: bool) -> tuple[fx.Graph, dict[fx.Node, str]]
     tracer = ErsmTracer()
     with training_mode(module, train), torch.no_grad():
         graph = tracer.trace(module, concrete_args=_defaulted_args(module))
+    return graph, dict(tracer.node_to_qualname)
+
+
+def trace_through(model: nn.Module, leaves: set[str]) -> tuple[fx.Graph, dict[fx.Node, str]]:
+    """Trace a masked ``model`` whole, in eval mode: *through* the DualGraphModules that surgery made (they are
+    plain GraphModules), keeping the ``leaves`` module paths as single nodes (so their outputs are nodes).
+
+    The evaluation's rerun engine (:mod:`ersm_surgery.eval.rerun`) splits this graph at the leaves.
+    """
+    from .graph_module import DualGraphModule
+
+    class Tracer(ErsmTracer):
+        def is_leaf_module(self, m: nn.Module, qualname: str) -> bool:
+            if qualname in leaves:
+                return True
+            if isinstance(m, DualGraphModule):
+                return False
+            return super().is_leaf_module(m, qualname)
+
+    tracer = Tracer()
+    with training_mode(model, False), torch.no_grad():
+        graph = tracer.trace(model)
     return graph, dict(tracer.node_to_qualname)
 
 

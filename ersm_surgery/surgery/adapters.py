@@ -30,6 +30,7 @@ from ._tracer import register_leaf_module
 __all__ = [
     "ModelAdapter",
     "register_adapter",
+    "unregister_adapter",
     "list_adapters",
     "get_adapter",
     "create_adapter",
@@ -100,6 +101,11 @@ def register_adapter(name: str) -> Callable[[type[ModelAdapter]], type[ModelAdap
         return cls
 
     return add
+
+
+def unregister_adapter(name: str) -> type[ModelAdapter] | None:
+    """Remove the adapter ``name``; return its class, or None when nothing was registered under it."""
+    return _ADAPTERS.pop(name, None)
 
 
 def list_adapters() -> list[str]:

@@ -5,15 +5,17 @@
 
 ``fit`` is the loop itself, for a model and data sets built by the caller.
 """
+from ..io.source import SourceError, load_source, strip_masks
 from .checkpoint import STATE_FILE, RunFolder, capture_rng, find_train_state, load_train_state, restore_rng
 from .config import FinetuneConfig
 from .data import EpochSampler, build_datasets, build_loader, set_epoch
 from .distributed import DistInfo, init_distributed
 from .errors import DivergedError, TrainingError
+from .finetune import MUTABLE_MASK_KEYS, RunInputs, finetune, recorded_settings, set_mask_settings
 from .loop import Callbacks, FitResult, fit, seed_everything
-from .run import MUTABLE_MASK_KEYS, RunInputs, finetune, recorded_settings, set_mask_settings
 from .schedule import MaskSchedule
-from .source import SourceError, freeze_backbone, load_source, reset_head, strip_masks
+from .settings import default_run_output, resolve_finetune_settings
+from .source import freeze_backbone, reset_head
 
 __all__ = [
     "STATE_FILE",
@@ -41,6 +43,8 @@ __all__ = [
     "recorded_settings",
     "set_mask_settings",
     "MaskSchedule",
+    "default_run_output",
+    "resolve_finetune_settings",
     "SourceError",
     "freeze_backbone",
     "load_source",

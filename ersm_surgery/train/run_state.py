@@ -13,7 +13,7 @@ from typing import Any
 
 from torch import nn
 
-from ..io.artifact import recipe_of
+from ..io.source import recipe_of
 from ..mask_set import unwrap
 from ..recipe import RECIPE_VERSION
 from .checkpoint import RunFolder, restore_rng, seed_everything

@@ -18,7 +18,8 @@ from torch import nn
 from ..data.resolve import resolve_preprocessing
 from ..errors import DataError, RecipeError
 from ..io import check_output_dir, read_metadata
-from ..io.artifact import RECIPE_KEY, WEIGHTS, recipe_of
+from ..io.artifact import RECIPE_KEY, WEIGHTS
+from ..io.source import SourceError, load_source, recipe_of, strip_masks
 from ..layers import MaskConfig
 from ..recipe import Recipe
 from .checkpoint import load_train_state
@@ -27,7 +28,7 @@ from .data import apply_preprocessing, build_datasets
 from .distributed import DistInfo, init_distributed, shutdown
 from .errors import TrainingError
 from .loop import Callbacks, FitResult, fit, seed_everything
-from .source import SourceError, load_source, reset_head, set_drop_path, strip_masks
+from .source import reset_head, set_drop_path
 
 __all__ = ["finetune", "RunInputs", "set_mask_settings", "MUTABLE_MASK_KEYS", "recorded_settings"]
 
@@ -199,7 +200,7 @@ def _finetune(inputs: RunInputs, config: FinetuneConfig, info: DistInfo, callbac
             model = strip_masks(model)
         settings = dict(inputs.mask or {})
         if "gate" in settings and not config.no_masks:  # gates change the graph: the model is rebuilt
-            from ..api import with_gate
+            from ..build import with_gate
 
             model = with_gate(model, settings.pop("gate"))
         set_mask_settings(model, settings)

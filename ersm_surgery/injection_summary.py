@@ -6,7 +6,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from .io.artifact import recipe_of
+from .io.source import recipe_of
 from .mask_set import masks
 from .surgery import training_mode
 

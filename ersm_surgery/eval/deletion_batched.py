@@ -20,7 +20,7 @@ from dataclasses import dataclass
 
 import torch
 
-from .deletion import curve_from_logits, deleted_features, fill_values, removal_rank, tokens_removed
+from .deletion_reference import curve_from_logits, deleted_features, fill_values, removal_rank, tokens_removed
 
 __all__ = ["DeletionJob", "run_deletion_jobs"]
 

@@ -4,9 +4,10 @@ The deletion test (paper claim (e)) edits the feature map at a mask layer and as
 the network makes of it, ten fractions times three rankings times two orders per batch. Running the
 whole network for each would spend most of the time recomputing the unchanged front.
 
-:class:`FxSplit` traces the whole model once with torch.fx, through the ``DualGraphModule`` owners that
-surgery made (they are plain GraphModules) and with Energy-Masks and timm's untraceable layers kept as
-leaves. For every anchor (the node whose output is the feature map) it builds two graph modules:
+:class:`FxSplit` traces the whole model once with torch.fx (:func:`ersm_surgery.surgery.trace_through`:
+surgery owns the tracing), through the ``DualGraphModule`` owners that surgery made and with Energy-Masks
+and timm's untraceable layers kept as leaves. For every anchor (the node whose output is the feature map)
+it builds two graph modules:
 
 - a *clean* one: the whole network, which also returns the anchors' values and every value computed
   before an anchor that a later node reads (the *frontier*, e.g. the identity branch of a residual
@@ -27,92 +28,17 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
-from dataclasses import dataclass
 from typing import Any
 
 import torch
 from torch import fx, nn
 
-__all__ = ["Anchor", "FxSplit", "HookSplit", "SplitError", "make_split"]
+from ..surgery import trace_through
+from ._rerun_base import Anchor, RerunError, Rerunner, SplitError, _first_tensor, _InputCapture
+
+__all__ = ["Anchor", "Rerunner", "FxSplit", "HookSplit", "RerunError", "SplitError", "make_split"]
 
 _log = logging.getLogger(__name__)
-
-
-class SplitError(RuntimeError):
-    """The model cannot be split at the requested anchors this way."""
-
-
-@dataclass(frozen=True)
-class Anchor:
-    """Where a feature map is taken: the output of a module, or an fx node by its qualname.
-
-    Attributes:
-        name: the key under which results are reported (e.g. the mask's path ``layer2.ersm_mask``).
-        module: dotted path of the module whose output is the feature map.
-        node: node qualname in the whole-model trace (``layer3.0.add``), for anchors that are not a
-            module's output; used only when ``module`` is None.
-        capture_input: also keep the module's input (a mask layer's unmasked features).
-    """
-
-    name: str
-    module: str | None = None
-    node: str | None = None
-    capture_input: bool = False
-
-
-def _first_tensor(out: Any) -> torch.Tensor:
-    if isinstance(out, torch.Tensor):
-        return out
-    if isinstance(out, (list, tuple)) and out and isinstance(out[0], torch.Tensor):
-        return out[0]
-    if isinstance(out, dict) and "logits" in out:
-        return out["logits"]
-    raise SplitError(f"the model returned {type(out).__name__}, not logits")
-
-
-class _InputCapture:
-    """Forward hooks that keep the input of the anchors with ``capture_input`` while ``active``."""
-
-    def __init__(self, model: nn.Module, anchors: Sequence[Anchor]) -> None:
-        self.values: dict[str, torch.Tensor] = {}
-        self.active = False
-        self._handles = []
-        for a in anchors:
-            if a.capture_input and a.module is not None:
-                module = model.get_submodule(a.module)
-                self._handles.append(module.register_forward_hook(self._hook(a.name)))
-
-    def _hook(self, name: str):
-        def hook(_module, args, _output):
-            if self.active and args and isinstance(args[0], torch.Tensor):
-                self.values[name] = args[0]
-
-        return hook
-
-    def remove(self) -> None:
-        for h in self._handles:
-            h.remove()
-        self._handles = []
-
-
-def _trace_through(model: nn.Module, leaves: set[str]) -> tuple[fx.Graph, dict[fx.Node, str]]:
-    """Trace ``model`` in eval mode with an :class:`~ersm_surgery.surgery.ErsmTracer` that goes *through*
-    DualGraphModules and keeps the ``leaves`` module paths as single nodes (so their outputs are nodes)."""
-    from ..surgery import ErsmTracer, training_mode
-    from ..surgery.graph_module import DualGraphModule
-
-    class Tracer(ErsmTracer):
-        def is_leaf_module(self, m: nn.Module, qualname: str) -> bool:
-            if qualname in leaves:
-                return True
-            if isinstance(m, DualGraphModule):
-                return False
-            return super().is_leaf_module(m, qualname)
-
-    tracer = Tracer()
-    with training_mode(model, False), torch.no_grad():
-        graph = tracer.trace(model)
-    return graph, dict(tracer.node_to_qualname)
 
 
 class FxSplit:
@@ -123,7 +49,7 @@ class FxSplit:
         anchors: where to split.
 
     Raises:
-        SplitError: fx cannot trace the model, or an anchor is not a node of the trace, or the
+        RerunError: fx cannot trace the model, or an anchor is not a node of the trace, or the
             output does not depend on an anchor.
     """
 
@@ -134,9 +60,9 @@ class FxSplit:
         self.anchors = {a.name: a for a in anchors}
         leaves = {a.module for a in anchors if a.module is not None}
         try:
-            graph, qualnames = _trace_through(model, leaves)
+            graph, qualnames = trace_through(model, leaves)
         except Exception as exc:  # fx raises many types; each means "not traceable as a whole"
-            raise SplitError(f"fx cannot trace the model ({type(exc).__name__}: {str(exc)[:200]})") from exc
+            raise RerunError(f"fx cannot trace the model ({type(exc).__name__}: {str(exc)[:200]})") from exc
         self.graph = graph
         self._gm = fx.GraphModule(model, graph)
         self._nodes = list(graph.nodes)
@@ -151,12 +77,12 @@ class FxSplit:
                 found = [by_qualname[a.node]] if a.node in by_qualname else []
             if len(found) != 1:
                 what = f"module {a.module!r}" if a.module is not None else f"node {a.node!r}"
-                raise SplitError(f"{what} is {'called more than once' if found else 'not a node'} in the trace")
+                raise RerunError(f"{what} is {'called more than once' if found else 'not a node'} in the trace")
             self._anchor_nodes[a.name] = found[0]
         self._downstream = {name: self._users(node) for name, node in self._anchor_nodes.items()}
         for name, down in self._downstream.items():
             if self._output not in down:
-                raise SplitError(f"the output does not depend on anchor {name!r}")
+                raise RerunError(f"the output does not depend on anchor {name!r}")
         self._capture = _InputCapture(model, anchors)
         self._built = False
         self._clean_gm: fx.GraphModule | None = None
@@ -192,7 +118,7 @@ class FxSplit:
             value = values[anchor]
             if not (isinstance(value, torch.Tensor) and value.dim() == 4):
                 shape = tuple(value.shape) if isinstance(value, torch.Tensor) else type(value).__name__
-                raise SplitError(f"anchor {name!r} gives {shape}, not a (B, C, H, W) feature map")
+                raise RerunError(f"anchor {name!r} gives {shape}, not a (B, C, H, W) feature map")
             while True:  # recompute non-tensor frontier values (shapes, sizes) inside the tail
                 frontier = self._frontier_of(anchor, down)
                 moved = [f for f in frontier if f.op != "placeholder" and not isinstance(values[f], torch.Tensor)]
@@ -275,7 +201,7 @@ class HookSplit:
     """Full reruns with a forward hook that substitutes the anchor module's output (the fallback).
 
     Raises:
-        SplitError: an anchor is not a module.
+        RerunError: an anchor is not a module.
     """
 
     method = "hook"
@@ -287,7 +213,7 @@ class HookSplit:
         for a in anchors:
             path = a.module if a.module is not None else a.node
             if path not in names:
-                raise SplitError(f"anchor {a.name!r} ({path}) is not a module, so a hook cannot replace it")
+                raise RerunError(f"anchor {a.name!r} ({path}) is not a module, so a hook cannot replace it")
         paths = {a.name: a.module if a.module is not None else a.node for a in anchors}
         self._modules = {name: names[path] for name, path in paths.items()}
         self._capture = _InputCapture(model, [Anchor(a.name, module=paths[a.name], capture_input=a.capture_input)
@@ -342,7 +268,7 @@ class HookSplit:
 
 
 def make_split(model: nn.Module, anchors: Sequence[Anchor], example: torch.Tensor | None = None,
-               prefer: str = "fx") -> tuple[FxSplit | HookSplit, str | None]:
+               prefer: str = "fx") -> tuple[Rerunner, str | None]:
     """An :class:`FxSplit` when fx can split the model at every anchor, else a :class:`HookSplit`.
 
     Args:
@@ -355,7 +281,7 @@ def make_split(model: nn.Module, anchors: Sequence[Anchor], example: torch.Tenso
         The split and, when it fell back to full reruns, the reason (else None).
 
     Raises:
-        SplitError: neither way works (an anchor that is neither a node nor a module).
+        RerunError: neither way works (an anchor that is neither a node nor a module).
     """
     reason = "full reruns requested"
     if prefer == "fx":
@@ -366,7 +292,7 @@ def make_split(model: nn.Module, anchors: Sequence[Anchor], example: torch.Tenso
                 with torch.no_grad():
                     split.clean(example)
             return split, None
-        except SplitError as exc:
+        except RerunError as exc:
             reason = str(exc)
             _log.info("fx split not possible (%s); using full reruns with hooks", reason)
             if split is not None:
@@ -379,5 +305,5 @@ def make_split(model: nn.Module, anchors: Sequence[Anchor], example: torch.Tenso
             value = split.features(name)
             if value.dim() != 4:
                 split.close()
-                raise SplitError(f"anchor {name!r} gives {tuple(value.shape)}, not a (B, C, H, W) feature map")
+                raise RerunError(f"anchor {name!r} gives {tuple(value.shape)}, not a (B, C, H, W) feature map")
     return split, reason
