@@ -18,7 +18,7 @@ import ersm_surgery
 from ersm_surgery.cli.main import cli
 from ersm_surgery.errors import ArtifactError
 from ersm_surgery.io import artifact, export, publish
-from ersm_surgery.io.artifact import RECIPE_KEY, SHA256_KEY, state_sha256
+from ersm_surgery.io.artifact import FORMAT_KEY, RECIPE_KEY, SHA256_KEY, state_sha256
 
 SIZE = (3, 64, 64)
 
@@ -159,13 +159,27 @@ def test_plain_safetensors_is_not_a_masked_model(tmp_path: Path) -> None:
     _fails("export", tmp_path / "plain.safetensors", "-o", tmp_path / "out", match="no ersm recipe")
 
 
-def test_file_without_sha256_loads_with_a_warning(saved: Path, tmp_path: Path, caplog) -> None:
+def test_old_file_without_sha256_loads_with_one_warning(saved: Path, tmp_path: Path, caplog) -> None:
     meta = artifact.read_metadata(saved)
-    del meta[SHA256_KEY]
+    del meta[SHA256_KEY], meta[FORMAT_KEY]  # as written before the format version existed
     save_file(load_file(str(saved / "model.safetensors")), str(tmp_path / "old.safetensors"), metadata=meta)
-    with caplog.at_level(logging.WARNING, logger="ersm_surgery.io.artifact"):
+    with caplog.at_level(logging.WARNING, logger="ersm_surgery.io.tensor_hash"):
         ersm_surgery.load(tmp_path / "old.safetensors")
-    assert "no sha256" in caplog.text
+        ersm_surgery.load(tmp_path / "old.safetensors")
+    assert caplog.text.count("no sha256") == 1
+
+
+def test_current_file_without_its_sha256_is_refused(saved: Path, tmp_path: Path) -> None:
+    meta = artifact.read_metadata(saved)
+    del meta[SHA256_KEY]  # tampering: the weights were edited and the digest deleted
+    tensors = load_file(str(saved / "model.safetensors"))
+    tensors[next(iter(tensors))] += 1
+    save_file(tensors, str(tmp_path / "model.safetensors"), metadata=meta)
+    with pytest.raises(ArtifactError, match="claims file format 2 but its ersm_sha256 is missing"):
+        ersm_surgery.load(tmp_path / "model.safetensors")
+    _fails("export", tmp_path / "model.safetensors", "-o", tmp_path / "out", match="ersm_sha256 is missing")
+    assert not (tmp_path / "out").exists()  # no fresh, valid hash written over the edited weights
+    _fails("info", tmp_path / "model.safetensors", "--verify", match="ersm_sha256")
 
 
 # -- output location -------------------------------------------------------------------------------------------

@@ -15,13 +15,12 @@ from safetensors.torch import save_file
 
 from ersm_surgery.errors import ArtifactError
 from ersm_surgery.io.safetensors_header import (
-    DTYPE_BITS,
     MAX_HEADER_SIZE,
     TensorInfo,
     is_torch_pickle,
     read_header,
-    tensor_data_sha256,
 )
+from ersm_surgery.io.tensor_hash import DTYPE_BITS, file_sha256
 
 F32_2 = {"dtype": "F32", "shape": [2], "data_offsets": [0, 8]}
 
@@ -359,36 +358,36 @@ def test_hash_ignores_order_in_file_and_metadata(good: Path, tmp_path: Path) -> 
     with safe_open(str(good), "pt") as f, safe_open(str(flipped), "pt") as g:
         names = f.keys()
         assert all(torch.equal(f.get_tensor(k).float(), g.get_tensor(k).float()) for k in names)
-    digest = tensor_data_sha256(good, header, b"recipe")
-    assert digest == tensor_data_sha256(flipped, header_flipped, b"recipe")
-    assert digest == tensor_data_sha256(plain, read_header(plain), b"recipe")
-    assert digest == tensor_data_sha256(good, header, b"recipe")
+    digest = file_sha256(good, header, b"recipe")
+    assert digest == file_sha256(flipped, header_flipped, b"recipe")
+    assert digest == file_sha256(plain, read_header(plain), b"recipe")
+    assert digest == file_sha256(good, header, b"recipe")
 
 
 def test_hash_covers_names_dtypes_and_shapes(good: Path) -> None:
     header, _ = _split(good)
-    base = tensor_data_sha256(good, read_header(good))
+    base = file_sha256(good, read_header(good))
     header["mask.bf16"]["dtype"] = "F16"  # same bytes, other dtype
-    assert tensor_data_sha256(good, read_header(_rewrite(good, header))) != base
+    assert file_sha256(good, read_header(_rewrite(good, header))) != base
     header["mask.bf16"].update(dtype="BF16", shape=[5, 4])  # same bytes, other shape
-    assert tensor_data_sha256(good, read_header(_rewrite(good, header))) != base
+    assert file_sha256(good, read_header(_rewrite(good, header))) != base
     header["mask.bf16"]["shape"] = [4, 5]
-    assert tensor_data_sha256(good, read_header(_rewrite(good, header))) == base
+    assert file_sha256(good, read_header(_rewrite(good, header))) == base
 
 
 def test_hash_changes_with_data_and_extra(good: Path) -> None:
     header = read_header(good)
-    base = tensor_data_sha256(good, header, b'{"recipe": 1}')
-    assert tensor_data_sha256(good, header, b'{"recipe": 2}') != base
-    assert tensor_data_sha256(good, header) != base
+    base = file_sha256(good, header, b'{"recipe": 1}')
+    assert file_sha256(good, header, b'{"recipe": 2}') != base
+    assert file_sha256(good, header) != base
     blob = bytearray(good.read_bytes())
     blob[-1] ^= 1
     good.write_bytes(bytes(blob))
-    assert tensor_data_sha256(good, header, b'{"recipe": 1}') != base
+    assert file_sha256(good, header, b'{"recipe": 1}') != base
 
 
 def test_hash_rejects_a_changed_file(good: Path) -> None:
     header = read_header(good)
     good.write_bytes(good.read_bytes()[:-4])
     with pytest.raises(ArtifactError, match="read the header again"):
-        tensor_data_sha256(good, header)
+        file_sha256(good, header)

@@ -4,11 +4,10 @@ A safetensors file is an 8-byte little-endian length N, N bytes of UTF-8 JSON de
 (``dtype``, ``shape``, ``data_offsets`` relative to the data buffer) plus optional ``__metadata__``
 (str -> str), then the data buffer at byte 8 + N. ``read_header`` reads exactly those first 8 + N bytes
 and rejects everything safetensors 0.8 rejects, so ``ersm-surgery info`` stays instant on large exports.
-``tensor_data_sha256`` fingerprints the tensor contents independently of their order in the file.
+The tensor hash is :mod:`.tensor_hash`'s.
 """
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import struct
@@ -19,6 +18,8 @@ from typing import IO, Any
 
 from ersm_surgery.errors import ArtifactError
 
+from .tensor_hash import DTYPE_BITS
+
 __all__ = [
     "DTYPE_BITS",
     "MAX_HEADER_SIZE",
@@ -26,22 +27,11 @@ __all__ = [
     "TensorInfo",
     "is_torch_pickle",
     "read_header",
-    "tensor_data_sha256",
 ]
 
-# Bits per element of every dtype in safetensors 0.8 (Rust enum ``Dtype``, 22 variants). F4 and F6 are
-# packed below one byte, so a tensor's size is numel * bits / 8 and must land on a byte boundary.
-DTYPE_BITS: dict[str, int] = {
-    "BOOL": 8, "F4": 4, "F6_E2M3": 6, "F6_E3M2": 6, "U8": 8, "I8": 8,
-    "F8_E5M2": 8, "F8_E4M3": 8, "F8_E8M0": 8, "F8_E4M3FNUZ": 8, "F8_E5M2FNUZ": 8,
-    "I16": 16, "U16": 16, "F16": 16, "BF16": 16, "I32": 32, "U32": 32, "F32": 32,
-    "C64": 64, "F64": 64, "I64": 64, "U64": 64,
-}  # fmt: skip
 MAX_HEADER_SIZE = 100_000_000  # safetensors' own limit; anything larger is corruption, not a model
 _ZIP_MAGIC = b"PK\x03\x04"  # torch.save() since 1.6 writes a zip archive
 _PICKLE_PROTO = 0x80  # pickle protocol >= 2 starts with the PROTO opcode, then the protocol number
-_CHUNK = 1 << 20
-_HASH_DOMAIN = b"ersm-surgery tensor-data-sha256 v1\n"  # versions the byte layout hashed below
 _MAX_LISTED = 5
 
 _REEXPORT = "re-export the model"
@@ -308,47 +298,3 @@ def read_header(path: str | Path, *, opener: Opener = _open_unbuffered) -> Safet
     _raise_listed(path, f"tensors run past the {data_len}-byte data buffer", beyond, _TRUNCATED)
     _check_coverage(path, tensors, data_len)
     return SafetensorsHeader(path, metadata, tensors, n, 8 + n, size)
-
-
-def tensor_data_sha256(path: str | Path, header: SafetensorsHeader, extra: bytes = b"") -> str:
-    """SHA-256 of the tensors' names, dtypes, shapes and bytes, then ``extra``.
-
-    Tensors are hashed in name order (Unicode code points), so the digest does not depend on their order
-    in the file or on ``__metadata__`` (which can therefore store it). The hashed byte stream is
-    ``_HASH_DOMAIN``, then per tensor ``u64 len(desc) || desc || u64 nbytes || data`` with
-    ``desc = json.dumps([name, dtype, shape], separators=(",", ":"))`` in UTF-8, then
-    ``u64 len(extra) || extra``; u64 are little-endian. Data is streamed in 1 MiB chunks.
-
-    Args:
-        path: the file ``header`` was read from.
-        header: its header, from ``read_header``.
-        extra: bytes appended to the hash, e.g. the recipe JSON.
-
-    Returns:
-        The hex digest.
-
-    Raises:
-        ArtifactError: the file is missing, or its size changed since ``header`` was read.
-    """
-    path = Path(path)
-    digest = hashlib.sha256(_HASH_DOMAIN)
-    buf = memoryview(bytearray(_CHUNK))
-    with _open(path, _open_unbuffered) as f:
-        size = f.seek(0, os.SEEK_END)
-        if size != header.file_size:
-            raise ArtifactError(f"{str(path)!r} is {size} bytes but its header was read at {header.file_size}",
-                                "read the header again")
-        for name in sorted(header.tensors):
-            t = header.tensors[name]
-            desc = json.dumps([name, t.dtype, list(t.shape)], separators=(",", ":")).encode("utf-8")
-            digest.update(len(desc).to_bytes(8, "little") + desc + t.nbytes.to_bytes(8, "little"))
-            f.seek(header.data_start + t.begin)
-            left = t.nbytes
-            while left:
-                got = f.readinto(buf[: min(left, _CHUNK)])
-                if not got:
-                    raise ArtifactError(f"{str(path)!r} ended inside tensor {name!r}", _TRUNCATED)
-                digest.update(buf[:got])
-                left -= got
-    digest.update(len(extra).to_bytes(8, "little") + extra)
-    return digest.hexdigest()
