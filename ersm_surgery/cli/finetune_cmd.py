@@ -134,8 +134,13 @@ def _run(ctx: click.Context, source: str, opts: dict[str, Any], primary: bool) -
     if not primary:
         out.quiet = True
     quiet = bool((ctx.obj or {}).get("quiet")) or not primary
-    with _Progress(out, enabled=is_tty() and not quiet) as progress:
-        result = run_finetune(inputs, settings, callbacks=progress)
+    try:
+        with _Progress(out, enabled=is_tty() and not quiet) as progress:
+            result = run_finetune(inputs, settings, callbacks=progress)
+    except KeyboardInterrupt:
+        if (ctx.obj or {}).get("debug"):
+            raise
+        raise click.ClickException(_interrupted(source, output)) from None
     if not primary:
         return
     summary = _summary(result, output, settings)
@@ -143,6 +148,19 @@ def _run(ctx: click.Context, source: str, opts: dict[str, Any], primary: bool) -
         emit_json(summary)
         return
     _render(out, summary)
+
+
+def _interrupted(source: str, output: str) -> str:
+    """The line for Ctrl-C: how to continue, when an epoch finished (its state is in OUT/last/)."""
+    import shlex
+    from pathlib import Path
+
+    from ..train.checkpoint import LAST, STATE_FILE
+
+    if (Path(output) / LAST / STATE_FILE).is_file():
+        return (f"interrupted; the last finished epoch is saved in {output}/{LAST}/: continue exactly with "
+                f"ersm-surgery finetune {shlex.quote(source)} --resume {shlex.quote(output)}")
+    return "interrupted before the first epoch finished, so there is nothing to resume; run the command again"
 
 
 def _default_output(source: str) -> str:
