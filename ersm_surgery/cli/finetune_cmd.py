@@ -130,6 +130,10 @@ def _run(ctx: click.Context, source: str, opts: dict[str, Any], primary: bool) -
                        force=opts["force"], pretrained=opts["pretrained"], pretrained_path=opts["pretrained_path"],
                        device=opts["device"], args=_args(source, output, opts, settings),
                        log_tensorboard=opts["log_tensorboard"])
+    if primary:  # only rank 0 writes the run folder; it holds its lock until the command ends
+        from ..io.publish import output_lock
+
+        ctx.with_resource(output_lock(output))
     out = console(ctx)
     if not primary:
         out.quiet = True

@@ -30,6 +30,7 @@ def inject(ctx: click.Context, model: str, stages, nodes, pretrained, pretrained
     """
     from ..errors import RecipeError
     from ..io import check_output_dir
+    from ..io.publish import output_lock
 
     if num_classes is not None and num_classes <= 0:
         raise click.BadParameter(f"{num_classes} is not a class count; give a positive integer",
@@ -37,6 +38,7 @@ def inject(ctx: click.Context, model: str, stages, nodes, pretrained, pretrained
     from ..model_source import short_name
 
     out_dir = check_output_dir(output or f"{short_name(model)}-ersm", force)
+    ctx.with_resource(output_lock(out_dir))  # until the command ends: a second run into it fails at once
     settings = _settings(model, recipe_path, overrides, num_classes)
     stage_list, node_list = _placements(stages, nodes, settings)
     if not stage_list and not node_list:

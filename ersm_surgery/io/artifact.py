@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import logging
+import shutil
 import tempfile
 from collections.abc import Mapping
 from pathlib import Path
@@ -19,6 +20,7 @@ from typing import TYPE_CHECKING, Any
 from ..errors import ArtifactError, OutputExistsError
 from ..version import __version__
 from .atomic import atomic_path, atomic_write_text
+from .publish import output_lock, publish, staging_dir
 from .safetensors_header import SafetensorsHeader, read_header
 from .tensor_hash import FORMAT_KEY, FORMAT_VERSION, SHA256_KEY, state_sha256, verify_digest
 from .untrusted import refuse_file_reads
@@ -224,8 +226,9 @@ def save(model: nn.Module, path: str | Path, force: bool = False, metadata: dict
     """Write a masked model to a folder: model.safetensors, recipe.yaml, config.json.
 
     The weights carry the recipe, versions, input config and a sha256 of tensors + recipe (checked by
-    :func:`load`). Each file is written under a temporary name and renamed into place, so an interrupted
-    save never leaves a half-written file, and an existing folder's other files are kept.
+    :func:`load`). The files are written into a staging folder beside ``path`` and the folder is swapped in
+    as a whole (:mod:`.publish`), so a reader never sees the weights of one save beside the recipe of
+    another; an existing folder's other files are kept. The folder's write lock is held meanwhile.
 
     Args:
         model: the masked model (DDP / ``torch.compile`` wrappers are looked through).
@@ -234,19 +237,25 @@ def save(model: nn.Module, path: str | Path, force: bool = False, metadata: dict
         metadata: more header metadata (str -> str), e.g. ``{"label_names": json.dumps(names)}``.
 
     Raises:
-        OutputExistsError: the folder exists and is not empty (without ``force``).
+        OutputExistsError: the folder exists and is not empty (without ``force``), or another process is
+            writing it.
         ArtifactError: the model carries no recipe.
     """
     from ..mask_set import unwrap
 
     model = unwrap(model)
     recipe = recipe_of(model)
-    out = check_output_dir(path, force)
-    out.mkdir(parents=True, exist_ok=True)
-    meta = write_weights(model, out / WEIGHTS, weights_metadata(model, recipe, extra=metadata))
-    atomic_write_text(out / RECIPE, recipe.to_yaml())
-    config = timm_config(model, recipe, labels_of(meta))
-    atomic_write_text(out / CONFIG, json.dumps(config, indent=2) + "\n")
+    with output_lock(path):
+        out = check_output_dir(path, force)
+        staging = staging_dir(out)
+        try:
+            meta = write_weights(model, staging / WEIGHTS, weights_metadata(model, recipe, extra=metadata))
+            atomic_write_text(staging / RECIPE, recipe.to_yaml())
+            config = timm_config(model, recipe, labels_of(meta))
+            atomic_write_text(staging / CONFIG, json.dumps(config, indent=2) + "\n")
+            publish(staging, out, [WEIGHTS, RECIPE, CONFIG])
+        finally:
+            shutil.rmtree(staging, ignore_errors=True)
     return out
 
 
