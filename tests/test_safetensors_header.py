@@ -169,7 +169,7 @@ def test_shorter_than_eight_bytes(tmp_path: Path) -> None:
 
 def test_truncated_data(good: Path) -> None:
     good.write_bytes(good.read_bytes()[:-10])
-    assert "run past the" in _error(good) and "truncated" in _error(good)
+    assert "not fully covered" in _error(good) and "the file is truncated" in _error(good)
 
 
 def test_truncated_inside_header(good: Path) -> None:
@@ -197,21 +197,21 @@ def test_bad_json(good: Path) -> None:
     blob = bytearray(good.read_bytes())
     blob[8 + 3 : 8 + 7] = b"\x01{[:"
     good.write_bytes(bytes(blob))
-    assert "header is not valid JSON" in _error(good)
+    assert "invalid JSON in header" in _error(good)
 
 
 def test_not_utf8(tmp_path: Path) -> None:
-    assert "not valid UTF-8" in _error(_write(tmp_path / "u.safetensors", b'{"\xff": 1}'))
+    assert "invalid UTF-8 in header" in _error(_write(tmp_path / "u.safetensors", b'{"\xff": 1}'))
 
 
 def test_header_not_an_object(tmp_path: Path) -> None:
-    assert "JSON list, not an object" in _error(_write(tmp_path / "l.safetensors", b"[]"))
+    assert "invalid type: sequence" in _error(_write(tmp_path / "l.safetensors", b"[]"))
 
 
 def test_non_string_metadata(good: Path) -> None:
     header, _ = _split(good)
     header["__metadata__"]["epochs"] = 3
-    assert "__metadata__ values must be strings, got 'epochs'=3" in _error(_rewrite(good, header))
+    assert "invalid type: integer `3`, expected a string" in _error(_rewrite(good, header))
 
 
 def test_duplicate_tensor_names_are_rejected(tmp_path: Path) -> None:
@@ -229,20 +229,21 @@ def test_unknown_dtype_lists_the_valid_ones(good: Path) -> None:
     header, _ = _split(good)
     header["conv.weight"]["dtype"] = "F33"
     message = _error(_rewrite(good, header))
-    assert "'conv.weight' has dtype 'F33', not one of BOOL, F4," in message and "F8_E5M2FNUZ" in message
+    assert "unknown variant `F33`, expected one of `BOOL`, `F4`," in message and "F8_E5M2FNUZ" in message
 
 
 @pytest.mark.parametrize("shape", [[-1, 3], [2.0, 4], [True], "8"])
 def test_bad_shape(good: Path, shape: Any) -> None:
     header, _ = _split(good)
     header["conv.weight"]["shape"] = shape
-    assert "not a list of non-negative integers" in _error(_rewrite(good, header))
+    message = _error(_rewrite(good, header))
+    assert "expected usize" in message or "expected a sequence" in message
 
 
 def test_wrong_byte_length_for_shape(good: Path) -> None:
     header, _ = _split(good)
     header["conv.weight"]["shape"] = [8, 3, 3, 2]
-    assert "spans 864 bytes but shape [8, 3, 3, 2] x F32 needs 576; re-export" in _error(_rewrite(good, header))
+    assert "invalid shape, data type, or offset for tensor); re-export" in _error(_rewrite(good, header))
 
 
 def test_out_of_range_offsets(good: Path) -> None:
@@ -251,7 +252,7 @@ def test_out_of_range_offsets(good: Path) -> None:
     begin, end = header[last]["data_offsets"]
     header[last]["data_offsets"] = [begin + 8, end + 8]
     message = _error(_rewrite(good, header))
-    assert f"{last!r} ends at data byte {end + 8}" in message and f"past the {len(data)}-byte data buffer" in message
+    assert f"invalid offset for tensor `{last}`" in message
 
 
 def test_overlapping_offsets(good: Path) -> None:
@@ -260,7 +261,7 @@ def test_overlapping_offsets(good: Path) -> None:
     shift = 4
     header[second]["data_offsets"] = [o - shift for o in header[second]["data_offsets"]]
     message = _error(_rewrite(good, header, data[:-shift]))
-    assert f"{second!r}" in message and f"overlaps {first!r} by {shift} bytes" in message
+    assert f"invalid offset for tensor `{second}`" in message
 
 
 def test_gap_between_tensors(good: Path) -> None:
@@ -268,31 +269,29 @@ def test_gap_between_tensors(good: Path) -> None:
     first, second = _by_begin(header)[-2:]
     header[second]["data_offsets"] = [o + 4 for o in header[second]["data_offsets"]]
     message = _error(_rewrite(good, header, data + b"\0" * 4))
-    assert f"gap of 4 unused bytes after {first!r}, before {second!r}" in message
+    assert f"invalid offset for tensor `{second}`" in message
 
 
 def test_gap_at_start(tmp_path: Path) -> None:
     header = {"a": {"dtype": "F32", "shape": [2], "data_offsets": [4, 12]}}
-    assert "gap of 4 unused bytes at the start" in _error(_write(tmp_path / "g.safetensors", header, b"\0" * 12))
+    assert "invalid offset for tensor `a`" in _error(_write(tmp_path / "g.safetensors", header, b"\0" * 12))
 
 
 def test_trailing_bytes(good: Path) -> None:
     good.write_bytes(good.read_bytes() + b"\0" * 3)
-    assert "3 trailing bytes after the last tensor" in _error(good)
+    assert "not fully covered); re-export" in _error(good)  # longer than its tensors: not a truncation
 
 
 def test_begin_after_end(tmp_path: Path) -> None:
     header = {"a": {"dtype": "F32", "shape": [0], "data_offsets": [8, 0]}, "b": F32_2}
-    assert "with begin > end" in _error(_write(tmp_path / "b.safetensors", header, b"\0" * 8))
+    assert "invalid offset for tensor `a`" in _error(_write(tmp_path / "b.safetensors", header, b"\0" * 8))
 
 
-def test_every_bad_entry_is_reported_at_once(good: Path) -> None:
+def test_a_bad_entry_is_named(good: Path) -> None:
+    # safetensors stops at the first problem; the line carries its reason
     header, _ = _split(good)
-    header["conv.weight"]["dtype"] = "X"
-    header["conv.bias"]["shape"] = [-2]
     header["mask.keep"] = {"dtype": "BOOL"}
-    message = _error(_rewrite(good, header))
-    assert "'conv.weight'" in message and "'conv.bias'" in message and "'mask.keep' must be an object" in message
+    assert "missing field `shape`" in _error(_rewrite(good, header))
 
 
 # PyTorch pickles.
