@@ -98,7 +98,7 @@ class MaskConfig:
         for key, low, strict in (("alpha", 0, False), ("beta", 0, False), ("tau", 0, True)):
             v = getattr(self, key)
             need(_is_num(v) and (v > low if strict else v >= low), key,
-                 f"must be a finite number {'>' if strict else '>='} {low}")
+                 f"must be {'>' if strict else '>='} {low} (a finite number)")
         need(_is_num(self.init_logit), "init_logit", "must be a finite number")
         need(_is_int(self.steps) and 0 <= self.steps <= MAX_STEPS, "steps", f"must be an integer in [0, {MAX_STEPS}]")
         need(_is_int(self.neighbourhood) and self.neighbourhood in (4, 8), "neighbourhood", "must be 4 or 8")
