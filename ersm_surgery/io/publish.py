@@ -194,9 +194,13 @@ def output_lock(out: str | Path) -> Iterator[Path]:
         finally:
             _held[key][1] -= 1
         return
-    out.parent.mkdir(parents=True, exist_ok=True)
     while True:
-        fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o666)
+        try:
+            out.parent.mkdir(parents=True, exist_ok=True)
+            fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o666)
+        except OSError as exc:  # the first write into the output's location: say where and why
+            raise ArtifactError(f"cannot write to {str(out.parent)!r} ({exc.strerror or exc})",
+                                "choose a writable location for the output, with space left") from None
         if not _try_lock(fd):
             os.close(fd)
             raise OutputExistsError(f"output folder {str(out)!r} is being written by another ersm-surgery process "
