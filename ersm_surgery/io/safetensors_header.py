@@ -22,10 +22,7 @@ from typing import IO, Any
 
 from ersm_surgery.errors import ArtifactError
 
-from .tensor_hash import DTYPE_BITS
-
 __all__ = [
-    "DTYPE_BITS",
     "MAX_HEADER_SIZE",
     "SafetensorsHeader",
     "TensorInfo",
@@ -50,7 +47,7 @@ class TensorInfo:
     """Where one tensor lives in the data buffer.
 
     Attributes:
-        dtype: safetensors dtype name, a key of ``DTYPE_BITS``.
+        dtype: safetensors dtype name, a key of :data:`.tensor_hash.DTYPE_BITS`.
         shape: dimensions; ``()`` for a scalar.
         begin: first byte, relative to the start of the data buffer.
         end: one past the last byte, relative to the start of the data buffer.
