@@ -4,7 +4,7 @@ Run: ``python benchmarks/bench_info_header.py [--mb 100] [--repeat 5]``. Prints 
 ``read_header`` and of ``safetensors.torch.load_file`` on the whole file, with the file in the page cache.
 load_file's default ``mmap`` backend maps tensors lazily and touches no data, so the ratio is given against
 its ``pread`` backend and against mmap plus a copy of every tensor, which do read all bytes.
-``tensor_data_sha256`` is timed for reference.
+``file_sha256`` is timed for reference.
 """
 from __future__ import annotations
 
@@ -16,7 +16,8 @@ import torch
 from _timing import median_seconds
 from safetensors.torch import load_file, save_file
 
-from ersm_surgery.io.safetensors_header import read_header, tensor_data_sha256
+from ersm_surgery.io.safetensors_header import read_header
+from ersm_surgery.io.tensor_hash import file_sha256
 
 
 def _make_file(path: Path, megabytes: int) -> None:
@@ -44,14 +45,14 @@ def main() -> None:
         t_mmap = median_seconds(lambda: load_file(str(path)), args.repeat)
         t_pread = median_seconds(lambda: load_file(str(path), backend="pread"), args.repeat)
         t_copy = median_seconds(lambda: [t.clone() for t in load_file(str(path)).values()], args.repeat)
-        t_hash = median_seconds(lambda: tensor_data_sha256(path, header), args.repeat)
+        t_hash = median_seconds(lambda: file_sha256(path, header), args.repeat)
     size_mb = header.file_size / 2**20
     print(f"file: {size_mb:.1f} MiB, {header.num_tensors} tensors, header {header.header_size} bytes")
     print(f"read_header             median of {args.repeat}: {t_header * 1e3:9.3f} ms")
     rows = [("load_file (mmap, lazy)", t_mmap), ("load_file (pread)", t_pread), ("load_file + clone all", t_copy)]
     for name, seconds in rows:
         print(f"{name:<22}  median of {args.repeat}: {seconds * 1e3:9.3f} ms   {seconds / t_header:8,.0f}x read_header")
-    print(f"tensor_data_sha256      median of {args.repeat}: {t_hash * 1e3:9.3f} ms ({size_mb / t_hash:,.0f} MiB/s)")
+    print(f"file_sha256      median of {args.repeat}: {t_hash * 1e3:9.3f} ms ({size_mb / t_hash:,.0f} MiB/s)")
 
 
 if __name__ == "__main__":

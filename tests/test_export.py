@@ -22,7 +22,8 @@ from ersm_surgery.io.artifact import (
 from ersm_surgery.io.export import BACKBONE, ONNX, VALIDATION, backbone_state_dict
 from ersm_surgery.io.onnx_export import export_onnx
 from ersm_surgery.io.onnx_validation import validate_onnx
-from ersm_surgery.io.safetensors_header import read_header, tensor_data_sha256
+from ersm_surgery.io.safetensors_header import read_header
+from ersm_surgery.io.tensor_hash import file_sha256
 from tests.conftest import run
 from tests.coverage_models import COVERAGE
 
@@ -74,14 +75,14 @@ def test_in_memory_hash_is_the_file_hash_for_every_dtype(tmp_path: Path) -> None
     save_file(tensors, str(path))
     header = read_header(path)
     for extra in (b"", b'{"model": "x"}'):
-        assert state_sha256(tensors, extra) == tensor_data_sha256(path, header, extra)
+        assert state_sha256(tensors, extra) == file_sha256(path, header, extra)
     assert state_sha256(tensors, b"a") != state_sha256(tensors, b"b")
 
 
 def test_save_writes_metadata_and_a_verifiable_sha256(saved: Path) -> None:
     header = read_header(saved / "model.safetensors")
     meta = header.metadata
-    assert meta[SHA256_KEY] == tensor_data_sha256(header.path, header, meta[RECIPE_KEY].encode())
+    assert meta[SHA256_KEY] == file_sha256(header.path, header, meta[RECIPE_KEY].encode())
     assert meta["format"] == "pt" and meta["model"] == "test_resnet" and meta["num_classes"] == "5"
     assert {"ersm_surgery", "torch", "timm", "input_config", "mask_mode", "model_kwargs"} <= set(meta)
     assert set(json.loads(meta["input_config"])) >= {"input_size", "mean", "std", "interpolation"}
@@ -105,7 +106,7 @@ def test_safetensors_round_trip_every_family(tmp_path: Path, family, name, size,
     meta = write_weights(model, path, weights_metadata(model, labels=[f"c{i}" for i in range(5)]))
     header = read_header(path)
     assert meta[SHA256_KEY] == header.metadata[SHA256_KEY]
-    assert meta[SHA256_KEY] == tensor_data_sha256(path, header, meta[RECIPE_KEY].encode())
+    assert meta[SHA256_KEY] == file_sha256(path, header, meta[RECIPE_KEY].encode())
     loaded = ersm_surgery.load(path)
     with torch.no_grad():
         assert (loaded(x) - expected).abs().max() <= 1e-5

@@ -246,3 +246,24 @@ def test_train_size_sizes_the_train_split_only():
     train, val = build_datasets(config, 32)
     assert (len(train), len(val), train.num_classes) == (50, 20, 3)
     assert config.data_options["train_size"] == 50  # the config is not consumed
+
+
+def test_ctrl_c_names_the_resume_command_and_it_works(injected, tmp_path, monkeypatch):
+    from ersm_surgery.cli import finetune_cmd
+
+    out = tmp_path / "ft"
+    starts = []
+    real = finetune_cmd._Progress.on_epoch_start
+
+    def interrupt_second_epoch(self, epoch, batches):
+        starts.append(epoch)
+        if len(starts) == 2:  # the first epoch finished and was saved; Ctrl-C as the second begins
+            raise KeyboardInterrupt
+        real(self, epoch, batches)
+
+    monkeypatch.setattr(finetune_cmd._Progress, "on_epoch_start", interrupt_second_epoch)
+    line = one_line_error(run("finetune", injected, *DATA, "--epochs", "2", "-o", out), "interrupted", "--resume")
+    assert f"ersm-surgery finetune {injected} --resume {out}" in line
+    monkeypatch.setattr(finetune_cmd._Progress, "on_epoch_start", real)
+    ok(run("finetune", injected, *DATA, "--epochs", "2", "--resume", out))
+    assert torch.load(out / "last" / "train_state.pt", weights_only=True)["epoch"] == 2

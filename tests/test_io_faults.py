@@ -16,7 +16,7 @@ from safetensors.torch import load_file, save_file
 import ersm_surgery
 from ersm_surgery.errors import ArtifactError
 from ersm_surgery.io import artifact, export, publish
-from ersm_surgery.io.artifact import RECIPE_KEY, SHA256_KEY, state_sha256
+from ersm_surgery.io.artifact import FORMAT_KEY, RECIPE_KEY, SHA256_KEY, state_sha256
 from tests.conftest import one_line_error, run
 
 SIZE = (3, 64, 64)
@@ -75,11 +75,11 @@ def test_bad_offsets(saved: Path, tmp_path: Path, kind: str) -> None:
     if kind == "overlap":  # the second tensor starts 4 bytes inside the first
         begin, end = second["data_offsets"]
         second["data_offsets"] = [begin - 4, end - 4]
-        match = "overlaps"
+        match = f"invalid offset for tensor `{names[1]}`"  # safetensors' reason, on our one line
     else:
         last = header[names[-1]]
         last["data_offsets"] = [last["data_offsets"][0] + 64, last["data_offsets"][1] + 64]
-        match = "run past"
+        match = f"invalid offset for tensor `{names[-1]}`"
     _each_command(_write(tmp_path / "model.safetensors", header, data), tmp_path, match)
     del first
 
@@ -149,13 +149,27 @@ def test_plain_safetensors_is_not_a_masked_model(tmp_path: Path) -> None:
     one_line_error(run("export", tmp_path / "plain.safetensors", "-o", tmp_path / "out"), "no ersm recipe")
 
 
-def test_file_without_sha256_loads_with_a_warning(saved: Path, tmp_path: Path, caplog) -> None:
+def test_old_file_without_sha256_loads_with_one_warning(saved: Path, tmp_path: Path, caplog) -> None:
     meta = artifact.read_metadata(saved)
-    del meta[SHA256_KEY]
+    del meta[SHA256_KEY], meta[FORMAT_KEY]  # as written before the format version existed
     save_file(load_file(str(saved / "model.safetensors")), str(tmp_path / "old.safetensors"), metadata=meta)
-    with caplog.at_level(logging.WARNING, logger="ersm_surgery.io.artifact"):
+    with caplog.at_level(logging.WARNING, logger="ersm_surgery.io.tensor_hash"):
         ersm_surgery.load(tmp_path / "old.safetensors")
-    assert "no sha256" in caplog.text
+        ersm_surgery.load(tmp_path / "old.safetensors")
+    assert caplog.text.count("no sha256") == 1
+
+
+def test_current_file_without_its_sha256_is_refused(saved: Path, tmp_path: Path) -> None:
+    meta = artifact.read_metadata(saved)
+    del meta[SHA256_KEY]  # tampering: the weights were edited and the digest deleted
+    tensors = load_file(str(saved / "model.safetensors"))
+    tensors[next(iter(tensors))] += 1
+    save_file(tensors, str(tmp_path / "model.safetensors"), metadata=meta)
+    with pytest.raises(ArtifactError, match="claims file format 2 but its ersm_sha256 is missing"):
+        ersm_surgery.load(tmp_path / "model.safetensors")
+    one_line_error(run("export", tmp_path / "model.safetensors", "-o", tmp_path / "out"), "ersm_sha256 is missing")
+    assert not (tmp_path / "out").exists()  # no fresh, valid hash written over the edited weights
+    one_line_error(run("info", tmp_path / "model.safetensors", "--verify"), "ersm_sha256")
 
 
 # -- output location -------------------------------------------------------------------------------------------
@@ -197,13 +211,10 @@ def test_failure_while_moving_into_place_rolls_back(saved: Path, tmp_path: Path,
     out = tmp_path / "out"
     before = _export_once(saved, out)
     real = os.replace
-    moved = []
 
     def flaky(src, dst):
-        if Path(dst).parent == out and Path(src).parent.name != ".previous":
-            moved.append(dst)
-            if len(moved) == 3:  # the third new file cannot be moved in
-                raise OSError(errno.EACCES, "Permission denied")
+        if Path(dst) == out and str(src).endswith(".partial"):  # the old folder is aside; the new one cannot go in
+            raise OSError(errno.EACCES, "Permission denied")
         return real(src, dst)
 
     monkeypatch.setattr(publish.os, "replace", flaky)

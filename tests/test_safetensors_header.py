@@ -15,13 +15,12 @@ from safetensors.torch import save_file
 
 from ersm_surgery.errors import ArtifactError
 from ersm_surgery.io.safetensors_header import (
-    DTYPE_BITS,
     MAX_HEADER_SIZE,
     TensorInfo,
     is_torch_pickle,
     read_header,
-    tensor_data_sha256,
 )
+from ersm_surgery.io.tensor_hash import DTYPE_BITS, file_sha256
 
 F32_2 = {"dtype": "F32", "shape": [2], "data_offsets": [0, 8]}
 
@@ -170,7 +169,7 @@ def test_shorter_than_eight_bytes(tmp_path: Path) -> None:
 
 def test_truncated_data(good: Path) -> None:
     good.write_bytes(good.read_bytes()[:-10])
-    assert "run past the" in _error(good) and "truncated" in _error(good)
+    assert "not fully covered" in _error(good) and "the file is truncated" in _error(good)
 
 
 def test_truncated_inside_header(good: Path) -> None:
@@ -198,21 +197,21 @@ def test_bad_json(good: Path) -> None:
     blob = bytearray(good.read_bytes())
     blob[8 + 3 : 8 + 7] = b"\x01{[:"
     good.write_bytes(bytes(blob))
-    assert "header is not valid JSON" in _error(good)
+    assert "invalid JSON in header" in _error(good)
 
 
 def test_not_utf8(tmp_path: Path) -> None:
-    assert "not valid UTF-8" in _error(_write(tmp_path / "u.safetensors", b'{"\xff": 1}'))
+    assert "invalid UTF-8 in header" in _error(_write(tmp_path / "u.safetensors", b'{"\xff": 1}'))
 
 
 def test_header_not_an_object(tmp_path: Path) -> None:
-    assert "JSON list, not an object" in _error(_write(tmp_path / "l.safetensors", b"[]"))
+    assert "invalid type: sequence" in _error(_write(tmp_path / "l.safetensors", b"[]"))
 
 
 def test_non_string_metadata(good: Path) -> None:
     header, _ = _split(good)
     header["__metadata__"]["epochs"] = 3
-    assert "__metadata__ values must be strings, got 'epochs'=3" in _error(_rewrite(good, header))
+    assert "invalid type: integer `3`, expected a string" in _error(_rewrite(good, header))
 
 
 def test_duplicate_tensor_names_are_rejected(tmp_path: Path) -> None:
@@ -230,20 +229,21 @@ def test_unknown_dtype_lists_the_valid_ones(good: Path) -> None:
     header, _ = _split(good)
     header["conv.weight"]["dtype"] = "F33"
     message = _error(_rewrite(good, header))
-    assert "'conv.weight' has dtype 'F33', not one of BOOL, F4," in message and "F8_E5M2FNUZ" in message
+    assert "unknown variant `F33`, expected one of `BOOL`, `F4`," in message and "F8_E5M2FNUZ" in message
 
 
 @pytest.mark.parametrize("shape", [[-1, 3], [2.0, 4], [True], "8"])
 def test_bad_shape(good: Path, shape: Any) -> None:
     header, _ = _split(good)
     header["conv.weight"]["shape"] = shape
-    assert "not a list of non-negative integers" in _error(_rewrite(good, header))
+    message = _error(_rewrite(good, header))
+    assert "expected usize" in message or "expected a sequence" in message
 
 
 def test_wrong_byte_length_for_shape(good: Path) -> None:
     header, _ = _split(good)
     header["conv.weight"]["shape"] = [8, 3, 3, 2]
-    assert "spans 864 bytes but shape [8, 3, 3, 2] x F32 needs 576; re-export" in _error(_rewrite(good, header))
+    assert "invalid shape, data type, or offset for tensor); re-export" in _error(_rewrite(good, header))
 
 
 def test_out_of_range_offsets(good: Path) -> None:
@@ -252,7 +252,7 @@ def test_out_of_range_offsets(good: Path) -> None:
     begin, end = header[last]["data_offsets"]
     header[last]["data_offsets"] = [begin + 8, end + 8]
     message = _error(_rewrite(good, header))
-    assert f"{last!r} ends at data byte {end + 8}" in message and f"past the {len(data)}-byte data buffer" in message
+    assert f"invalid offset for tensor `{last}`" in message
 
 
 def test_overlapping_offsets(good: Path) -> None:
@@ -261,7 +261,7 @@ def test_overlapping_offsets(good: Path) -> None:
     shift = 4
     header[second]["data_offsets"] = [o - shift for o in header[second]["data_offsets"]]
     message = _error(_rewrite(good, header, data[:-shift]))
-    assert f"{second!r}" in message and f"overlaps {first!r} by {shift} bytes" in message
+    assert f"invalid offset for tensor `{second}`" in message
 
 
 def test_gap_between_tensors(good: Path) -> None:
@@ -269,31 +269,29 @@ def test_gap_between_tensors(good: Path) -> None:
     first, second = _by_begin(header)[-2:]
     header[second]["data_offsets"] = [o + 4 for o in header[second]["data_offsets"]]
     message = _error(_rewrite(good, header, data + b"\0" * 4))
-    assert f"gap of 4 unused bytes after {first!r}, before {second!r}" in message
+    assert f"invalid offset for tensor `{second}`" in message
 
 
 def test_gap_at_start(tmp_path: Path) -> None:
     header = {"a": {"dtype": "F32", "shape": [2], "data_offsets": [4, 12]}}
-    assert "gap of 4 unused bytes at the start" in _error(_write(tmp_path / "g.safetensors", header, b"\0" * 12))
+    assert "invalid offset for tensor `a`" in _error(_write(tmp_path / "g.safetensors", header, b"\0" * 12))
 
 
 def test_trailing_bytes(good: Path) -> None:
     good.write_bytes(good.read_bytes() + b"\0" * 3)
-    assert "3 trailing bytes after the last tensor" in _error(good)
+    assert "not fully covered); re-export" in _error(good)  # longer than its tensors: not a truncation
 
 
 def test_begin_after_end(tmp_path: Path) -> None:
     header = {"a": {"dtype": "F32", "shape": [0], "data_offsets": [8, 0]}, "b": F32_2}
-    assert "with begin > end" in _error(_write(tmp_path / "b.safetensors", header, b"\0" * 8))
+    assert "invalid offset for tensor `a`" in _error(_write(tmp_path / "b.safetensors", header, b"\0" * 8))
 
 
-def test_every_bad_entry_is_reported_at_once(good: Path) -> None:
+def test_a_bad_entry_is_named(good: Path) -> None:
+    # safetensors stops at the first problem; the line carries its reason
     header, _ = _split(good)
-    header["conv.weight"]["dtype"] = "X"
-    header["conv.bias"]["shape"] = [-2]
     header["mask.keep"] = {"dtype": "BOOL"}
-    message = _error(_rewrite(good, header))
-    assert "'conv.weight'" in message and "'conv.bias'" in message and "'mask.keep' must be an object" in message
+    assert "missing field `shape`" in _error(_rewrite(good, header))
 
 
 # PyTorch pickles.
@@ -359,36 +357,36 @@ def test_hash_ignores_order_in_file_and_metadata(good: Path, tmp_path: Path) -> 
     with safe_open(str(good), "pt") as f, safe_open(str(flipped), "pt") as g:
         names = f.keys()
         assert all(torch.equal(f.get_tensor(k).float(), g.get_tensor(k).float()) for k in names)
-    digest = tensor_data_sha256(good, header, b"recipe")
-    assert digest == tensor_data_sha256(flipped, header_flipped, b"recipe")
-    assert digest == tensor_data_sha256(plain, read_header(plain), b"recipe")
-    assert digest == tensor_data_sha256(good, header, b"recipe")
+    digest = file_sha256(good, header, b"recipe")
+    assert digest == file_sha256(flipped, header_flipped, b"recipe")
+    assert digest == file_sha256(plain, read_header(plain), b"recipe")
+    assert digest == file_sha256(good, header, b"recipe")
 
 
 def test_hash_covers_names_dtypes_and_shapes(good: Path) -> None:
     header, _ = _split(good)
-    base = tensor_data_sha256(good, read_header(good))
+    base = file_sha256(good, read_header(good))
     header["mask.bf16"]["dtype"] = "F16"  # same bytes, other dtype
-    assert tensor_data_sha256(good, read_header(_rewrite(good, header))) != base
+    assert file_sha256(good, read_header(_rewrite(good, header))) != base
     header["mask.bf16"].update(dtype="BF16", shape=[5, 4])  # same bytes, other shape
-    assert tensor_data_sha256(good, read_header(_rewrite(good, header))) != base
+    assert file_sha256(good, read_header(_rewrite(good, header))) != base
     header["mask.bf16"]["shape"] = [4, 5]
-    assert tensor_data_sha256(good, read_header(_rewrite(good, header))) == base
+    assert file_sha256(good, read_header(_rewrite(good, header))) == base
 
 
 def test_hash_changes_with_data_and_extra(good: Path) -> None:
     header = read_header(good)
-    base = tensor_data_sha256(good, header, b'{"recipe": 1}')
-    assert tensor_data_sha256(good, header, b'{"recipe": 2}') != base
-    assert tensor_data_sha256(good, header) != base
+    base = file_sha256(good, header, b'{"recipe": 1}')
+    assert file_sha256(good, header, b'{"recipe": 2}') != base
+    assert file_sha256(good, header) != base
     blob = bytearray(good.read_bytes())
     blob[-1] ^= 1
     good.write_bytes(bytes(blob))
-    assert tensor_data_sha256(good, header, b'{"recipe": 1}') != base
+    assert file_sha256(good, header, b'{"recipe": 1}') != base
 
 
 def test_hash_rejects_a_changed_file(good: Path) -> None:
     header = read_header(good)
     good.write_bytes(good.read_bytes()[:-4])
     with pytest.raises(ArtifactError, match="read the header again"):
-        tensor_data_sha256(good, header)
+        file_sha256(good, header)

@@ -69,10 +69,12 @@ def export(ctx: click.Context, src: str, formats: list[str], output, opset, rtol
         raise click.BadParameter("--with-masks adds ONNX outputs; add onnx to --format", param_hint="--with-masks")
     from ..io.artifact import check_output_dir
     from ..io.export import default_output
+    from ..io.publish import output_lock
 
     if data_dir and dataset:
         raise click.UsageError("give one of --data-dir DATA or --dataset builtin:clutter")
     check_output_dir(output or default_output(src), force)  # refuse before torch is even imported
+    ctx.with_resource(output_lock(output or default_output(src)))  # one writer at a time, until the command ends
 
     from ..io.export import export as run_export
 

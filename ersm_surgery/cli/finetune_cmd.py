@@ -132,12 +132,21 @@ def _run(ctx: click.Context, source: str, opts: dict[str, Any], primary: bool) -
                        force=opts["force"], pretrained=opts["pretrained"], pretrained_path=opts["pretrained_path"],
                        device=opts["device"], args=_args(source, output, opts, settings),
                        log_tensorboard=opts["log_tensorboard"])
+    if primary:  # only rank 0 writes the run folder; it holds its lock until the command ends
+        from ..io.publish import output_lock
+
+        ctx.with_resource(output_lock(output))
     out = console(ctx)
     if not primary:
         out.quiet = True
     quiet = bool((ctx.obj or {}).get("quiet")) or not primary
-    with _Progress(out, enabled=is_tty() and not quiet) as progress:
-        result = run_finetune(inputs, settings, callbacks=progress)
+    try:
+        with _Progress(out, enabled=is_tty() and not quiet) as progress:
+            result = run_finetune(inputs, settings, callbacks=progress)
+    except KeyboardInterrupt:
+        if (ctx.obj or {}).get("debug"):
+            raise
+        raise click.ClickException(_interrupted(source, output)) from None
     if not primary:
         return
     summary = _summary(result, output, settings)
@@ -145,6 +154,19 @@ def _run(ctx: click.Context, source: str, opts: dict[str, Any], primary: bool) -
         emit_json(summary)
         return
     _render(out, summary)
+
+
+def _interrupted(source: str, output: str) -> str:
+    """The line for Ctrl-C: how to continue, when an epoch finished (its state is in OUT/last/)."""
+    import shlex
+    from pathlib import Path
+
+    from ..train.checkpoint import LAST, STATE_FILE
+
+    if (Path(output) / LAST / STATE_FILE).is_file():
+        return (f"interrupted; the last finished epoch is saved in {output}/{LAST}/: continue exactly with "
+                f"ersm-surgery finetune {shlex.quote(source)} --resume {shlex.quote(output)}")
+    return "interrupted before the first epoch finished, so there is nothing to resume; run the command again"
 
 
 def _settings(ctx: click.Context, source: str, opts: dict[str, Any]):

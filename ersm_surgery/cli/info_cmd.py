@@ -20,11 +20,14 @@ def info(ctx: click.Context, path: str, verify: bool, as_json: bool) -> None:
     from ..io.file_info import file_info
 
     result = file_info(path, verify=verify)
-    mismatch = (result.get("sha256") or {}).get("state") == "mismatch"
+    mismatch = (result.get("sha256") or {}).get("state") in ("mismatch", "missing")
     if as_json:
         emit_json(result)  # scripts get the whole picture on stdout, and the error below on stderr
     elif not mismatch:
         _render(console(ctx), result)
+    if mismatch and result["sha256"]["state"] == "missing":
+        raise ArtifactError(f"{result['path']!r} claims file format {result.get('ersm_format')} but its ersm_sha256 is "
+                            "missing: the header was edited", "re-export the model")
     if mismatch:
         raise ArtifactError(f"sha256 mismatch in {result['path']!r}: the tensor data or the recipe was changed after"
                             " it was written", "re-export the model")
@@ -69,6 +72,7 @@ def _render(out, r: dict) -> None:
         t.add_row("mask parameters", f"{r['mask_params']:,} in {len(r['masks'])} layer(s)")
         sha = r["sha256"]
         state = {"present": "present (check it with --verify)", "absent": "[yellow]absent (an older file)[/]",
+                 "missing": "[red]MISSING (the header was edited)[/]",
                  "verified": "[green]verified[/]", "mismatch": "[red]MISMATCH[/]"}[sha["state"]]
         t.add_row("sha256", f"{state}{'  ' + sha['stored'][:16] + '...' if sha.get('stored') else ''}")
     if r.get("versions"):

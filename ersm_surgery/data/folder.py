@@ -27,7 +27,7 @@ from ..errors import DataError
 from ._base import EVAL_SPLITS, TRAIN_SPLITS, ErsmDataset, canonical_split
 from .preprocessing import Preprocessing, legacy_preprocessing
 
-__all__ = ["FolderDataset", "find_split_dir"]
+__all__ = ["FolderDataset", "find_split_dir", "to_rgb"]
 
 _logger = logging.getLogger(__name__)
 
@@ -51,12 +51,36 @@ def _class_dirs(split_dir: Path) -> list[str]:
 
 
 def _image_files(class_dir: Path, extensions: set[str]) -> list[str]:
+    # Symlinked folders are followed (a class linked from another disk is common), but each real folder
+    # is entered once: a link back to an ancestor would otherwise be walked until the path length limit.
     found = []
+    seen: set[tuple[int, int]] = set()
     for dirpath, dirnames, filenames in os.walk(class_dir, followlinks=True):
+        st = os.stat(dirpath)
+        if (st.st_dev, st.st_ino) in seen:
+            dirnames[:] = []
+            continue
+        seen.add((st.st_dev, st.st_ino))
         dirnames[:] = [d for d in dirnames if not d.startswith(".")]
         found += [os.path.join(dirpath, f) for f in filenames
                   if not f.startswith(".") and os.path.splitext(f)[1].lower() in extensions]
     return sorted(found, key=natural_key)
+
+
+def to_rgb(im: Image.Image) -> Image.Image:
+    """``im`` as 8-bit RGB; 16- and 32-bit integer greyscale scaled to 8 bits instead of clipped at 255.
+
+    Pillow's ``convert("RGB")`` clips an ``I;16`` / ``I`` image at 255, so a 16-bit PNG becomes white.
+    """
+    if im.mode.startswith("I;16") or im.mode == "I":
+        import numpy as np
+
+        a = np.asarray(im).astype(np.float64)
+        # I;16 spans 0..65535; an "I" image (Pillow's reading of some 16-bit files) is scaled the same way
+        # when it goes past 8 bits, and kept when it already fits in them
+        scale = 257.0 if (im.mode.startswith("I;16") or a.max(initial=0) > 255) else 1.0
+        im = Image.fromarray(np.clip(np.rint(a / scale), 0, 255).astype(np.uint8), mode="L")
+    return im.convert("RGB")
 
 
 class FolderDataset(ErsmDataset):
@@ -141,7 +165,7 @@ class FolderDataset(ErsmDataset):
         if bad:
             more = f" and {len(bad) - 3} more" if len(bad) > 3 else ""
             raise DataError(f"{len(bad)} unreadable image(s): {'; '.join(bad[:3])}{more}",
-                            "replace or delete these files, or run without --strict to skip them")
+                            "replace or delete these files, or run without --strict-data to skip them")
 
     def __len__(self) -> int:
         return len(self.samples)
@@ -160,11 +184,11 @@ class FolderDataset(ErsmDataset):
             path, target = self.samples[j]
             try:
                 with Image.open(path) as im:
-                    return im.convert("RGB"), target
+                    return to_rgb(im), target
             except _READ_ERRORS as exc:
                 if self.strict:
                     raise DataError(f"cannot read image '{path}' ({exc})",
-                                    "replace or delete the file, or run without --strict to skip it") from exc
+                                    "replace or delete the file, or run without --strict-data to skip it") from exc
                 self._flag(j, path, exc)
         raise DataError(f"no readable image in '{self.split_dir}'", "replace the image files with readable ones")
 

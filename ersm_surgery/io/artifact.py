@@ -9,9 +9,9 @@ package) stays fast.
 """
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
+import shutil
 import tempfile
 from collections.abc import Mapping
 from pathlib import Path
@@ -20,8 +20,11 @@ from typing import TYPE_CHECKING, Any
 from ..errors import ArtifactError, OutputExistsError
 from ..version import __version__
 from .atomic import atomic_path, atomic_write_text
-from .safetensors_header import _HASH_DOMAIN, SafetensorsHeader, read_header
+from .publish import output_lock, publish, staging_dir
+from .safetensors_header import SafetensorsHeader, read_header
 from .source import recipe_of
+from .tensor_hash import FORMAT_KEY, FORMAT_VERSION, SHA256_KEY, state_sha256, verify_digest
+from .untrusted import refuse_file_reads
 
 if TYPE_CHECKING:
     import torch
@@ -32,7 +35,7 @@ if TYPE_CHECKING:
 __all__ = [
     "save", "load", "read_metadata", "check_output_dir", "versions", "weights_path",
     "weights_metadata", "write_weights", "state_sha256", "timm_config", "input_config", "labels_of",
-    "WEIGHTS", "RECIPE", "CONFIG", "RECIPE_KEY", "SHA256_KEY", "LABELS_KEY", "INPUT_KEY", "MASK_MODE_KEY",
+    "WEIGHTS", "RECIPE", "CONFIG", "RECIPE_KEY", "SHA256_KEY", "FORMAT_KEY", "LABELS_KEY", "INPUT_KEY", "MASK_MODE_KEY",
 ]  # fmt: skip
 
 _log = logging.getLogger(__name__)
@@ -42,12 +45,10 @@ RECIPE = "recipe.yaml"
 CONFIG = "config.json"
 # header metadata keys (all values are strings; the JSON ones are marked)
 RECIPE_KEY = "ersm_recipe"  # JSON of the Recipe
-SHA256_KEY = "ersm_sha256"  # tensor_data_sha256 of the tensors, extra = the recipe JSON (UTF-8)
 LABELS_KEY = "label_names"  # JSON list of class names, when known
 INPUT_KEY = "input_config"  # JSON: input_size, mean, std, interpolation, crop_pct, crop_mode
 MASK_MODE_KEY = "mask_mode"  # the masks' eval mode: hard or soft
-_RESERVED = (RECIPE_KEY, SHA256_KEY)
-_REEXPORT = "re-export it with ersm-surgery export, or pass --no-verify (verify=False) to load it anyway"
+_RESERVED = (RECIPE_KEY, SHA256_KEY, FORMAT_KEY)
 
 
 def versions() -> dict[str, str]:
@@ -144,56 +145,6 @@ def _labels_from_recipe(recipe: Recipe) -> list[str] | None:
     return None
 
 
-# -- the canonical tensor hash -------------------------------------------------------------------------
-
-
-def _dtype_names() -> dict[torch.dtype, str]:
-    import torch
-
-    names = {
-        "float64": "F64", "float32": "F32", "float16": "F16", "bfloat16": "BF16", "int64": "I64",
-        "int32": "I32", "int16": "I16", "int8": "I8", "uint8": "U8", "bool": "BOOL", "complex64": "C64",
-        "uint16": "U16", "uint32": "U32", "uint64": "U64", "float8_e4m3fn": "F8_E4M3", "float8_e5m2": "F8_E5M2",
-        "float8_e4m3fnuz": "F8_E4M3FNUZ", "float8_e5m2fnuz": "F8_E5M2FNUZ", "float8_e8m0fnu": "F8_E8M0",
-    }  # fmt: skip
-    return {getattr(torch, k): v for k, v in names.items() if hasattr(torch, k)}
-
-
-def state_sha256(tensors: Mapping[str, torch.Tensor], extra: bytes = b"") -> str:
-    """SHA-256 of tensors in memory, byte for byte what ``tensor_data_sha256`` computes from their file.
-
-    The stream is the one documented in :func:`.safetensors_header.tensor_data_sha256`: the domain tag, then
-    per tensor in name order ``u64 len(desc) || desc || u64 nbytes || data``, then ``u64 len(extra) ||
-    extra``. Hashing before writing saves reading the file back; the tests check both agree. Tensor
-    bytes are taken in native order, which is the file's little-endian order on every platform torch
-    ships for.
-
-    Args:
-        tensors: name -> tensor, as written to (or read from) the safetensors file.
-        extra: bytes appended to the hash (the recipe JSON).
-
-    Returns:
-        The hex digest.
-    """
-    import torch
-
-    names = _dtype_names()
-    digest = hashlib.sha256(_HASH_DOMAIN)
-    for name in sorted(tensors):
-        t = tensors[name].detach()
-        if t.dtype not in names:
-            raise ArtifactError(f"tensor {name!r} has dtype {t.dtype}, which safetensors cannot store",
-                                "convert it to a float or integer dtype")
-        data = t.reshape(-1).contiguous().view(torch.uint8).cpu() if t.numel() else None
-        nbytes = 0 if data is None else data.numel()
-        desc = json.dumps([name, names[t.dtype], list(t.shape)], separators=(",", ":")).encode("utf-8")
-        digest.update(len(desc).to_bytes(8, "little") + desc + nbytes.to_bytes(8, "little"))
-        if data is not None:
-            digest.update(memoryview(data.numpy()))
-    digest.update(len(extra).to_bytes(8, "little") + extra)
-    return digest.hexdigest()
-
-
 # -- writing -------------------------------------------------------------------------------------------
 
 
@@ -226,6 +177,7 @@ def weights_metadata(model: nn.Module, recipe: Recipe | None = None, labels: lis
         "model_kwargs": json.dumps(_jsonable(recipe.model_kwargs), sort_keys=True),
         "num_classes": str(getattr(model, "num_classes", recipe.num_classes)),
         RECIPE_KEY: recipe.to_json(),
+        FORMAT_KEY: str(FORMAT_VERSION),
         MASK_MODE_KEY: recipe.mask.eval_mode,
         **versions(),
     }
@@ -265,8 +217,9 @@ def save(model: nn.Module, path: str | Path, force: bool = False, metadata: dict
     """Write a masked model to a folder: model.safetensors, recipe.yaml, config.json.
 
     The weights carry the recipe, versions, input config and a sha256 of tensors + recipe (checked by
-    :func:`load`). Each file is written under a temporary name and renamed into place, so an interrupted
-    save never leaves a half-written file, and an existing folder's other files are kept.
+    :func:`load`). The files are written into a staging folder beside ``path`` and the folder is swapped in
+    as a whole (:mod:`.publish`), so a reader never sees the weights of one save beside the recipe of
+    another; an existing folder's other files are kept. The folder's write lock is held meanwhile.
 
     Args:
         model: the masked model (DDP / ``torch.compile`` wrappers are looked through).
@@ -275,19 +228,25 @@ def save(model: nn.Module, path: str | Path, force: bool = False, metadata: dict
         metadata: more header metadata (str -> str), e.g. ``{"label_names": json.dumps(names)}``.
 
     Raises:
-        OutputExistsError: the folder exists and is not empty (without ``force``).
+        OutputExistsError: the folder exists and is not empty (without ``force``), or another process is
+            writing it.
         ArtifactError: the model carries no recipe.
     """
     from ..mask_set import unwrap
 
     model = unwrap(model)
     recipe = recipe_of(model)
-    out = check_output_dir(path, force)
-    out.mkdir(parents=True, exist_ok=True)
-    meta = write_weights(model, out / WEIGHTS, weights_metadata(model, recipe, extra=metadata))
-    atomic_write_text(out / RECIPE, recipe.to_yaml())
-    config = timm_config(model, recipe, labels_of(meta))
-    atomic_write_text(out / CONFIG, json.dumps(config, indent=2) + "\n")
+    with output_lock(path):
+        out = check_output_dir(path, force)
+        staging = staging_dir(out)
+        try:
+            meta = write_weights(model, staging / WEIGHTS, weights_metadata(model, recipe, extra=metadata))
+            atomic_write_text(staging / RECIPE, recipe.to_yaml())
+            config = timm_config(model, recipe, labels_of(meta))
+            atomic_write_text(staging / CONFIG, json.dumps(config, indent=2) + "\n")
+            publish(staging, out, [WEIGHTS, RECIPE, CONFIG])
+        finally:
+            shutil.rmtree(staging, ignore_errors=True)
     return out
 
 
@@ -357,19 +316,14 @@ def verify_tensors(weights: Path, metadata: Mapping[str, str], tensors: Mapping[
     """Check the stored sha256 against ``tensors`` (read from ``weights``) and the recipe JSON.
 
     Returns:
-        False when the file has no sha256 (an older file), True when it matches.
+        False for an old file (format 1) without a sha256, True when it matches.
 
     Raises:
-        ArtifactError: the digest does not match.
+        ArtifactError: the digest does not match, or a current-format file lacks it.
     """
-    stored = metadata.get(SHA256_KEY)
-    if not stored:
-        return False
-    actual = state_sha256(tensors, metadata.get(RECIPE_KEY, "").encode("utf-8"))
-    if actual != stored:
-        raise ArtifactError(f"sha256 mismatch in {str(weights)!r}: the tensor data or the recipe was changed after"
-                            f" it was written (stored {stored[:12]}..., computed {actual[:12]}...)", _REEXPORT)
-    return True
+    if not metadata.get(SHA256_KEY):
+        return verify_digest(weights, metadata, None)
+    return verify_digest(weights, metadata, state_sha256(tensors, metadata.get(RECIPE_KEY, "").encode("utf-8")))
 
 
 def load(path: str | Path, device: str | torch.device = "cpu", *, verify: bool = True) -> nn.Module:
@@ -378,7 +332,9 @@ def load(path: str | Path, device: str | torch.device = "cpu", *, verify: bool =
     The header is validated first (hostile files are refused before safetensors reads them); then the
     sha256 over tensors + recipe is checked, the model rebuilt from its recipe and the weights loaded
     strictly. No network is needed and nothing is unpickled. Files without a sha256 (written before it
-    existed) load with a warning.
+    existed, format 1) load with one warning; a current-format file without one is refused. Nothing in
+    the header is turned into a file read: a recipe asking timm for weights or a config from elsewhere
+    is refused (see :func:`.untrusted.refuse_file_reads`).
 
     Args:
         path: a folder with model.safetensors (an export, a clone of its Hub repo, a Hub cache folder), a
@@ -409,9 +365,9 @@ def load(path: str | Path, device: str | torch.device = "cpu", *, verify: bool =
     tensors = None
     if verify:
         tensors = _read_tensors(weights)
-        if not verify_tensors(weights, meta, tensors):
-            _log.warning("%s has no sha256 (written by an older ersm-surgery); loaded without verifying it", weights)
+        verify_tensors(weights, meta, tensors)
     recipe = Recipe.from_json(meta[RECIPE_KEY])
+    refuse_file_reads(recipe, weights)
     model = build_model(recipe)
     aliases = _check_fit(model, header)
     if tensors is None:

@@ -48,7 +48,7 @@ from .onnx_validation import (
     validate_onnx,
     validation_inputs,
 )
-from .publish import publish, staging_dir, write_error
+from .publish import output_lock, publish, staging_dir, write_error
 from .safetensors_header import read_header
 
 if TYPE_CHECKING:
@@ -284,70 +284,71 @@ def export(
                                "labels": len(names) if names else 0, "skipped": skipped}
     for fmt, why in skipped.items():
         _log.warning("not exporting %s: %s", fmt, why)
-    try:
-        staging = staging_dir(out)
-    except OSError as exc:
-        raise write_error(out, exc) from None
-    try:
-        sha = None
-        if "safetensors" in formats:
-            _step(progress, "writing model.safetensors")
-            written = write_weights(model, staging / WEIGHTS, weights_metadata(model, recipe, names))
-            sha = written[SHA256_KEY]
-            files[WEIGHTS] = f"weights + metadata (recipe, versions, input config{', labels' if names else ''}), " \
-                             f"sha256 {sha[:16]}..."
-            summary["sha256"] = sha
-        atomic_write_text(staging / RECIPE, recipe.to_yaml())
-        files[RECIPE] = "the recipe: base model, placements, layer settings"
-        atomic_write_text(staging / CONFIG, json.dumps(timm_config(model, recipe, names), indent=2) + "\n")
-        files[CONFIG] = "timm's config layout plus an \"ersm\" block"
-        if "onnx" in formats:
-            _step(progress, f"exporting model.onnx (opset {opset})")
-            summary["onnx"] = export_onnx(model, staging / ONNX, input_size, opset=opset, with_masks=with_masks,
-                                          exporter=exporter)
-            files[ONNX] = f"ONNX opset {opset}, input [batch, {', '.join(map(str, input_size))}], outputs " \
-                          f"{', '.join(summary['onnx']['outputs'])}"
-            unexpected = set(summary["onnx"]["files"]) - {ONNX, ONNX_DATA}
-            if unexpected:
-                raise ArtifactError(f"the ONNX exporter wrote unexpected files {sorted(unexpected)}",
-                                    "report this; export with --format safetensors meanwhile")
-            if ONNX_DATA in summary["onnx"]["files"]:
-                files[ONNX_DATA] = "the ONNX weights (external data: the model is over 2 GB)"
-        if strip:
-            _step(progress, "writing backbone/ (masks stripped, for plain timm)")
-            files.update(write_backbone(model, recipe, staging / BACKBONE, names, input_cfg, sha))
-        report = None
-        failed: list[str] = []
-        if validate:
-            tol = OnnxTolerance(rtol=rtol, atol=atol, flip_margin=flip_margin)
-            report = _validate(model, recipe, staging, files, input_size, tol, with_masks, validation_images,
-                               summary.get("onnx"), progress)
-            failed = _failed_files(report)
-            if failed and not keep_on_failure:
-                raise ExportValidationError(_failure_text(report), "raise --rtol, check the model, or pass "
-                                            "--no-validate to export anyway; nothing was written", report)
-            for name in failed:  # a file that does not compute what the model computes is not published
-                for key in [k for k in files if k == name or (name.endswith("/") and k.startswith(name))]:
-                    files.pop(key)
-                if name == ONNX:
-                    files.pop(ONNX_DATA, None)
-            atomic_write_text(staging / VALIDATION, json.dumps(report, indent=2) + "\n")
-            files[VALIDATION] = "reload-and-compare results" + (f" ({', '.join(failed)} failed: not written)"
-                                                                if failed else "")
-            summary["validation"] = report
-        card = model_card(model, recipe, {**files, CARD: "this card"}, names, input_cfg, report, evaluation,
-                          list(datasets or []), BACKBONE if strip else None)
-        atomic_write_text(staging / CARD, card)
-        files[CARD] = "a Hugging Face model card: what is known about the model"
-        _step(progress, f"moving the files into {out}")
-        publish(staging, out, list(dict.fromkeys(name.split("/")[0] for name in files)), EXPORT_FILES)
-        if failed:
-            raise ExportValidationError(_failure_text(report), f"{', '.join(failed)} not written, the other files "
-                                        f"are in {out}", report, list(files))
-    except OSError as exc:
-        raise write_error(out, exc) from None
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
+    with output_lock(out):  # held from staging to publishing: a second writer fails at once
+        try:
+            staging = staging_dir(out)
+        except OSError as exc:
+            raise write_error(out, exc) from None
+        try:
+            sha = None
+            if "safetensors" in formats:
+                _step(progress, "writing model.safetensors")
+                written = write_weights(model, staging / WEIGHTS, weights_metadata(model, recipe, names))
+                sha = written[SHA256_KEY]
+                files[WEIGHTS] = f"weights + metadata (recipe, versions, input config{', labels' if names else ''}), " \
+                                 f"sha256 {sha[:16]}..."
+                summary["sha256"] = sha
+            atomic_write_text(staging / RECIPE, recipe.to_yaml())
+            files[RECIPE] = "the recipe: base model, placements, layer settings"
+            atomic_write_text(staging / CONFIG, json.dumps(timm_config(model, recipe, names), indent=2) + "\n")
+            files[CONFIG] = "timm's config layout plus an \"ersm\" block"
+            if "onnx" in formats:
+                _step(progress, f"exporting model.onnx (opset {opset})")
+                summary["onnx"] = export_onnx(model, staging / ONNX, input_size, opset=opset, with_masks=with_masks,
+                                              exporter=exporter)
+                files[ONNX] = f"ONNX opset {opset}, input [batch, {', '.join(map(str, input_size))}], outputs " \
+                              f"{', '.join(summary['onnx']['outputs'])}"
+                unexpected = set(summary["onnx"]["files"]) - {ONNX, ONNX_DATA}
+                if unexpected:
+                    raise ArtifactError(f"the ONNX exporter wrote unexpected files {sorted(unexpected)}",
+                                        "report this; export with --format safetensors meanwhile")
+                if ONNX_DATA in summary["onnx"]["files"]:
+                    files[ONNX_DATA] = "the ONNX weights (external data: the model is over 2 GB)"
+            if strip:
+                _step(progress, "writing backbone/ (masks stripped, for plain timm)")
+                files.update(write_backbone(model, recipe, staging / BACKBONE, names, input_cfg, sha))
+            report = None
+            failed: list[str] = []
+            if validate:
+                tol = OnnxTolerance(rtol=rtol, atol=atol, flip_margin=flip_margin)
+                report = _validate(model, recipe, staging, files, input_size, tol, with_masks, validation_images,
+                                   summary.get("onnx"), progress)
+                failed = _failed_files(report)
+                if failed and not keep_on_failure:
+                    raise ExportValidationError(_failure_text(report), "raise --rtol, check the model, or pass "
+                                                "--no-validate to export anyway; nothing was written", report)
+                for name in failed:  # a file that does not compute what the model computes is not published
+                    for key in [k for k in files if k == name or (name.endswith("/") and k.startswith(name))]:
+                        files.pop(key)
+                    if name == ONNX:
+                        files.pop(ONNX_DATA, None)
+                atomic_write_text(staging / VALIDATION, json.dumps(report, indent=2) + "\n")
+                files[VALIDATION] = "reload-and-compare results" + (f" ({', '.join(failed)} failed: not written)"
+                                                                    if failed else "")
+                summary["validation"] = report
+            card = model_card(model, recipe, {**files, CARD: "this card"}, names, input_cfg, report, evaluation,
+                              list(datasets or []), BACKBONE if strip else None)
+            atomic_write_text(staging / CARD, card)
+            files[CARD] = "a Hugging Face model card: what is known about the model"
+            _step(progress, f"moving the files into {out}")
+            publish(staging, out, list(dict.fromkeys(name.split("/")[0] for name in files)), EXPORT_FILES)
+            if failed:
+                raise ExportValidationError(_failure_text(report), f"{', '.join(failed)} not written, the other files "
+                                            f"are in {out}", report, list(files))
+        except OSError as exc:
+            raise write_error(out, exc) from None
+        finally:
+            shutil.rmtree(staging, ignore_errors=True)
     summary["files"] = files
     return summary
 

@@ -11,8 +11,10 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
-from .artifact import INPUT_KEY, LABELS_KEY, MASK_MODE_KEY, RECIPE_KEY, SHA256_KEY, labels_of, weights_path
-from .safetensors_header import SafetensorsHeader, read_header, tensor_data_sha256
+from ..errors import ErsmError
+from .artifact import INPUT_KEY, LABELS_KEY, MASK_MODE_KEY, RECIPE_KEY, labels_of, weights_path
+from .safetensors_header import SafetensorsHeader, read_header
+from .tensor_hash import SHA256_KEY, file_sha256, format_of
 
 __all__ = ["file_info", "mask_groups"]
 
@@ -144,8 +146,17 @@ def file_info(path: str | Path, verify: bool = False) -> dict[str, Any]:
     info["mask_params"] = sum(m["params"] for m in info["masks"])
     stored = meta.get(SHA256_KEY)
     sha: dict[str, Any] = {"state": "present" if stored else "absent", "stored": stored}
+    try:
+        version = format_of(meta)
+    except ErsmError as exc:
+        problems.append(exc.problem)
+        version = None
+    if not stored and version is not None and version >= 2:
+        sha["state"] = "missing"  # a current-format file always carries it: the header was edited
+        problems.append(f"file format {version} requires {SHA256_KEY}, which is missing: the header was edited")
+    info["ersm_format"] = version
     if verify and stored:
-        computed = tensor_data_sha256(weights, header, meta.get(RECIPE_KEY, "").encode("utf-8"))
+        computed = file_sha256(weights, header, meta.get(RECIPE_KEY, "").encode("utf-8"))
         sha.update(state="verified" if computed == stored else "mismatch", computed=computed)
     info["sha256"] = sha
     info["problems"] = problems

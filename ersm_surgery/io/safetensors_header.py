@@ -1,14 +1,17 @@
-"""Read and check a safetensors header without touching the tensor data.
+"""What ersm-surgery adds to safetensors' own header parser: the pickle sniff, clear lines, a light reader.
 
 A safetensors file is an 8-byte little-endian length N, N bytes of UTF-8 JSON describing every tensor
 (``dtype``, ``shape``, ``data_offsets`` relative to the data buffer) plus optional ``__metadata__``
-(str -> str), then the data buffer at byte 8 + N. ``read_header`` reads exactly those first 8 + N bytes
-and rejects everything safetensors 0.8 rejects, so ``ersm-surgery info`` stays instant on large exports.
-``tensor_data_sha256`` fingerprints the tensor contents independently of their order in the file.
+(str -> str), then the data buffer at byte 8 + N. Validating that header is safetensors' job:
+``read_header`` asks its parser (``safe_open`` with numpy, no torch, the data memory-mapped and not
+read) and turns its errors into one line. What only this module does: recognise PyTorch pickles and say
+how to convert them, name truncated files as such (with "copy it again" rather than "re-export"), refuse
+repeated tensor names (safetensors keeps the last one silently), and give ``ersm-surgery info`` the
+header as Python objects after reading exactly its first 8 + N bytes. The tensor hash is
+:mod:`.tensor_hash`'s.
 """
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import struct
@@ -20,29 +23,16 @@ from typing import IO, Any
 from ersm_surgery.errors import ArtifactError
 
 __all__ = [
-    "DTYPE_BITS",
     "MAX_HEADER_SIZE",
     "SafetensorsHeader",
     "TensorInfo",
     "is_torch_pickle",
     "read_header",
-    "tensor_data_sha256",
 ]
 
-# Bits per element of every dtype in safetensors 0.8 (Rust enum ``Dtype``, 22 variants). F4 and F6 are
-# packed below one byte, so a tensor's size is numel * bits / 8 and must land on a byte boundary.
-DTYPE_BITS: dict[str, int] = {
-    "BOOL": 8, "F4": 4, "F6_E2M3": 6, "F6_E3M2": 6, "U8": 8, "I8": 8,
-    "F8_E5M2": 8, "F8_E4M3": 8, "F8_E8M0": 8, "F8_E4M3FNUZ": 8, "F8_E5M2FNUZ": 8,
-    "I16": 16, "U16": 16, "F16": 16, "BF16": 16, "I32": 32, "U32": 32, "F32": 32,
-    "C64": 64, "F64": 64, "I64": 64, "U64": 64,
-}  # fmt: skip
 MAX_HEADER_SIZE = 100_000_000  # safetensors' own limit; anything larger is corruption, not a model
 _ZIP_MAGIC = b"PK\x03\x04"  # torch.save() since 1.6 writes a zip archive
 _PICKLE_PROTO = 0x80  # pickle protocol >= 2 starts with the PROTO opcode, then the protocol number
-_CHUNK = 1 << 20
-_HASH_DOMAIN = b"ersm-surgery tensor-data-sha256 v1\n"  # versions the byte layout hashed below
-_MAX_LISTED = 5
 
 _REEXPORT = "re-export the model"
 _TRUNCATED = "the file is truncated: copy it again, or re-export the model"
@@ -57,7 +47,7 @@ class TensorInfo:
     """Where one tensor lives in the data buffer.
 
     Attributes:
-        dtype: safetensors dtype name, a key of ``DTYPE_BITS``.
+        dtype: safetensors dtype name, a key of :data:`.tensor_hash.DTYPE_BITS`.
         shape: dimensions; ``()`` for a scalar.
         begin: first byte, relative to the start of the data buffer.
         end: one past the last byte, relative to the start of the data buffer.
@@ -178,87 +168,78 @@ def _no_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
     return out
 
 
-def _parse_json(path: Path, raw: bytes) -> dict[str, Any]:
+def _needed(raw: bytes) -> int:
+    """The data length the header asks for (0 when it cannot be read): to word the fix of a coverage error."""
     try:
-        text = raw.decode("utf-8")
-    except UnicodeDecodeError as err:
-        raise ArtifactError(f"{str(path)!r}: header is not valid UTF-8 ({err.reason} at byte {8 + err.start})",
-                            _REEXPORT) from None
+        obj = json.loads(raw)
+        return max((int(v["data_offsets"][1]) for k, v in obj.items() if k != "__metadata__"), default=0)
+    except Exception:  # the header is invalid anyway; safetensors' reason says why
+        return 0
+
+
+def _validate(path: Path, raw: bytes, data_len: int) -> None:
+    """Let safetensors' parser judge the header; its error becomes one line with the fix that fits it."""
+    from safetensors import SafetensorError, safe_open
+
     try:
-        obj = json.loads(text, object_pairs_hook=_no_duplicates)
-    except (ValueError, RecursionError) as err:
-        raise ArtifactError(f"{str(path)!r}: header is not valid JSON ({err})", _REEXPORT) from None
-    if not isinstance(obj, dict):
-        raise ArtifactError(f"{str(path)!r}: header is a JSON {type(obj).__name__}, not an object", _REEXPORT)
-    return obj
+        with safe_open(str(path), framework="numpy") as f:
+            f.keys()
+    except (SafetensorError, OSError, ValueError) as exc:
+        reason = " ".join(str(exc).split()).removeprefix("Error while deserializing header: ")
+        fix = _TRUNCATED if "not fully covered" in reason and data_len < _needed(raw) else _REEXPORT
+        raise ArtifactError(f"{str(path)!r} is not a valid safetensors file ({reason[:300]})", fix) from None
 
 
-def _parse_metadata(path: Path, raw: Any) -> dict[str, str]:
-    if raw is None:
-        return {}
-    if not isinstance(raw, dict):
-        raise ArtifactError(f"{str(path)!r}: __metadata__ is a JSON {type(raw).__name__}, not an object", _REEXPORT)
-    bad = [k for k, v in raw.items() if not isinstance(v, str)]
-    if bad:
-        shown = ", ".join(f"{k!r}={raw[k]!r}" for k in bad[:_MAX_LISTED])
-        raise ArtifactError(f"{str(path)!r}: __metadata__ values must be strings, got {shown}", _REEXPORT)
-    return dict(raw)
+def _no_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    # json keeps the last of repeated keys silently; a repeated tensor name makes the file ambiguous.
+    out: dict[str, Any] = {}
+    for key, value in pairs:
+        if key in out:
+            raise ValueError(f"key {key!r} appears twice")
+        out[key] = value
+    return out
 
 
-def _is_count(x: Any) -> bool:
-    return isinstance(x, int) and not isinstance(x, bool) and x >= 0
+def _safetensors_error(path: Path, size: int, data_len: int, exc: Exception) -> ArtifactError:
+    """safetensors' own reason, on one line, with the fix that fits it."""
+    reason = " ".join(str(exc).split()).removeprefix("Error while deserializing header: ")
+    fix = _TRUNCATED if "not fully covered" in reason and data_len < _needed(path, size) else _REEXPORT
+    return ArtifactError(f"{str(path)!r} is not a valid safetensors file ({reason[:300]})", fix)
 
 
-def _parse_tensor(name: str, raw: Any) -> TensorInfo | str:
-    """A ``TensorInfo``, or the reason the entry ``raw`` is invalid (the data range is checked later)."""
-    if not isinstance(raw, dict) or not {"dtype", "shape", "data_offsets"} <= raw.keys():
-        return f"{name!r} must be an object with dtype, shape and data_offsets"
-    dtype, shape, offsets = raw["dtype"], raw["shape"], raw["data_offsets"]
-    if dtype not in DTYPE_BITS:
-        return f"{name!r} has dtype {dtype!r}, not one of {', '.join(DTYPE_BITS)}"
-    if not isinstance(shape, list) or not all(_is_count(d) for d in shape):
-        return f"{name!r} has shape {shape!r}, not a list of non-negative integers"
-    if not isinstance(offsets, list) or len(offsets) != 2 or not all(_is_count(o) for o in offsets):
-        return f"{name!r} has data_offsets {offsets!r}, not [begin, end] non-negative integers"
-    begin, end = offsets
-    if begin > end:
-        return f"{name!r} has data_offsets {offsets!r} with begin > end"
-    numel = 1
-    for d in shape:
-        numel *= d
-    bits = numel * DTYPE_BITS[dtype]
-    if bits % 8:
-        return f"{name!r} packs {numel} x {dtype} into {bits} bits, which does not end on a byte boundary"
-    if end - begin != bits // 8:
-        return f"{name!r} spans {end - begin} bytes but shape {shape} x {dtype} needs {bits // 8}"
-    return TensorInfo(dtype, tuple(shape), begin, end)
+def _needed(path: Path, size: int) -> int:
+    # the data length the header asks for; only used to word the fix of safetensors' coverage error
+    try:
+        with open(path, "rb") as f:
+            n = struct.unpack("<Q", f.read(8))[0]
+            obj = json.loads(f.read(n))
+        return max((int(v["data_offsets"][1]) for k, v in obj.items() if k != "__metadata__"), default=0)
+    except Exception:  # the header is invalid anyway; the message says why
+        return 0
 
 
-def _raise_listed(path: Path, what: str, problems: list[str], fix: str) -> None:
-    if problems:
-        more = f" (and {len(problems) - _MAX_LISTED} more)" if len(problems) > _MAX_LISTED else ""
-        raise ArtifactError(f"{str(path)!r}: {what}: {' | '.join(problems[:_MAX_LISTED])}{more}", fix)
+def _validate(path: Path, size: int, data_len: int) -> None:
+    from safetensors import SafetensorError, safe_open
+
+    try:
+        with safe_open(str(path), framework="numpy") as f:
+            f.keys()
+    except (SafetensorError, OSError, ValueError) as exc:
+        raise _safetensors_error(path, size, data_len, exc) from None
 
 
-def _check_coverage(path: Path, tensors: dict[str, TensorInfo], data_len: int) -> None:
-    # safetensors requires the tensors to tile the data buffer exactly: no overlap, no gap, no tail.
-    problems = []
-    covered, previous = 0, None
-    for name, t in sorted(tensors.items(), key=lambda item: (item[1].begin, item[1].end, item[0])):
-        if t.begin < covered:
-            problems.append(f"{name!r} (bytes {t.begin}-{t.end}) overlaps {previous!r} by {covered - t.begin} bytes")
-        elif t.begin > covered:
-            where = f"after {previous!r}" if previous is not None else "at the start of the data buffer"
-            problems.append(f"gap of {t.begin - covered} unused bytes {where}, before {name!r}")
-        if t.end >= covered:
-            covered, previous = t.end, name
-    if covered < data_len:
-        problems.append(f"{data_len - covered} trailing bytes after the last tensor")
-    _raise_listed(path, "data buffer is not exactly covered by the tensors", problems, _REEXPORT)
+def _no_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    # json keeps the last of repeated keys, as safetensors does; a repeated tensor name makes the file ambiguous
+    out: dict[str, Any] = {}
+    for key, value in pairs:
+        if key in out:
+            raise ArtifactError(f"key {key!r} appears twice in the header", _REEXPORT)
+        out[key] = value
+    return out
 
 
 def read_header(path: str | Path, *, opener: Opener = _open_unbuffered) -> SafetensorsHeader:
-    """Read and validate the header of a safetensors file, reading only its first 8 + N bytes.
+    """Read the header of a safetensors file (its first 8 + N bytes), validated by safetensors' parser.
 
     Args:
         path: the ``.safetensors`` file.
@@ -269,9 +250,8 @@ def read_header(path: str | Path, *, opener: Opener = _open_unbuffered) -> Safet
         The parsed header.
 
     Raises:
-        ArtifactError: the file is missing, empty, truncated, a PyTorch pickle, or its header is not a
-            valid safetensors header (bad JSON, metadata, dtype, shape or offsets, or tensors that do not
-            tile the data buffer exactly).
+        ArtifactError: the file is missing, empty, truncated, a PyTorch pickle, has a repeated tensor
+            name, or safetensors rejects its header (the line carries safetensors' reason).
     """
     path = Path(path)
     with _open(path, opener) as f:
@@ -297,58 +277,8 @@ def read_header(path: str | Path, *, opener: Opener = _open_unbuffered) -> Safet
         raise ArtifactError(f"{str(path)!r} shrank while its header was read", "read it again")
     if _looks_like_torch_pickle(head + raw[:1], size):
         raise _pickle_error(path)
-
-    obj = _parse_json(path, raw)
-    metadata = _parse_metadata(path, obj.pop("__metadata__", None))
-    parsed = {name: _parse_tensor(name, entry) for name, entry in obj.items()}
-    _raise_listed(path, "invalid tensor entries", [p for p in parsed.values() if isinstance(p, str)], _REEXPORT)
-    tensors = {name: t for name, t in parsed.items() if isinstance(t, TensorInfo)}
-    data_len = size - 8 - n
-    beyond = [f"{name!r} ends at data byte {t.end}" for name, t in tensors.items() if t.end > data_len]
-    _raise_listed(path, f"tensors run past the {data_len}-byte data buffer", beyond, _TRUNCATED)
-    _check_coverage(path, tensors, data_len)
+    _validate(path, raw, size - 8 - n)
+    obj = json.loads(raw.decode("utf-8"), object_pairs_hook=_no_duplicates)  # valid: safetensors parsed it
+    metadata = dict(obj.pop("__metadata__", None) or {})
+    tensors = {name: TensorInfo(e["dtype"], tuple(e["shape"]), *e["data_offsets"]) for name, e in obj.items()}
     return SafetensorsHeader(path, metadata, tensors, n, 8 + n, size)
-
-
-def tensor_data_sha256(path: str | Path, header: SafetensorsHeader, extra: bytes = b"") -> str:
-    """SHA-256 of the tensors' names, dtypes, shapes and bytes, then ``extra``.
-
-    Tensors are hashed in name order (Unicode code points), so the digest does not depend on their order
-    in the file or on ``__metadata__`` (which can therefore store it). The hashed byte stream is
-    ``_HASH_DOMAIN``, then per tensor ``u64 len(desc) || desc || u64 nbytes || data`` with
-    ``desc = json.dumps([name, dtype, shape], separators=(",", ":"))`` in UTF-8, then
-    ``u64 len(extra) || extra``; u64 are little-endian. Data is streamed in 1 MiB chunks.
-
-    Args:
-        path: the file ``header`` was read from.
-        header: its header, from ``read_header``.
-        extra: bytes appended to the hash, e.g. the recipe JSON.
-
-    Returns:
-        The hex digest.
-
-    Raises:
-        ArtifactError: the file is missing, or its size changed since ``header`` was read.
-    """
-    path = Path(path)
-    digest = hashlib.sha256(_HASH_DOMAIN)
-    buf = memoryview(bytearray(_CHUNK))
-    with _open(path, _open_unbuffered) as f:
-        size = f.seek(0, os.SEEK_END)
-        if size != header.file_size:
-            raise ArtifactError(f"{str(path)!r} is {size} bytes but its header was read at {header.file_size}",
-                                "read the header again")
-        for name in sorted(header.tensors):
-            t = header.tensors[name]
-            desc = json.dumps([name, t.dtype, list(t.shape)], separators=(",", ":")).encode("utf-8")
-            digest.update(len(desc).to_bytes(8, "little") + desc + t.nbytes.to_bytes(8, "little"))
-            f.seek(header.data_start + t.begin)
-            left = t.nbytes
-            while left:
-                got = f.readinto(buf[: min(left, _CHUNK)])
-                if not got:
-                    raise ArtifactError(f"{str(path)!r} ended inside tensor {name!r}", _TRUNCATED)
-                digest.update(buf[:got])
-                left -= got
-    digest.update(len(extra).to_bytes(8, "little") + extra)
-    return digest.hexdigest()

@@ -1,10 +1,11 @@
 """Hyper-parameters of one Energy-Mask layer (ERSM, arXiv 2604.06893, section 2 of DESIGN.md)."""
 from __future__ import annotations
 
+import math
 from dataclasses import asdict, dataclass, field, fields
 from typing import Any
 
-__all__ = ["MaskConfig", "TRAIN_MODES", "EVAL_MODES", "BORDERS", "GATES", "PRICES"]
+__all__ = ["MaskConfig", "MAX_STEPS", "TRAIN_MODES", "EVAL_MODES", "BORDERS", "GATES", "PRICES"]
 
 TRAIN_MODES = ("straight_through", "soft")
 EVAL_MODES = ("hard", "soft")
@@ -12,6 +13,19 @@ BORDERS = ("zero", "normalise")  # how the pairwise pull treats tokens at the bo
 # what a stage mask multiplies: its own feature map only, or also every map of the next stage (docs/layer.md)
 GATES = ("features", "stage")
 PRICES = ("relative", "absolute")  # what alpha is measured in (layers.price)
+# Mean-field converges in a handful of steps (default 3); each step is one 3x3 convolution per mask and
+# forward, kept in memory for the backward. 100 is ~30x what any setting needs and still finishes, while
+# an unbounded value (steps: 1e20) would hang injection's function-preservation check.
+MAX_STEPS = 100
+
+
+def _is_int(v: Any) -> bool:
+    # a float that happens to be whole (3.0 from JSON) is accepted; bool is not a number here
+    return not isinstance(v, bool) and (isinstance(v, int) or (isinstance(v, float) and v.is_integer()))
+
+
+def _is_num(v: Any) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
 
 
 @dataclass
@@ -72,34 +86,39 @@ class MaskConfig:
         problems = self.problems()
         if problems:
             raise ValueError("; ".join(problems))
+        self.steps = int(self.steps)  # 3.0 from a JSON writer is 3; range() needs the int
+        if self.hidden is not None:
+            self.hidden = int(self.hidden)
 
     def problems(self) -> list[str]:
-        """Every invalid setting, as 'mask.<key>: <reason>' strings (empty when valid)."""
+        """Every invalid setting, as 'mask.<key>: <reason>' strings (empty when valid).
+
+        Types are checked before ranges, so a recipe with ``alpha: "x"`` gets a line naming the key instead
+        of Python's comparison error; numbers must be finite (a NaN price makes every token's energy NaN,
+        and the hard mask then drops every token for every input).
+        """
         out = []
-        if self.alpha < 0:
-            out.append(f"mask.alpha must be >= 0, got {self.alpha}")
-        if self.beta < 0:
-            out.append(f"mask.beta must be >= 0, got {self.beta}")
-        if not self.tau > 0:
-            out.append(f"mask.tau must be > 0, got {self.tau}")
-        if int(self.steps) != self.steps or self.steps < 0:
-            out.append(f"mask.steps must be an integer >= 0, got {self.steps}")
-        if self.neighbourhood not in (4, 8):
-            out.append(f"mask.neighbourhood must be 4 or 8, got {self.neighbourhood}")
-        if self.border not in BORDERS:
-            out.append(f"mask.border must be one of {', '.join(BORDERS)}, got {self.border!r}")
-        if self.train_mode not in TRAIN_MODES:
-            out.append(f"mask.train_mode must be one of {', '.join(TRAIN_MODES)}, got {self.train_mode!r}")
-        if self.eval_mode not in EVAL_MODES:
-            out.append(f"mask.eval_mode must be one of {', '.join(EVAL_MODES)}, got {self.eval_mode!r}")
-        if self.hidden is not None and (int(self.hidden) != self.hidden or self.hidden < 1):
-            out.append(f"mask.hidden must be a positive integer or null, got {self.hidden}")
-        if self.gate not in GATES:
-            out.append(f"mask.gate must be one of {', '.join(GATES)}, got {self.gate!r}")
-        if self.price not in PRICES:
-            out.append(f"mask.price must be one of {', '.join(PRICES)}, got {self.price!r}")
-        if not isinstance(self.pairwise_args, dict):
-            out.append(f"mask.pairwise_args must be a mapping, got {self.pairwise_args!r}")
+
+        def need(ok: bool, key: str, rule: str) -> None:
+            if not ok:
+                out.append(f"mask.{key} {rule}, got {getattr(self, key)!r}")
+
+        for key, low, strict in (("alpha", 0, False), ("beta", 0, False), ("tau", 0, True)):
+            v = getattr(self, key)
+            need(_is_num(v) and (v > low if strict else v >= low), key,
+                 f"must be {'>' if strict else '>='} {low} (a finite number)")
+        need(_is_num(self.init_logit), "init_logit", "must be a finite number")
+        need(_is_int(self.steps) and 0 <= self.steps <= MAX_STEPS, "steps", f"must be an integer in [0, {MAX_STEPS}]")
+        need(_is_int(self.neighbourhood) and self.neighbourhood in (4, 8), "neighbourhood", "must be 4 or 8")
+        for key, choices in (("border", BORDERS), ("train_mode", TRAIN_MODES), ("eval_mode", EVAL_MODES),
+                             ("gate", GATES), ("price", PRICES)):
+            need(getattr(self, key) in choices, key, f"must be one of {', '.join(choices)}")
+        need(self.hidden is None or (_is_int(self.hidden) and self.hidden >= 1), "hidden",
+             "must be a positive integer or null")
+        need(isinstance(self.global_context, bool), "global_context", "must be true or false")
+        for key in ("head", "pairwise"):
+            need(isinstance(getattr(self, key), str) and bool(getattr(self, key)), key, "must be a registered name")
+        need(isinstance(self.pairwise_args, dict), "pairwise_args", "must be a mapping")
         return out
 
     def to_dict(self) -> dict[str, Any]:

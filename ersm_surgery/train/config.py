@@ -10,6 +10,7 @@ price ``alpha``, ``beta``, ``tau``, the mean-field steps and the train mode are 
 """
 from __future__ import annotations
 
+import math
 from dataclasses import asdict, dataclass, field, fields
 from typing import Any
 
@@ -135,8 +136,8 @@ class FinetuneConfig:
         def is_int(v: Any) -> bool:
             return isinstance(v, int) and not isinstance(v, bool)
 
-        def is_num(v: Any) -> bool:
-            return isinstance(v, (int, float)) and not isinstance(v, bool)
+        def is_num(v: Any) -> bool:  # finite: an inf lr or a NaN gamma trains nothing and says nothing
+            return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
 
         need(self.data is None or isinstance(self.data, str), "data", "must be a path or builtin:<name>")
         need(isinstance(self.data_options, dict), "data_options", "must be a mapping")
