@@ -110,14 +110,15 @@ def build_settings(model: str, stages: str, defaults: dict, *, data_dir, dataset
     )
 
 
-def run_with_display(ctx: click.Context, settings, quiet: bool) -> dict:
-    """Run the pipeline with one progress display across the steps."""
+def run_with_display(ctx: click.Context, settings, quiet: bool, runner=None) -> dict:
+    """Run the pipeline (or ``runner(settings, progress)``, e.g. reproduce's) with one progress display."""
     from ..pipeline import run_pipeline
     from ..pipeline.run import STEPS
 
     out = console(ctx)
+    runner = runner or run_pipeline
     if quiet:
-        return run_pipeline(settings)
+        return runner(settings, progress=None)
     with out.status("starting") as status:
         done: list[str] = []
 
@@ -127,7 +128,7 @@ def run_with_display(ctx: click.Context, settings, quiet: bool) -> dict:
             status.update(f"[{STEPS.index(step) + 1}/{len(STEPS)}] {message}")
             out.log(f"{step}: {message}")
 
-        return run_pipeline(settings, progress)
+        return runner(settings, progress=progress)
 
 
 def skipped_exports(summary: dict) -> dict[str, str]:

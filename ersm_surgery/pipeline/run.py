@@ -223,8 +223,12 @@ def _evaluate(settings: PipelineSettings, ersm: Path, baseline: Path, out: Path,
                           **settings.data_options)
     images = load_images(data, settings.num_images, settings.seed)
     progress("evaluate", f"evaluating both models on {len(images)} validation images")
+    from ..eval.shift import load_cued_images
+
+    # claim (f): the same images with the spurious cue naming the class (built-in data with a cue only)
+    cued = load_cued_images(settings.data, "validation", pre, settings.seed, settings.num_images, settings.data_options)
     result = evaluate(model, images, base, EvalSettings(seed=settings.seed, device=_device(settings)),
-                      model_info={"source": str(ersm)}, baseline_info={"source": str(baseline)})
+                      model_info={"source": str(ersm)}, baseline_info={"source": str(baseline)}, cued=cued)
     out.mkdir(parents=True, exist_ok=True)
     result.results["versions"] = {k: str(v) for k, v in versions().items()}
     _add_base(result.results, base_info)
