@@ -235,7 +235,9 @@ def _per_image_figures_give_back_the_aggregates(r: dict) -> None:
         for kind in ("energy", "magnitude", "baseline_magnitude"):
             for score in ("mass_in_box", "pointing"):
                 assert p.localization[name][kind][score].mean() == pytest.approx(layer[kind][score])
-    assert set(r["intervals"]) == {"accuracy", "occlusion", "deletion", "localization_mass", "localization_pointing"}
+    assert set(r["intervals"]) == {"accuracy", "occlusion", "deletion", "localization_mass", "localization_pointing",
+                                   "swap"}
+    assert p.swap["model"].mean() == pytest.approx(r["background_swap"]["model"]["kept"])
     acc = r["intervals"]["accuracy"]
     assert acc["estimate"] == pytest.approx(r["accuracy"]["delta"]["top1"]) and acc["low"] <= acc["high"]
     assert Results.from_dict(typed.to_dict()).to_dict() == typed.to_dict()

@@ -38,6 +38,10 @@ def _positive(_ctx, param, value):
 @click.option("--data-dir", type=click.Path(file_okay=False), help="ImageFolder with a validation/ split.")
 @click.option("--dataset", help="A built-in data set instead, e.g. builtin:clutter.")
 @click.option("--split", default="validation", show_default=True, help="Which split to evaluate on.")
+@click.option("--boxes", type=click.Path(), help="Object boxes for --data-dir: a JSON {relpath: [x0, y0, x1, y1]}, a "
+              "COCO instances JSON or a folder of Pascal VOC XML (docs/evaluate.md).")
+@click.option("--spurious-cue", type=click.FloatRange(0, 1), help="builtin:clutter: plant the background cue with "
+              "this probability and measure claim (f) (cued vs decorrelated top-1).")
 @click.option("--baseline", help="Comparison model: a saved folder (e.g. finetune --no-masks) or a timm name.")
 @click.option("--baseline-weights", type=click.Path(dir_okay=False), help="Local weights for a --baseline timm name.")
 @click.option("--metrics", default="all", show_default=True, callback=_parse_metrics,
@@ -73,7 +77,8 @@ def _positive(_ctx, param, value):
 @click.option("--force", is_flag=True, help="Write into an existing non-empty output folder.")
 @click.option("--json", "as_json", is_flag=True, help="Print results.json to stdout.")
 @click.pass_context
-def evaluate(ctx: click.Context, source: str, data_dir, dataset, split, baseline, baseline_weights, metrics, num_images,
+def evaluate(ctx: click.Context, source: str, data_dir, dataset, split, boxes, spurious_cue, baseline, baseline_weights,
+             metrics, num_images,
              img_size, mean, std, interpolation, crop_pct, batch_size, seed, num_classes, deletion_fill, occlusion_grid,
              figure_images, device, workers, out_dir, deprecated_out, report, force, as_json) -> None:
     """Measure a masked model (DIR) and its baseline on the same images: numbers, figures, an HTML report.
@@ -109,7 +114,16 @@ def evaluate(ctx: click.Context, source: str, data_dir, dataset, split, baseline
     # the model's recorded preprocessing (or its own pretrained config); the baseline sees the same images
     pre = resolve_preprocessing(model, spec, img_size=img_size, mean=mean, std=std, interpolation=interpolation,
                                 crop_pct=crop_pct)
-    data = _dataset(spec, data_dir is not None, split, pre, seed, num_classes)
+    if boxes and data_dir is None:
+        raise click.BadParameter("applies to --data-dir only (built-in data has its own boxes)", param_hint="--boxes")
+    if spurious_cue is not None and data_dir is not None:
+        raise click.BadParameter("applies to builtin:clutter only", param_hint="--spurious-cue")
+    cue = {"spurious_cue": spurious_cue} if spurious_cue else {}
+    data = _dataset(spec, data_dir is not None, split, pre, seed, num_classes, cue)
+    if boxes:
+        from ..data.boxes import attach_boxes
+
+        data = attach_boxes(data, boxes)
     base, base_info = (None, None)
     if baseline:
         base, base_info = _load(baseline, baseline_weights, getattr(model, "num_classes", None), "--baseline")
@@ -122,7 +136,11 @@ def evaluate(ctx: click.Context, source: str, data_dir, dataset, split, baseline
         task = "loading images"
         progress.start(task, min(num_images, len(data)) if len(data) else 1)
         images = load_images(data, num_images, seed, batch_size, workers, lambda n: progress.advance(task, n))
-        result = run_evaluation(model, images, base, settings, progress, model_info, base_info)
+        from ..eval.shift import load_cued_images
+
+        cued = load_cued_images(spec, split, pre, seed, num_images, {**cue, **({"num_classes": num_classes}
+                                                                              if num_classes else {})})
+        result = run_evaluation(model, images, base, settings, progress, model_info, base_info, cued=cued)
     for role, info in (("the model", model_info), ("the baseline", base_info)):
         if info and info.get("weights") == "random initialisation":
             result.results["notes"].append(f"{role} ({info['source']}) has random weights: its numbers are a "
@@ -164,10 +182,11 @@ def _load(spec: str, weights: str | None, num_classes: int | None, what: str) ->
     return model.eval(), info
 
 
-def _dataset(spec: str, is_dir: bool, split: str, preprocessing, seed: int, num_classes: int | None):
+def _dataset(spec: str, is_dir: bool, split: str, preprocessing, seed: int, num_classes: int | None,
+             options: dict | None = None):
     from ..data import BUILTIN_PREFIX, create_dataset
 
-    options = {}
+    options = dict(options or {})
     if num_classes is not None:
         if is_dir or not str(spec).startswith(BUILTIN_PREFIX):
             raise click.BadParameter("applies to built-in data only; a folder's classes are its class folders",

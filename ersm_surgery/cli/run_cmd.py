@@ -16,6 +16,8 @@ def pipeline_options(func):
     options = [
         click.option("--data-dir", type=click.Path(file_okay=False), help="ImageFolder with train/ and validation/."),
         click.option("--dataset", default=None, help="Built-in data (default: builtin:clutter)."),
+        click.option("--boxes", type=click.Path(), help="Object boxes for --data-dir's validation images: a JSON "
+                     "{relpath: [x0, y0, x1, y1]}, a COCO instances JSON or a folder of Pascal VOC XML."),
         click.option("--epochs", type=click.IntRange(min=1),
                      help="Fine-tuning epochs, ERSM and baseline alike (run: 2, reproduce: 3)."),
         click.option("--base-epochs", type=click.IntRange(min=1),
@@ -69,7 +71,7 @@ def protocol_defaults(options: dict, epochs: dict[str, int], base_images: int, o
     return defaults
 
 
-def build_settings(model: str, stages: str, defaults: dict, *, data_dir, dataset, epochs, base_epochs, img_size,
+def build_settings(model: str, stages: str, defaults: dict, *, data_dir, dataset, boxes, epochs, base_epochs, img_size,
                    data_size, num_classes, batch_size, pretrained, pretrained_path, seed, num_images, overrides,
                    output, force, export_rtol, export_atol, force_base, device, workers):
     """PipelineSettings from the shared options; ``defaults`` holds the command's epochs (and data options)."""
@@ -82,6 +84,8 @@ def build_settings(model: str, stages: str, defaults: dict, *, data_dir, dataset
         raise click.UsageError("give one of --data-dir DATA or --dataset builtin:clutter")
     if pretrained and pretrained_path:
         raise click.UsageError("give one of --pretrained or --pretrained-path")
+    if boxes and not data_dir:
+        raise click.BadParameter("applies to --data-dir only (built-in data has its own boxes)", param_hint="--boxes")
     if data_dir:
         from pathlib import Path
 
@@ -106,7 +110,7 @@ def build_settings(model: str, stages: str, defaults: dict, *, data_dir, dataset
         pretrained=pretrained, pretrained_path=pretrained_path, seed=seed, num_images=num_images,
         mask=data["mask"], finetune=data["finetune"], force=force, data_options=data_options,
         base_data_options=base_data_options, export_rtol=export_rtol, export_atol=export_atol,
-        force_base=force_base, device=device, workers=workers,
+        force_base=force_base, device=device, workers=workers, boxes=boxes,
     )
 
 

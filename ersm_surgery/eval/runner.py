@@ -161,8 +161,12 @@ def evaluate(
         if subject.masks:
             base.anchors = _baseline_anchors(model, baseline, notes)
         subjects.append(base)
-    if "localization" in metrics and images.boxes is None:
+    boxed = boxed_rows(images.boxes)
+    if "localization" in metrics and boxed is None:
         notes.append("the data carry no object boxes: localization skipped")
+    elif "localization" in metrics and len(boxed) < len(images):
+        notes.append(f"{len(images) - len(boxed)} of {len(images)} images have no box: they are left out of "
+                     "localization and the background swap only")
     grid_max = min(images.images.shape[-2:])
     if settings.occlusion_grid > grid_max:
         raise EvalError(f"--occlusion-grid {settings.occlusion_grid} exceeds the image side {grid_max}",
@@ -325,7 +329,8 @@ def _samples(subjects: list[Subject], passes: dict, images: EvalImages, settings
         "images": [images.display(i) for i in range(n)],
         "labels": images.labels[:n].tolist(),
         "classes": list(images.classes),
-        "boxes": images.boxes[:n].tolist() if images.boxes is not None else None,
+        "boxes": [None if b != b else row for row in images.boxes[:n].tolist() for b in [sum(row)]]
+        if images.boxes is not None else None,  # NaN rows (no box) as None
         "pred": {s.role: passes[s.role]["logits"][:n].argmax(1).tolist() for s in subjects},
         "layers": {},
     }
