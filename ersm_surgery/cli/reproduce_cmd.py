@@ -79,6 +79,7 @@ def reproduce(ctx: click.Context, model: str, stages: str, seeds: int, spurious_
 
 
 def _render(out, summaries: dict, stages: str) -> None:
+    from rich.markup import escape
     from rich.table import Table
 
     for name, summary in summaries.items():
@@ -90,12 +91,12 @@ def _render(out, summaries: dict, stages: str) -> None:
         elif "base.top1" in base:
             out.print(f"base: {100 * base['base.top1']:.1f}% validation top-1 "
                       f"(chance {100 * base['base.chance']:.1f}%)")
-        t = Table(title=f"ERSM claims, criteria version 1 ({name} on {settings['data']}, stages {stages}, "
-                        f"seed {settings['seed']})")
+        t = Table(title=escape(f"ERSM claims, criteria version 1 ({name} on {settings['data']}, stages {stages}, "
+                               f"seed {settings['seed']})"))
         for col in ("claim", "criterion", "ERSM", "baseline / magnitude", "verdict"):
             t.add_column(col)
         for r in summary["claims"]:
-            t.add_row(r["claim"], r["criterion"], _fmt(r["ersm"]), _fmt(r["comparison"]), r["verdict"])
+            t.add_row(escape(r["claim"]), escape(r["criterion"]), _fmt(r["ersm"]), _fmt(r["comparison"]), r["verdict"])
         out.print(t)
         seeds = summary["seeds"]
         t = Table(title=f"ERSM claims, criteria version 2 ({name}, seeds {seeds[0]}-{seeds[-1]}, paired bootstrap "
@@ -104,7 +105,7 @@ def _render(out, summaries: dict, stages: str) -> None:
             t.add_column(col)
         for r in summary["claims_v2"]:
             figure = "-" if r["estimate"] is None else f"{r['estimate']:.3f} [{r['low']:.3f}, {r['high']:.3f}]"
-            t.add_row(r["claim"], r["criterion"], figure, r["verdict"])
+            t.add_row(escape(r["claim"]), escape(r["criterion"]), escape(figure), r["verdict"])
         out.print(t)
         out.print(f"report: [bold]{summary['report']}[/]; claims: {settings['output']}/claims.json")
     if len(summaries) > 1:
@@ -114,7 +115,7 @@ def _render(out, summaries: dict, stages: str) -> None:
             t.add_column(name)
         first = next(iter(summaries.values()))["claims_v2"]
         for i, row in enumerate(first):
-            t.add_row(row["claim"], *[s["claims_v2"][i]["verdict"] for s in summaries.values()])
+            t.add_row(escape(row["claim"]), *[s["claims_v2"][i]["verdict"] for s in summaries.values()])
         out.print(t)
 
 

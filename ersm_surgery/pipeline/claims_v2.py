@@ -33,7 +33,7 @@ class ClaimV2:
 
     @property
     def criterion(self) -> str:
-        return f"95% interval of [{self.figure.description}] {self.margin.describe()}"
+        return f"{self.figure.description}: 95% interval {self.margin.describe()}"
 
 
 CLAIMS_V2 = [
