@@ -155,3 +155,22 @@ def test_boxes_on_the_command_line_fail_fast_in_one_line(folder, tmp_path) -> No
     assert "Traceback" not in result.output and not (out / "base").exists()
     result = run("run", "test_resnet", "--stages", "2", "--boxes", _plain(tmp_path), "-o", out)
     assert result.exit_code == 2 and "--data-dir only" in result.output
+
+
+def test_evaluate_measures_localization_on_a_folder_with_boxes(folder, tmp_path) -> None:
+    import ersm_surgery
+
+    torch.manual_seed(0)
+    model = ersm_surgery.inject("test_resnet", input_size=(3, 32, 32), num_classes=2, stages=[2, 3])
+    ersm_surgery.save(model, tmp_path / "m")
+    out = tmp_path / "eval"
+    result = run("evaluate", tmp_path / "m", "--data-dir", folder, "--boxes", _voc(tmp_path), "--num-images", 5,
+                 "-b", 5, "--img-size", 32, "--crop-pct", 0.8, "--figure-images", 5, "--metrics",
+                 "accuracy,localization", "-o", out, "--json")
+    assert result.exit_code == 0, result.output
+    r = json.loads(result.stdout)
+    assert r["localization"]["images"] == 4 and r["localization"]["images_without_box"] == 1
+    assert r["data"]["images_without_box"] == 1 and any("1 of 5 images have no box" in n for n in r["notes"])
+    assert r["per_image"]["boxed"] == [0, 1, 2, 3]
+    assert r["background_swap"]["images"] == 4 and "localization_mass" in r["intervals"]
+    assert (out / "masks.png").is_file() and (out / "background.png").is_file()

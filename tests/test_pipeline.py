@@ -109,3 +109,27 @@ def test_run_refuses_built_in_data_options_with_a_folder(tmp_path):
     assert result.exit_code != 0
     lines = result.output.strip().splitlines()
     assert len(lines) == 1 and "--num-classes" in lines[0] and "built-in data only" in lines[0], result.output
+
+
+def test_reproduce_runs_the_protocol_per_model_and_prints_a_summary(tmp_path):
+    out = tmp_path / "many"
+    result = CliRunner().invoke(cli, ["reproduce", "--model", "test_resnet,test_efficientnet", *TINY, "--seeds", "1",
+                                      "--spurious-cue", "0", "-o", str(out)])
+    assert result.exit_code == 0, result.output
+    for name in ("test_resnet", "test_efficientnet"):
+        record = json.loads((out / name / "claims.json").read_text())
+        assert record["model"] == name and record["seeds"] == [0]
+        rows = {r["claim"].split(" ")[0]: r["verdict"] for r in record["criteria"]["2"]}
+        assert rows["(f)"].startswith("NOT MEASURED")  # --spurious-cue 0: no cue planted
+        assert "criteria version 1 (" + name in " ".join(result.output.split())
+    assert "Summary: criteria version 2 verdicts per model" in result.output
+
+
+@pytest.mark.parametrize("args, fragment", [
+    (["--seeds", "0"], "--seeds"),
+    (["--data-dir", ".", "--spurious-cue", "0.5"], "--spurious-cue"),
+    (["--model", ","], "--model"),
+])
+def test_reproduce_refuses_bad_options_in_one_line(tmp_path, args, fragment):
+    result = CliRunner().invoke(cli, ["reproduce", *args, "-o", str(tmp_path / "o")])
+    assert result.exit_code == 2 and fragment in result.output, result.output
