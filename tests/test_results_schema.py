@@ -88,3 +88,16 @@ def test_a_newer_or_foreign_schema_is_one_line_with_the_fix(schema, fragment) ->
 def test_a_malformed_section_names_the_problem() -> None:
     with pytest.raises(ResultsSchemaError, match="malformed"):
         Results.from_dict({**V1, "accuracy": {"model": {"top5": 1.0}}})
+
+
+def test_claim_f_sections_read_into_a_typed_record_and_back() -> None:
+    v2 = {**copy.deepcopy(V1), "schema": {"name": "ersm-surgery/results", "version": 2},
+          "spurious_cue": {"images": 4, "cue": 0.9, "model": {"cued": 1.0, "decorrelated": 0.75, "drop": 0.25},
+                           "baseline": {"cued": 1.0, "decorrelated": 0.5, "drop": 0.5}},
+          "background_swap": {"images": 3, "method": "pasted", "model": {"kept": 2 / 3}, "baseline": {"kept": 1 / 3}}}
+    r = Results.from_dict(v2)
+    assert r.background.cue["baseline"]["drop"] == 0.5 and r.background.swap["model"] == pytest.approx(2 / 3)
+    assert r.to_dict()["spurious_cue"] == v2["spurious_cue"]
+    assert r.to_dict()["background_swap"] == v2["background_swap"]
+    assert "background" in [t["key"] for t in build_tables(v2)]
+    assert Results.from_dict(copy.deepcopy(V1)).background is None

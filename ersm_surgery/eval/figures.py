@@ -213,12 +213,12 @@ def intervals_figure(intervals: dict[str, Interval], path: Path) -> Path | None:
 
 def background_figure(results: Results, path: Path) -> Path | None:
     """Claim (f): top-1 cued vs decorrelated and the share kept after a background swap, per model."""
-    cue, swap = results.other.get("spurious_cue") or {}, results.other.get("background_swap") or {}
-    roles = [r for r in ("model", "baseline") if r in cue or r in swap]
-    if not roles:
+    b = results.background
+    if b is None:
         return None
-    bars = [("cued", cue), ("decorrelated", cue), ("kept", swap)]
-    bars = [(k, part) for k, part in bars if part]
+    roles = [r for r in ("model", "baseline") if r in b.cue or r in b.swap]
+    swap = {role: {"kept": kept} for role, kept in b.swap.items()}
+    bars = [(k, part) for k, part in (("cued", b.cue), ("decorrelated", b.cue), ("kept", swap)) if part]
     fig = _figure(1.6 + 1.3 * len(bars), 3.0)
     ax = fig.subplots()
     width = 0.8 / len(roles)

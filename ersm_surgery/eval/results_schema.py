@@ -10,8 +10,9 @@ Versions:
   ``occlusion``, ``deletion``, ``localization``) and provenance (``settings``, ``data``, ``models``,
   ``notes``, ``timing``, ``versions``, ``base``, ``figures``, ``report``).
 - 2: adds ``schema: {"name": "ersm-surgery/results", "version": 2}``, ``per_image`` (the paired
-  per-image figures the intervals need, see :class:`PerImage`) and ``intervals`` (estimate and 95%
-  interval of every paired difference, see :mod:`.stats`). A version-1 file reads with
+  per-image figures the intervals need, see :class:`PerImage`), ``intervals`` (estimate and 95%
+  interval of every paired difference, see :mod:`.stats`) and claim (f)'s ``spurious_cue`` and
+  ``background_swap`` (:class:`BackgroundTests`). A version-1 file reads with
   ``per_image = None`` and no intervals.
 """
 from __future__ import annotations
@@ -26,7 +27,7 @@ from ..errors import ErsmError
 from .stats import Interval
 
 __all__ = ["SCHEMA_NAME", "SCHEMA_VERSION", "ResultsSchemaError", "Accuracy", "OcclusionCurve", "DeletionCurve",
-           "MapScores", "LayerLocalization", "LayerSparsity", "PerImage", "Results"]
+           "MapScores", "LayerLocalization", "LayerSparsity", "PerImage", "BackgroundTests", "Results"]
 
 SCHEMA_NAME = "ersm-surgery/results"
 SCHEMA_VERSION = 2
@@ -156,6 +157,49 @@ class LayerSparsity:
         return self.detail
 
 
+@dataclass
+class BackgroundTests:
+    """Claim (f)'s aggregates (:mod:`.shift`); either part may be absent.
+
+    Attributes:
+        cue: role -> ``{"cued", "decorrelated", "drop"}`` top-1 on the same images with the tint that names
+            the class and with an independent one (``spurious_cue`` in the file).
+        cue_images: images of the cue test.
+        cue_strength: the planted cue's probability.
+        swap: role -> share of predictions kept after the background swap (``background_swap``).
+        swap_images: composites of the swap test.
+        swap_method: how the composites were made.
+    """
+
+    cue: dict[str, dict[str, float]] = field(default_factory=dict)
+    cue_images: int = 0
+    cue_strength: float | None = None
+    swap: dict[str, float] = field(default_factory=dict)
+    swap_images: int = 0
+    swap_method: str = ""
+
+    ROLES = ("model", "baseline")
+
+    @classmethod
+    def from_dict(cls, cue: Mapping[str, Any] | None, swap: Mapping[str, Any] | None) -> BackgroundTests | None:
+        if not cue and not swap:
+            return None
+        cue, swap = cue or {}, swap or {}
+        return cls({r: {k: _f(cue[r][k]) for k in ("cued", "decorrelated", "drop")} for r in cls.ROLES if r in cue},
+                   int(cue.get("images", 0)), cue.get("cue"),
+                   {r: _f(swap[r]["kept"]) for r in cls.ROLES if r in swap}, int(swap.get("images", 0)),
+                   str(swap.get("method", "")))
+
+    def to_dict(self) -> dict[str, Any]:
+        out: dict[str, Any] = {}
+        if self.cue:
+            out["spurious_cue"] = {"images": self.cue_images, "cue": self.cue_strength, **self.cue}
+        if self.swap:
+            out["background_swap"] = {"images": self.swap_images, "method": self.swap_method,
+                                      **{r: {"kept": v} for r, v in self.swap.items()}}
+        return out
+
+
 _NONE_TO_NAN = np.vectorize(lambda x: np.nan if x is None else x, otypes=[np.float64])
 
 
@@ -215,7 +259,7 @@ class PerImage:
 
 # sections read into typed records; every other key is kept as it is in ``other``
 _TYPED = ("schema", "summary", "accuracy", "occlusion", "deletion", "localization", "sparsity", "per_image",
-          "intervals")
+          "intervals", "spurious_cue", "background_swap")
 
 
 @dataclass
@@ -235,6 +279,7 @@ class Results:
         sparsity: layer -> :class:`LayerSparsity`.
         per_image: the paired per-image figures (None in a version-1 file).
         intervals: name -> :class:`~.stats.Interval` of the paired differences.
+        background: claim (f)'s :class:`BackgroundTests`, or None.
         other: settings, data, models, notes, timing, versions, base, compute, figures, report, ...
     """
 
@@ -250,6 +295,7 @@ class Results:
     sparsity: dict[str, LayerSparsity] = field(default_factory=dict)
     per_image: PerImage | None = None
     intervals: dict[str, Interval] = field(default_factory=dict)
+    background: BackgroundTests | None = None
     other: dict[str, Any] = field(default_factory=dict)
 
     @property
@@ -311,6 +357,7 @@ class Results:
                       for n, v in ((d.get("sparsity") or {}).get("layers") or {}).items()},
             per_image=PerImage.from_dict(d["per_image"]) if d.get("per_image") else None,
             intervals={k: Interval.from_dict(v) for k, v in (d.get("intervals") or {}).items()},
+            background=BackgroundTests.from_dict(d.get("spurious_cue"), d.get("background_swap")),
             other={k: v for k, v in d.items() if k not in _TYPED},
         )
 
@@ -337,6 +384,8 @@ class Results:
                                    "layers": {n: v.to_dict() for n, v in self.localization.items()}}
         if self.per_image is not None:
             out["per_image"] = self.per_image.to_dict()
+        if self.background is not None:
+            out.update(self.background.to_dict())
         if self.intervals:
             out["intervals"] = {k: v.to_dict() for k, v in self.intervals.items()}
         return out

@@ -152,20 +152,14 @@ def _intervals(r: Results) -> dict:
 
 
 def _background(r: Results) -> dict:
-    rows = []
-    cue, swap = r.other.get("spurious_cue") or {}, r.other.get("background_swap") or {}
-    for role in ("model", "baseline"):
-        if role in cue:
-            c = cue[role]
-            rows.append([role, "spurious cue", f"cued {_pct(c['cued'])}, decorrelated {_pct(c['decorrelated'])}",
-                         _signed_pct(c["drop"])])
-    for role in ("model", "baseline"):
-        if role in swap:
-            rows.append([role, "background swap", f"{_pct(swap[role]['kept'])} of predictions kept", ""])
+    b = r.background
+    rows = [[role, "spurious cue", f"cued {_pct(c['cued'])}, decorrelated {_pct(c['decorrelated'])}",
+             _signed_pct(c["drop"])] for role, c in b.cue.items()]
+    rows += [[role, "background swap", f"{_pct(kept)} of predictions kept", ""] for role, kept in b.swap.items()]
     return _table("background", "Reliance on the background (claim (f))", ["", "test", "top-1 / kept", "drop"], rows,
-                  (f"spurious cue: the same {cue['images']} images with the background tint that names the class "
-                   "(cued) and with an independent one (decorrelated). " if cue else "")
-                  + (f"background swap: {swap['method']} ({swap['images']} images)." if swap else ""))
+                  (f"spurious cue: the same {b.cue_images} images with the background tint that names the class "
+                   "(cued) and with an independent one (decorrelated). " if b.cue else "")
+                  + (f"background swap: {b.swap_method} ({b.swap_images} images)." if b.swap else ""))
 
 
 def _compute_of(r: Results) -> dict:
@@ -177,7 +171,7 @@ def build_tables(results: dict[str, Any] | Results) -> list[dict]:
     r = Results.from_dict(results)
     present = {"accuracy": bool(r.accuracy), "sparsity": bool(r.sparsity), "compute": bool(r.other.get("compute")),
                "occlusion": bool(r.occlusion), "deletion": bool(r.deletion), "localization": bool(r.localization),
-               "background": bool(r.other.get("spurious_cue") or r.other.get("background_swap")),
+               "background": r.background is not None,
                "intervals": bool(r.intervals)}
     builders = (("accuracy", _accuracy), ("sparsity", _sparsity), ("compute", _compute_of), ("occlusion", _occlusion),
                 ("deletion", _deletion), ("localization", _localization), ("background", _background),
