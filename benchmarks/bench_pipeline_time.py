@@ -71,6 +71,8 @@ def main() -> None:
     p.add_argument("--models", default="resnet18", help="comma-separated models for --reproduce")
     p.add_argument("--keep", type=Path, help="write the runs here instead of a temporary folder")
     p.add_argument("--no-run", action="store_true", help="skip the `run` timing")
+    p.add_argument("--reproduce-args", default="", help="more reproduce flags, e.g. a tiny smoke setting "
+                   "('--seeds 2 --epochs 1 --base-epochs 1 --data-size 64 --num-images 16 --force-base')")
     args = p.parse_args()
     beside = Path(sys.executable).with_name("ersm-surgery")  # the environment this script runs in
     exe = str(beside) if beside.exists() else shutil.which("ersm-surgery")
@@ -80,7 +82,9 @@ def main() -> None:
     jobs = [] if args.no_run else [("run", [exe, "-q", "run", "resnet18", "--stages", "2,3", "--dataset",
                                             "builtin:clutter"], 5.0)]
     if args.reproduce:
-        jobs += [(f"reproduce-{m}", [exe, "-q", "reproduce", "--model", m], 20.0) for m in args.models.split(",")]
+        extra = args.reproduce_args.split()
+        jobs += [(f"reproduce-{m}", [exe, "-q", "reproduce", "--model", m, *extra], 20.0)
+                 for m in args.models.split(",")]
     with tempfile.TemporaryDirectory() as tmp:
         root = args.keep or Path(tmp)
         for name, cmd, bound in jobs:

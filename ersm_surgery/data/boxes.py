@@ -71,12 +71,10 @@ def _coco(source: Path, data: dict, labels: dict[str, str]) -> dict[str, PixelBo
         raise DataError(f"boxes file {source}: not a COCO instances file ({type(exc).__name__}: {exc})",
                         "give images, annotations (bbox [x, y, w, h]) and categories, or a JSON object "
                         "{path: [x0, y0, x1, y1]}") from exc
-    by_base: dict[str, list[str]] = {}
-    for rel in labels:
-        by_base.setdefault(os.path.basename(rel), []).append(rel)
+    names = _Names(labels)
     out = {}
     for image_id, name in files.items():
-        rel = _match(name, labels, by_base)
+        rel = names.find(name)
         if rel is None:
             continue
         box = _largest([b for cls, b in found.get(image_id, []) if cls == labels[rel]])
@@ -85,27 +83,35 @@ def _coco(source: Path, data: dict, labels: dict[str, str]) -> dict[str, PixelBo
     return out
 
 
-def _match(name: str, labels: dict[str, str], by_base: dict[str, list[str]]) -> str | None:
-    if name in labels:
-        return name
-    for rel in labels:  # relative to the split folder: "3/00012.png" for "validation/3/00012.png"
-        if rel.split("/", 1)[-1] == name:
-            return rel
-    candidates = by_base.get(os.path.basename(name), [])
-    return candidates[0] if len(candidates) == 1 else None
+class _Names:
+    """Where a name from an annotation file points: the path relative to the data root, else to the split
+    folder ("3/00012.png" for "validation/3/00012.png"), else a base name that only one image has."""
+
+    def __init__(self, labels: dict[str, str]) -> None:
+        self.labels = labels
+        self.in_split = {rel.split("/", 1)[-1]: rel for rel in labels}
+        self.by_base: dict[str, list[str]] = {}
+        for rel in labels:
+            self.by_base.setdefault(os.path.basename(rel), []).append(rel)
+
+    def find(self, name: str) -> str | None:
+        if name in self.labels:
+            return name
+        if name in self.in_split:
+            return self.in_split[name]
+        candidates = self.by_base.get(os.path.basename(name), [])
+        return candidates[0] if len(candidates) == 1 else None
 
 
 def _voc(source: Path, labels: dict[str, str]) -> dict[str, PixelBox]:
     by_stem = {os.path.splitext(rel)[0]: rel for rel in labels}
-    by_base: dict[str, list[str]] = {}
-    for rel in labels:
-        by_base.setdefault(os.path.basename(rel), []).append(rel)
+    names = _Names(labels)
     out = {}
     for xml in sorted(source.rglob("*.xml")):
         entry = xml.relative_to(source).as_posix()
         try:
             root = ET.parse(xml).getroot()
-            rel = by_stem.get(os.path.splitext(entry)[0]) or _match(root.findtext("filename") or "", labels, by_base)
+            rel = by_stem.get(os.path.splitext(entry)[0]) or names.find(root.findtext("filename") or "")
             if rel is None:
                 continue
             boxes = []
