@@ -209,7 +209,8 @@ def model_card(model: nn.Module, recipe: Recipe, files: dict[str, Any], labels: 
     lines += ["", "## Recipe", "", *_fenced("yaml", recipe.to_yaml())]
     lines += ["", "## Evaluation", ""]
     read = _read(results)
-    rows = _flat(read.summary or read.to_dict())[:60] if read else []
+    # the schema's headline numbers; a file without them is listed as it is
+    rows = _flat((read.summary if read else None) or results)[:60] if results else []
     if rows:
         lines += ["| metric | value |", "|---|---|"]
         lines += [f"| {escape_md(k)} | {v:.4g} |" if isinstance(v, float) else f"| {escape_md(k)} | {escape_md(v)} |"
