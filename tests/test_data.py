@@ -118,6 +118,26 @@ def test_spurious_cue_is_correlated_in_train_only():
     assert 0.35 < frac < 0.65
 
 
+def test_claim_f_splits_cued_and_decorrelated_differ_only_in_the_tint():
+    """reproduce's cue (0.9, 4 classes): cued validation agrees with the class as train does; the decorrelated
+    one (the usual validation split) at chance among tinted images; the same objects either way."""
+    n, k = 200, 4
+    cued = ClutterDataset("validation", num_classes=k, spurious_cue=0.9, seed=3, validation_cue="correlated")
+    plain = ClutterDataset("validation", num_classes=k, spurious_cue=0.9, seed=3)
+    cued_hit, cued_tag = _tint_agreement(cued, n)
+    plain_hit, plain_tag = _tint_agreement(plain, n)
+    tinted = [plain.sample(i).cue is not None for i in range(n)]
+    assert 0.85 < np.mean(tinted) < 0.95 and cued_tag == pytest.approx(np.mean(tinted))
+    assert cued_hit > 0.7, cued_hit
+    # chance among the tinted images is 1/k; untinted ones have no cue to agree
+    assert abs(plain_tag - np.mean(tinted) / k) < 0.08 and plain_hit < 0.4, (plain_tag, plain_hit)
+    for i in range(20):
+        a, b = cued.sample(i), plain.sample(i)
+        assert a.box == b.box and a.target == b.target and (a.cue is None) == (b.cue is None)
+    with pytest.raises(DataError, match="validation_cue"):
+        ClutterDataset("validation", validation_cue="flipped")
+
+
 @pytest.mark.parametrize("kwargs", [{"num_classes": 11}, {"num_classes": 1}, {"spurious_cue": 1.5}, {"size": 0},
                                     {"img_size": 8}])
 def test_clutter_rejects_bad_settings(kwargs):

@@ -215,6 +215,36 @@ def test_runner_known_answers(clutter_images: EvalImages) -> None:
                                                                 deletion_fractions=(0.0, 0.5, 0.9)))
     assert hooked.results["deletion"]["model"]["layers"] == r["deletion"]["model"]["layers"]
     assert hooked.results["deletion"]["cost"]["method"] == "hook" and hooked.results["notes"]
+    _per_image_figures_give_back_the_aggregates(r)
+
+
+def _per_image_figures_give_back_the_aggregates(r: dict) -> None:
+    """results.json version 2: every aggregate is the mean of its per-image figure, and has an interval."""
+    from ersm_surgery.eval.results import to_jsonable
+    from ersm_surgery.eval.results_schema import Results
+
+    typed = Results.from_dict(to_jsonable(r))
+    assert typed.version == 2 and r["schema"] == {"name": "ersm-surgery/results", "version": 2}
+    p = typed.per_image
+    for role in ("model", "baseline"):
+        assert p.correct[role].mean() == pytest.approx(r["accuracy"][role]["top1"])
+        for name, curve in r["occlusion"][role].items():
+            assert p.occlusion[role][name].mean(axis=1) == pytest.approx(curve["accuracy"])
+    for name, rankings in r["deletion"]["model"]["layers"].items():
+        for ranking, orders in rankings.items():
+            for order, curve in orders.items():
+                assert p.deletion["model"][name][ranking][order].mean() == pytest.approx(curve["accuracy_auc"])
+        assert p.density[name].mean() == pytest.approx(r["sparsity"]["layers"][name]["density"]["mean"])
+    for name, layer in r["localization"]["layers"].items():
+        for kind in ("energy", "magnitude", "baseline_magnitude"):
+            for score in ("mass_in_box", "pointing"):
+                assert p.localization[name][kind][score].mean() == pytest.approx(layer[kind][score])
+    assert set(r["intervals"]) == {"accuracy", "occlusion", "deletion", "localization_mass", "localization_pointing",
+                                   "swap"}
+    assert p.swap["model"].mean() == pytest.approx(r["background_swap"]["model"]["kept"])
+    acc = r["intervals"]["accuracy"]
+    assert acc["estimate"] == pytest.approx(r["accuracy"]["delta"]["top1"]) and acc["low"] <= acc["high"]
+    assert Results.from_dict(typed.to_dict()).to_dict() == typed.to_dict()
 
 
 # ------------------------------------------------------------------ the command

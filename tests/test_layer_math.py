@@ -167,7 +167,7 @@ def test_regularizer_is_a_price_and_a_coherence_term_without_target_density():
 
 
 def test_energy_loss_ramps_gamma():
-    layer = EnergyMask(4, MaskConfig(price="absolute"), hidden=2).train()
+    layer = EnergyMask(4, MaskConfig(), hidden=2).train()
     layer(torch.randn(1, 4, 3, 3))
     loss = EnergyLoss([layer], gamma=2.0, warmup=0.5)
     assert loss(step=0, total_steps=10).item() == 0.0

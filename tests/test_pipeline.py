@@ -75,14 +75,26 @@ def test_reproduce_prints_the_claims_and_two_runs_give_the_same_table(tmp_path):
     tables = []
     for name in ("r1", "r2"):
         out = tmp_path / name
-        result = run("-q", "reproduce", "--model", "test_resnet", *TINY, "-o", str(out), "--json")
+        result = run("-q", "reproduce", "--model", "test_resnet", *TINY, "--seeds", "2", "-o", str(out), "--json")
         assert result.exit_code == 0, result.output
-        claims = json.loads(result.output)["claims"]
+        printed = json.loads(result.output)
+        claims, v2 = printed["claims"], printed["claims_v2"]
         assert [c["claim"][:3] for c in claims] == ["(a)", "(b)", "(c)", "(d)", "(e)"]
         # built-in data has boxes; the tiny base is forced past the gate, so every verdict says so
         assert all(c["verdict"] in ("HOLDS (untrained base)", "DOES NOT HOLD (untrained base)") for c in claims)
-        assert json.loads((out / "claims.json").read_text()) == claims
-        tables.append(claims)
+        # version 2: every claim measured on the built-in data (boxes, the spurious cue), over both seeds
+        assert [c["claim"].split(" ")[0] for c in v2] == ["(a)", "(b)", "(c)", "(d)", "(d')", "(e)", "(f)", "(f')"]
+        assert all(c["seeds"] == 2 and c["low"] <= c["estimate"] <= c["high"] for c in v2), v2
+        assert all(c["verdict"].endswith("(untrained base)") and not c["verdict"].startswith("NOT MEASURED")
+                   for c in v2), v2
+        record = json.loads((out / "claims.json").read_text())
+        assert record["criteria"] == {"1": claims, "2": v2} and record["seeds"] == [0, 1]
+        assert (out / "seeds" / "seed1" / "eval" / "results.json").is_file()
+        # the second seed fine-tuned on the first seed's data, from the same injected model
+        args = yaml.safe_load((out / "seeds" / "seed1" / "ersm" / "args.yaml").read_text())["config"]
+        assert args["seed"] == 1 and args["data_options"]["data_seed"] == 0
+        assert args["data_options"]["spurious_cue"] == 0.9
+        tables.append((claims, v2))
     assert tables[0] == tables[1]
     # the built-in protocol's class count (the one the default mask settings were measured on)
     assert "num_classes: 4" in (tmp_path / "r1" / "ersm" / "recipe.yaml").read_text()
@@ -95,3 +107,27 @@ def test_run_refuses_built_in_data_options_with_a_folder(tmp_path):
     assert result.exit_code != 0
     lines = result.output.strip().splitlines()
     assert len(lines) == 1 and "--num-classes" in lines[0] and "built-in data only" in lines[0], result.output
+
+
+def test_reproduce_runs_the_protocol_per_model_and_prints_a_summary(tmp_path):
+    out = tmp_path / "many"
+    result = run("reproduce", "--model", "test_resnet,test_efficientnet", *TINY, "--seeds", "1",
+                 "--spurious-cue", "0", "-o", str(out))
+    assert result.exit_code == 0, result.output
+    for name in ("test_resnet", "test_efficientnet"):
+        record = json.loads((out / name / "claims.json").read_text())
+        assert record["model"] == name and record["seeds"] == [0]
+        rows = {r["claim"].split(" ")[0]: r["verdict"] for r in record["criteria"]["2"]}
+        assert rows["(f)"].startswith("NOT MEASURED")  # --spurious-cue 0: no cue planted
+        assert "criteria version 1 (" + name in " ".join(result.output.split())
+    assert "Summary: criteria version 2 verdicts per model" in result.output
+
+
+@pytest.mark.parametrize("args, fragment", [
+    (["--seeds", "0"], "--seeds"),
+    (["--data-dir", ".", "--spurious-cue", "0.5"], "--spurious-cue"),
+    (["--model", ","], "--model"),
+])
+def test_reproduce_refuses_bad_options_in_one_line(tmp_path, args, fragment):
+    result = run("reproduce", *args, "-o", str(tmp_path / "o"))
+    assert result.exit_code == 2 and fragment in result.output, result.output

@@ -22,7 +22,7 @@ from ersm_surgery.data import (
     resolve_preprocessing,
 )
 from ersm_surgery.errors import DataError
-from ersm_surgery.recipe import Recipe
+from ersm_surgery.recipe import RECIPE_VERSION, Recipe
 from tests.conftest import ok
 from tests.conftest import run_quiet as run
 
@@ -54,7 +54,7 @@ def trained(tmp_path_factory):
 def test_finetune_records_the_models_own_preprocessing(trained):
     root, _ = trained
     recipe = ersm_surgery.load(root / "ft").ersm_recipe
-    assert recipe.version == 2
+    assert recipe.version == RECIPE_VERSION
     assert recipe.data_config == {"input_size": [3, 32, 32], "interpolation": "bilinear", "mean": [0.5, 0.5, 0.5],
                                   "std": [0.5, 0.5, 0.5], "crop_pct": 0.95, "crop_mode": "center"}
 

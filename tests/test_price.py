@@ -11,7 +11,7 @@ from ersm_surgery.train.mask_watch import MaskWatch
 
 
 def test_the_price_is_alpha_times_the_mean_task_gradient_on_the_mask():
-    layer = EnergyMask(4, MaskConfig(alpha=0.5, beta=0.0), hidden=2).train()
+    layer = EnergyMask(4, MaskConfig(alpha=0.5, beta=0.0, price="relative"), hidden=2).train()
     x = torch.randn(3, 4, 5, 5)
     weight = torch.randn(3, 4, 5, 5)
     (layer(x) * weight).sum().backward()  # dL/dm_i = sum_c x_ic * w_ic, exactly
@@ -27,7 +27,7 @@ def test_the_price_is_alpha_times_the_mean_task_gradient_on_the_mask():
 
 def test_the_observed_scale_is_the_task_gradient_alone_also_in_soft_mode():
     for mode in ("soft", "straight_through"):
-        layer = EnergyMask(4, MaskConfig(train_mode=mode, beta=0.0), hidden=2).train()
+        layer = EnergyMask(4, MaskConfig(train_mode=mode, beta=0.0, price="relative"), hidden=2).train()
         x = torch.randn(2, 4, 4, 4)
         out = layer(x).sum() + 1000.0 * layer.state.q.sum()  # a term on q must not count as the task's
         out.backward()
@@ -35,7 +35,7 @@ def test_the_observed_scale_is_the_task_gradient_alone_also_in_soft_mode():
 
 
 def test_a_loss_multiplier_is_divided_out():
-    layer = EnergyMask(4, MaskConfig(), hidden=2).train()
+    layer = EnergyMask(4, MaskConfig(price="relative"), hidden=2).train()
     x = torch.randn(2, 4, 4, 4)
     layer.task_scale.set_multiplier(0.25)  # e.g. 4 accumulation steps: the loop backpropagates loss / 4
     (0.25 * layer(x).sum()).backward()
@@ -43,7 +43,7 @@ def test_a_loss_multiplier_is_divided_out():
 
 
 def test_nothing_is_observed_in_eval_or_without_grad_and_no_state_dict_entry():
-    layer = EnergyMask(4, MaskConfig(), hidden=2)
+    layer = EnergyMask(4, MaskConfig(price="relative"), hidden=2)
     with torch.no_grad():
         layer.train()(torch.randn(1, 4, 3, 3))
     layer.eval()(torch.randn(1, 4, 3, 3))
@@ -106,7 +106,7 @@ def test_finetune_warns_on_a_collapsing_and_a_never_closing_run(tmp_path, caplog
     from ersm_surgery.train import FinetuneConfig, fit
 
     model = ersm_surgery.inject("test_resnet", stages=[2, 3], input_size=(3, 32, 32), num_classes=4,
-                                config=MaskConfig(alpha=alpha))
+                                config=MaskConfig(alpha=alpha, price="relative"))
     data = {"num_classes": 4, "size": 16}
     train = create_dataset("builtin:clutter", "train", img_size=32, seed=0, **data)
     val = create_dataset("builtin:clutter", "validation", img_size=32, seed=0, **data)
@@ -124,8 +124,9 @@ def test_old_recipes_keep_the_absolute_price_and_new_ones_write_theirs():
     assert old.mask.price == "absolute" and old.mask.alpha == 0.2
     assert Recipe.from_dict({"model": "resnet18", "mask": {}}).mask.price == "absolute"  # version 1
     new = Recipe(model="resnet18")
-    assert new.version == 3 and new.mask.price == "relative"
-    again = Recipe.from_dict(new.to_dict())
+    assert new.version == 3 and new.mask.price == "absolute" and new.to_dict()["mask"]["price"] == "absolute"
+    relative = Recipe.from_dict({"version": 3, "model": "resnet18", "mask": {"price": "relative"}})
+    again = Recipe.from_dict(relative.to_dict())
     assert again.mask.price == "relative" and again.to_dict()["mask"]["price"] == "relative"
     kept = Recipe.from_dict(old.to_dict())  # an old model re-saved says what it meant
     assert kept.mask.price == "absolute"
@@ -156,9 +157,10 @@ def test_the_brake_eases_gamma_off_as_the_task_loss_rises_and_never_reads_the_de
     assert LossBrake(None, 30).factor() == 1.0
 
 
-def test_the_brake_is_on_by_default_and_validated():
+def test_the_brake_is_off_by_default_and_validated():
     from ersm_surgery.train import FinetuneConfig
 
-    assert FinetuneConfig().loss_brake == 1.0
+    assert FinetuneConfig().loss_brake is None
+    assert FinetuneConfig.from_sources({"loss_brake": 1.0}).loss_brake == 1.0
     with pytest.raises(Exception, match="loss_brake"):
         FinetuneConfig.from_sources({"loss_brake": -1.0})

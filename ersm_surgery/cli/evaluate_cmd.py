@@ -38,6 +38,10 @@ def _positive(_ctx, param, value):
 @click.option("--data-dir", type=click.Path(file_okay=False), help="ImageFolder with a validation/ split.")
 @click.option("--dataset", help="A built-in data set instead, e.g. builtin:clutter.")
 @click.option("--split", default="validation", show_default=True, help="Which split to evaluate on.")
+@click.option("--boxes", type=click.Path(), help="Object boxes for --data-dir: a JSON {relpath: [x0, y0, x1, y1]}, a "
+              "COCO instances JSON or a folder of Pascal VOC XML (docs/evaluate.md).")
+@click.option("--spurious-cue", type=click.FloatRange(0, 1), help="builtin:clutter: plant the background cue with "
+              "this probability and measure claim (f) (cued vs decorrelated top-1).")
 @click.option("--baseline", help="Comparison model: a saved folder (e.g. finetune --no-masks) or a timm name.")
 @click.option("--baseline-weights", type=click.Path(dir_okay=False), help="Local weights for a --baseline timm name.")
 @click.option("--metrics", default="all", show_default=True, callback=_parse_metrics,
@@ -73,7 +77,8 @@ def _positive(_ctx, param, value):
 @click.option("--force", is_flag=True, help="Write into an existing non-empty output folder.")
 @click.option("--json", "as_json", is_flag=True, help="Print results.json to stdout.")
 @click.pass_context
-def evaluate(ctx: click.Context, source: str, data_dir, dataset, split, baseline, baseline_weights, metrics, num_images,
+def evaluate(ctx: click.Context, source: str, data_dir, dataset, split, boxes, spurious_cue, baseline, baseline_weights,
+             metrics, num_images,
              img_size, mean, std, interpolation, crop_pct, batch_size, seed, num_classes, deletion_fill, occlusion_grid,
              figure_images, device, workers, out_dir, deprecated_out, report, force, as_json) -> None:
     """Measure a masked model (DIR) and its baseline on the same images: numbers, figures, an HTML report.
@@ -105,6 +110,10 @@ def evaluate(ctx: click.Context, source: str, data_dir, dataset, split, baseline
     out_path = check_output_dir(out_dir or default_eval_output(source), force)
     out = console(ctx)
     quiet = bool((ctx.obj or {}).get("quiet"))
+    if boxes and data_dir is None:
+        raise click.BadParameter("applies to --data-dir only (built-in data has its own boxes)", param_hint="--boxes")
+    if spurious_cue is not None and data_dir is not None:
+        raise click.BadParameter("applies to builtin:clutter only", param_hint="--spurious-cue")
     settings = EvalSettings(metrics=metrics, batch_size=batch_size, seed=seed, deletion_fill=deletion_fill,
                             occlusion_grid=occlusion_grid, figure_images=max(0, figure_images),
                             device=device)
@@ -113,7 +122,7 @@ def evaluate(ctx: click.Context, source: str, data_dir, dataset, split, baseline
                                   baseline_weights=baseline_weights, split=split, num_images=num_images,
                                   workers=workers, num_classes=num_classes, settings=settings, progress=progress,
                                   img_size=img_size, mean=mean, std=std, interpolation=interpolation,
-                                  crop_pct=crop_pct)
+                                  crop_pct=crop_pct, boxes=boxes, spurious_cue=spurious_cue)
     files = write_evaluation(result, out_path, report)
     if as_json:
         from ..eval.results import to_jsonable

@@ -12,6 +12,8 @@ def pipeline_options(func):
     options = [
         click.option("--data-dir", type=click.Path(file_okay=False), help="ImageFolder with train/ and validation/."),
         click.option("--dataset", default=None, help="Built-in data (default: builtin:clutter)."),
+        click.option("--boxes", type=click.Path(), help="Object boxes for --data-dir's validation images: a JSON "
+                     "{relpath: [x0, y0, x1, y1]}, a COCO instances JSON or a folder of Pascal VOC XML."),
         click.option("--epochs", type=click.IntRange(min=1),
                      help="Fine-tuning epochs, ERSM and baseline alike (run: 2, reproduce: 3)."),
         click.option("--base-epochs", type=click.IntRange(min=1),
@@ -70,6 +72,8 @@ def build_settings(model: str, stages: str, defaults: dict, **options):
     from pathlib import Path
 
     # a missing folder is the library's error (it names the folder); a flag that a folder cannot use is ours
+    if options.get("boxes") and not options["data_dir"]:
+        raise click.BadParameter("applies to --data-dir only (built-in data has its own boxes)", param_hint="--boxes")
     if options["data_dir"] and Path(options["data_dir"]).is_dir() and (options["num_classes"] or options["data_size"]):
         flag = "--num-classes" if options["num_classes"] else "--data-size"
         raise click.BadParameter("applies to built-in data only; a folder's classes and images are its own",
@@ -77,14 +81,15 @@ def build_settings(model: str, stages: str, defaults: dict, **options):
     return resolve(model, stages, defaults, **options)
 
 
-def run_with_display(ctx: click.Context, settings, quiet: bool) -> dict:
-    """Run the pipeline with one progress display across the steps."""
+def run_with_display(ctx: click.Context, settings, quiet: bool, runner=None) -> dict:
+    """Run the pipeline (or ``runner(settings, progress)``, e.g. reproduce's) with one progress display."""
     from ..pipeline import run_pipeline
     from ..pipeline.run import STEPS
 
     out = console(ctx)
+    runner = runner or run_pipeline
     if quiet:
-        return run_pipeline(settings)
+        return runner(settings, progress=None)
     with out.status("starting") as status:
         done: list[str] = []
 
@@ -94,7 +99,7 @@ def run_with_display(ctx: click.Context, settings, quiet: bool) -> dict:
             status.update(f"[{STEPS.index(step) + 1}/{len(STEPS)}] {message}")
             out.log(f"{step}: {message}")
 
-        return run_pipeline(settings, progress)
+        return runner(settings, progress=progress)
 
 
 def skipped_exports(summary: dict) -> dict[str, str]:

@@ -8,7 +8,9 @@ ERSM masks sit on the object (claim (c) of arXiv 2604.06893).
 
 ``spurious_cue`` plants a shortcut: in the train split, with that probability, the background is tinted
 with a hue tied to the label; in the validation split the tint is drawn independently of the label, so a
-model that learned the tint instead of the shape loses accuracy there.
+model that learned the tint instead of the shape loses accuracy there. ``validation_cue="correlated"``
+gives the cued validation split of claim (f): the same images, tinted as the train split would tint them
+(the tint is the only pixel that changes, since every part of a sample has its own random stream).
 """
 from __future__ import annotations
 
@@ -34,6 +36,7 @@ CLUTTER_STD = (0.201, 0.211, 0.192)
 _DEFAULT_SIZE = {"train": 2000, "validation": 500}
 _SCALE = (0.35, 0.6)  # object extent as a fraction of the image side
 _TINT_STRENGTH = 0.5
+VALIDATION_CUES = ("decorrelated", "correlated")
 
 
 @dataclass
@@ -71,6 +74,8 @@ class ClutterDataset(ErsmDataset):
             that resize is the identity and no pixel is interpolated; with ``crop_pct`` 1.0 (the default for
             generated data, which has no border to crop) the evaluation transform only normalises.
         auto_augment: timm's auto-augment policy of the training transform (with ``train_augment``).
+        validation_cue: in a validation split, ``"decorrelated"`` (default: the tint drawn independently of
+            the label) or ``"correlated"`` (the tint names the label, as in train).
 
     Raises:
         DataError: a value is out of range.
@@ -91,9 +96,12 @@ class ClutterDataset(ErsmDataset):
         train_augment: bool = False,
         preprocessing: Preprocessing | None = None,
         auto_augment: str | None = None,
+        validation_cue: str = "decorrelated",
     ) -> None:
         self.split = canonical_split(split)
         problems = []
+        if validation_cue not in VALIDATION_CUES:
+            problems.append(f"validation_cue={validation_cue!r} ({' or '.join(VALIDATION_CUES)})")
         if not 2 <= int(num_classes) <= len(CLUTTER_CLASSES):
             problems.append(f"num_classes={num_classes} (2 to {len(CLUTTER_CLASSES)})")
         if size is not None and int(size) < 1:
@@ -111,6 +119,7 @@ class ClutterDataset(ErsmDataset):
         self.size = int(size) if size is not None else _DEFAULT_SIZE[self.split]
         self.spurious_cue = float(spurious_cue)
         self.train_augment = bool(train_augment)
+        self.validation_cue = validation_cue
         self._split_code = zlib.crc32(self.split.encode())  # stable across runs, unlike hash()
         default = legacy_preprocessing(self.img_size, CLUTTER_MEAN, CLUTTER_STD)
         self._set_preprocessing(preprocessing or default, auto_augment)
@@ -150,7 +159,9 @@ class ClutterDataset(ErsmDataset):
         cue = None
         if cue_rng.random() < self.spurious_cue:
             # train: the tint names the label; validation: the tint is independent of it
-            cue = target if self.split == "train" else int(cue_rng.integers(self.num_classes))
+            tied = self.split == "train" or self.validation_cue == "correlated"
+            drawn = int(cue_rng.integers(self.num_classes))  # drawn either way: the streams stay aligned
+            cue = target if tied else drawn
             img = (1 - _TINT_STRENGTH) * img + _TINT_STRENGTH * _render.cue_tint(cue, self.num_classes)
         img = _render.draw_distractors(bg_rng, img)
         pixels = _render.composite(paint_rng, img, alpha)
@@ -181,6 +192,7 @@ class ClutterDataset(ErsmDataset):
             "num_classes": self.num_classes,
             "classes": list(self.classes),
             "spurious_cue": self.spurious_cue,
+            **({"validation_cue": self.validation_cue} if self.split != "train" and self.spurious_cue else {}),
             "train_augment": self.train_augment,
             "auto_augment": self.auto_augment,
             "preprocessing": self.preprocessing.to_dict(),

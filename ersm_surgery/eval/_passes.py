@@ -22,6 +22,7 @@ from .deletion_batched import DeletionJob, run_deletion_jobs
 from .deletion_reference import ORDERS, combine_deletion_curves, energy_scores, magnitude_scores, random_scores
 from .images import EvalImages
 from .occlusion import cutout, hide_and_seek, occlusion_curve, random_patch_drop
+from .per_image import per_image_auc
 from .rerun import Anchor
 from .settings import EvalSettings, Progress
 
@@ -257,6 +258,7 @@ def deletion_pass(subject: Subject, images: EvalImages, settings: EvalSettings, 
     for (name, r, o), curves in parts.items():
         pooled = combine_deletion_curves(curves)
         layers.setdefault(name, {}).setdefault(r, {})[o] = {
-            k: pooled[k] for k in ("accuracy", "probability", "accuracy_auc", "probability_auc")}
+            **{k: pooled[k] for k in ("accuracy", "probability", "accuracy_auc", "probability_auc")},
+            "per_image_auc": per_image_auc(settings.deletion_fractions, pooled["per_image_correct"])}
     return {"layers": layers, "seconds": clock.wall, "cpu_seconds": clock.cpu, "reruns": counts, "method": split.method,
             "note": subject.split_note}

@@ -12,7 +12,11 @@ from typing import Any
 import numpy as np
 import torch
 
-__all__ = ["write_figures", "mask_grid", "deletion_figure", "occlusion_figure", "density_figure"]
+from .results_schema import LayerSparsity, OcclusionCurve, Results
+from .stats import Interval
+
+__all__ = ["write_figures", "mask_grid", "deletion_figure", "occlusion_figure", "density_figure", "intervals_figure",
+           "background_figure"]
 
 _RANKING_STYLE = {
     "energy": {"color": "#d62728", "label": "ERSM energy"},
@@ -108,13 +112,13 @@ def mask_grid(samples: dict[str, Any], path: Path) -> Path | None:
     return _save(fig, path)
 
 
-def deletion_figure(deletion: dict, layer: str, path: Path) -> Path | None:
+def deletion_figure(results: Results, layer: str, path: Path) -> Path | None:
     """LeRF and MoRF curves at one layer: top-1 and clean-class probability vs fraction removed."""
-    model = (deletion.get("model") or {}).get("layers", {}).get(layer)
+    model = (results.deletion.get("model") or {}).get(layer)
     if not model:
         return None
-    baseline = (deletion.get("baseline") or {}).get("layers", {}).get(layer)
-    fractions = deletion["fractions"]
+    baseline = (results.deletion.get("baseline") or {}).get(layer)
+    fractions = results.deletion_info["fractions"]
     fig = _figure(8.5, 5.5)
     axes = fig.subplots(2, 2, sharex=True)
     for col, order in enumerate(("lerf", "morf")):
@@ -124,13 +128,14 @@ def deletion_figure(deletion: dict, layer: str, path: Path) -> Path | None:
                 curve = curves.get(order)
                 if curve:
                     style = _RANKING_STYLE[ranking]
-                    ax.plot(fractions, curve[metric], marker="o", markersize=3, color=style["color"],
-                            label=f"{style['label']} (AUC {curve[metric + '_auc']:.3f})")
+                    ax.plot(fractions, getattr(curve, metric), marker="o", markersize=3, color=style["color"],
+                            label=f"{style['label']} (AUC {getattr(curve, metric + '_auc'):.3f})")
             if baseline and "magnitude" in baseline and order in baseline["magnitude"]:
                 curve = baseline["magnitude"][order]
                 style = _RANKING_STYLE["baseline"]
-                ax.plot(fractions, curve[metric], marker="s", markersize=3, color=style["color"],
-                        linestyle=style["linestyle"], label=f"{style['label']} (AUC {curve[metric + '_auc']:.3f})")
+                ax.plot(fractions, getattr(curve, metric), marker="s", markersize=3, color=style["color"],
+                        linestyle=style["linestyle"],
+                        label=f"{style['label']} (AUC {getattr(curve, metric + '_auc'):.3f})")
             ax.set_ylim(-0.02, 1.02)
             ax.grid(alpha=0.3)
             ax.legend(fontsize=7)
@@ -140,11 +145,11 @@ def deletion_figure(deletion: dict, layer: str, path: Path) -> Path | None:
             ax.set_ylabel("top-1 accuracy" if metric == "accuracy" else "p(clean prediction)", fontsize=8)
             if row == 1:
                 ax.set_xlabel("fraction of tokens removed", fontsize=8)
-    fig.suptitle(f"feature deletion at {layer} (fill: {deletion['fill']})", fontsize=10)
+    fig.suptitle(f"feature deletion at {layer} (fill: {results.deletion_info['fill']})", fontsize=10)
     return _save(fig, path)
 
 
-def occlusion_figure(occlusion: dict, path: Path) -> Path | None:
+def occlusion_figure(occlusion: dict[str, dict[str, OcclusionCurve]], path: Path) -> Path | None:
     """Accuracy vs information loss for each occluder, model and baseline."""
     roles = [r for r in ("model", "baseline") if r in occlusion]
     if not roles:
@@ -155,10 +160,9 @@ def occlusion_figure(occlusion: dict, path: Path) -> Path | None:
     for ax, name in zip(axes, names, strict=True):
         for role in roles:
             curve = occlusion[role][name]
-            ax.plot(curve["levels"], curve["accuracy"], marker="o", markersize=3,
+            ax.plot(curve.levels, curve.accuracy, marker="o", markersize=3,
                     linestyle="-" if role == "model" else "--",
-                    label=f"{role} (occluded/clean {curve['ratio']:.2f})" if curve["ratio"] == curve["ratio"]
-                    else role)
+                    label=f"{role} (occluded/clean {curve.ratio:.2f})" if curve.ratio == curve.ratio else role)
         ax.set_title(_OCCLUDER_TITLES.get(name, name), fontsize=9)
         ax.set_xlabel("information loss", fontsize=8)
         ax.set_ylim(-0.02, 1.02)
@@ -168,28 +172,71 @@ def occlusion_figure(occlusion: dict, path: Path) -> Path | None:
     return _save(fig, path)
 
 
-def density_figure(sparsity: dict, path: Path) -> Path | None:
+def density_figure(sparsity: dict[str, LayerSparsity], path: Path) -> Path | None:
     """Histogram of per-image mask density for each layer (input adaptivity)."""
-    layers = sparsity.get("layers") or {}
-    if not layers:
+    if not sparsity:
         return None
-    fig = _figure(3.2 * len(layers), 2.8)
-    axes = np.atleast_1d(fig.subplots(1, len(layers), squeeze=False)[0])
-    for ax, (name, s) in zip(axes, layers.items(), strict=True):
-        edges = np.asarray(s["histogram"]["edges"])
-        counts = np.asarray(s["histogram"]["counts"])
+    fig = _figure(3.2 * len(sparsity), 2.8)
+    axes = np.atleast_1d(fig.subplots(1, len(sparsity), squeeze=False)[0])
+    for ax, (name, layer) in zip(axes, sparsity.items(), strict=True):
+        hist = layer.detail["histogram"]
+        edges, counts = np.asarray(hist["edges"]), np.asarray(hist["counts"])
         ax.bar(edges[:-1], counts, width=np.diff(edges), align="edge", color="#d62728", alpha=0.8,
                edgecolor="white")
-        d = s["density"]
-        ax.set_title(f"{_short(name)}: density {d['mean']:.2f} ± {d['std']:.2f}", fontsize=9)
+        ax.set_title(f"{_short(name)}: density {layer.density_mean:.2f} ± {layer.density_std:.2f}", fontsize=9)
         ax.set_xlabel("kept fraction per image", fontsize=8)
         ax.set_xlim(0, 1)
     axes[0].set_ylabel("images", fontsize=8)
     return _save(fig, path)
 
 
-def write_figures(results: dict, samples: dict, out_dir: str | Path) -> dict[str, Path]:
+def intervals_figure(intervals: dict[str, Interval], path: Path) -> Path | None:
+    """Each paired difference (ERSM - baseline) with its 95% interval, against zero."""
+    if not intervals:
+        return None
+    from .tables import _INTERVAL_NAMES
+
+    names = list(intervals)
+    fig = _figure(7.5, 0.45 * len(names) + 1.0)
+    ax = fig.subplots()
+    for y, name in enumerate(names):
+        iv = intervals[name]
+        ax.plot([iv.low, iv.high], [y, y], color="#d62728", linewidth=2)
+        ax.plot([iv.estimate], [y], "o", color="#d62728", markersize=5)
+    ax.axvline(0.0, color="#7f7f7f", linewidth=1, linestyle="--")
+    ax.set_yticks(range(len(names)), [_INTERVAL_NAMES.get(n, n) for n in names], fontsize=7)
+    ax.invert_yaxis()
+    ax.set_xlabel("ERSM - baseline (95% interval)", fontsize=8)
+    ax.grid(alpha=0.3, axis="x")
+    return _save(fig, path)
+
+
+def background_figure(results: Results, path: Path) -> Path | None:
+    """Claim (f): top-1 cued vs decorrelated and the share kept after a background swap, per model."""
+    b = results.background
+    if b is None:
+        return None
+    roles = [r for r in ("model", "baseline") if r in b.cue or r in b.swap]
+    swap = {role: {"kept": kept} for role, kept in b.swap.items()}
+    bars = [(k, part) for k, part in (("cued", b.cue), ("decorrelated", b.cue), ("kept", swap)) if part]
+    fig = _figure(1.6 + 1.3 * len(bars), 3.0)
+    ax = fig.subplots()
+    width = 0.8 / len(roles)
+    for i, role in enumerate(roles):
+        values = [part.get(role, {}).get(k, float("nan")) for k, part in bars]
+        ax.bar(np.arange(len(bars)) + i * width, values, width, label="ERSM" if role == "model" else role,
+               color="#d62728" if role == "model" else "#1f77b4")
+    names = {"cued": "top-1 cued", "decorrelated": "top-1 decorrelated", "kept": "kept (background swap)"}
+    ax.set_xticks(np.arange(len(bars)) + width * (len(roles) - 1) / 2, [names[k] for k, _ in bars], fontsize=7)
+    ax.set_ylim(0, 1.02)
+    ax.grid(alpha=0.3, axis="y")
+    ax.legend(fontsize=7)
+    return _save(fig, path)
+
+
+def write_figures(results: dict | Results, samples: dict, out_dir: str | Path) -> dict[str, Path]:
     """Write every figure the results allow into ``out_dir``; returns {figure id: path}."""
+    r = Results.from_dict(results)
     out = Path(out_dir)
     written: dict[str, Path] = {}
 
@@ -198,12 +245,10 @@ def write_figures(results: dict, samples: dict, out_dir: str | Path) -> dict[str
             written[key] = path
 
     keep("masks", mask_grid(samples, out / "masks.png"))
-    if "sparsity" in results:
-        keep("density", density_figure(results["sparsity"], out / "density.png"))
-    if "occlusion" in results:
-        keep("occlusion", occlusion_figure({k: v for k, v in results["occlusion"].items()
-                                            if k in ("model", "baseline")}, out / "occlusion.png"))
-    deletion = results.get("deletion") or {}
-    for layer in (deletion.get("model") or {}).get("layers", {}):
-        keep(f"deletion:{layer}", deletion_figure(deletion, layer, out / f"deletion_{_short(layer)}.png"))
+    keep("density", density_figure(r.sparsity, out / "density.png"))
+    keep("occlusion", occlusion_figure(r.occlusion, out / "occlusion.png"))
+    for layer in r.deletion.get("model", {}):
+        keep(f"deletion:{layer}", deletion_figure(r, layer, out / f"deletion_{_short(layer)}.png"))
+    keep("background", background_figure(r, out / "background.png"))
+    keep("intervals", intervals_figure(r.intervals, out / "intervals.png"))
     return written

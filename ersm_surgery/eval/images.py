@@ -24,7 +24,8 @@ class EvalImages:
     Attributes:
         images: (N, C, H, W) normalised float tensor on the CPU.
         labels: (N,) long tensor.
-        boxes: (N, 4) normalised (x0, y0, x1, y1), or None when the data carry no boxes.
+        boxes: (N, 4) normalised (x0, y0, x1, y1), or None when the data carry no boxes; NaN rows for the
+            images without one.
         indices: the data set indices, in order.
         classes: class names.
         mean: per-channel normalisation mean (to show the images).
@@ -106,7 +107,9 @@ def load_images(
             progress(int(x.shape[0]))
     boxes = None
     if getattr(dataset, "has_boxes", False) and not getattr(dataset, "train_augment", False):
-        boxes = torch.tensor([list(dataset.box(i)) for i in indices], dtype=torch.float32)
+        # an image without a box (a folder's box file may leave some out) is a NaN row
+        boxes = torch.tensor([list(b) if (b := dataset.box(i)) is not None else [float("nan")] * 4
+                              for i in indices], dtype=torch.float32)
     description = dict(dataset.description()) if hasattr(dataset, "description") else {}
     description["evaluated_images"] = len(indices)
     description["subset_seed"] = int(seed)

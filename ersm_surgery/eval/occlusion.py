@@ -144,10 +144,11 @@ def hide_and_seek(images: torch.Tensor, il: float, grid: GridSize = 4, generator
     return _apply(images, (draws < il)[:, _cell_index(h, w, gh, gw)], fill)
 
 
-def _accuracy(predict_fn: Callable[[torch.Tensor], torch.Tensor], images: torch.Tensor, labels: torch.Tensor) -> int:
+def _correct(predict_fn: Callable[[torch.Tensor], torch.Tensor], images: torch.Tensor,
+             labels: torch.Tensor) -> torch.Tensor:
     out = predict_fn(images)
     pred = out.argmax(dim=1) if out.dim() == 2 else out
-    return int((pred.to(labels.device) == labels).sum())
+    return (pred.to(labels.device) == labels).cpu()
 
 
 def occlusion_curve(
@@ -178,7 +179,8 @@ def occlusion_curve(
         ``{"levels": list, "accuracy": list (one per level), "clean_accuracy": float,
         "mean_accuracy": float (mean over the levels > 0, the occluded ones; clean accuracy if there
         are none), "ratio": mean_accuracy / clean_accuracy (occluded over clean; NaN if clean is 0),
-        "relative": list, accuracy / clean_accuracy per level}``.
+        "relative": list, accuracy / clean_accuracy per level, "per_image_correct": (levels, N) bool tensor,
+        right or not per image at each level (the paired figures' bootstrap needs it)}``.
     """
     if images.shape[0] != labels.shape[0]:
         raise ValueError(f"images and labels differ in length: {images.shape[0]} and {labels.shape[0]}")
@@ -188,18 +190,19 @@ def occlusion_curve(
     step = batch_size or n
     levels = [float(level) for level in levels]
 
-    def run(il: float) -> float:
+    def run(il: float) -> torch.Tensor:
         generator = torch.Generator().manual_seed(seed)
-        correct = 0
+        correct = []
         for start in range(0, n, step):
             batch = images[start : start + step]
             seen = occluder(batch, il, generator=generator)
-            correct += _accuracy(predict_fn, seen, labels[start : start + step])
-        return correct / n
+            correct.append(_correct(predict_fn, seen, labels[start : start + step]))
+        return torch.cat(correct)
 
     with torch.no_grad():
-        accuracy = [run(il) for il in levels]
-        clean = accuracy[levels.index(0.0)] if 0.0 in levels else run(0.0)
+        per_image = torch.stack([run(il) for il in levels])
+        accuracy = [int(row.sum()) / n for row in per_image]
+        clean = accuracy[levels.index(0.0)] if 0.0 in levels else int(run(0.0).sum()) / n
     occluded = [a for a, il in zip(accuracy, levels, strict=True) if il > 0.0]
     mean_accuracy = sum(occluded) / len(occluded) if occluded else clean
     return {
@@ -209,4 +212,5 @@ def occlusion_curve(
         "mean_accuracy": mean_accuracy,
         "ratio": mean_accuracy / clean if clean > 0 else float("nan"),
         "relative": [a / clean if clean > 0 else float("nan") for a in accuracy],
+        "per_image_correct": per_image,
     }

@@ -33,6 +33,10 @@ _FIGURE_CAPTIONS = {
              "(bright = important) and the L2 magnitude of the features the mask received.",
     "density": "Per-image kept fraction of each mask: its spread shows how input-adaptive the sparsity is.",
     "occlusion": "Top-1 accuracy against the fraction of the image hidden, for the same occlusions on both models.",
+    "background": "Claim (f): top-1 with the background cue that names the class and with an independent one, "
+                  "and the share of predictions kept when the object is pasted onto another class's background.",
+    "intervals": "Each paired difference ERSM - baseline with its 95% bootstrap interval over the evaluated images; "
+                 "an interval that crosses the dashed zero line does not separate the models.",
 }
 
 
@@ -85,7 +89,8 @@ def render_report(results: dict[str, Any], figures: dict[str, Path], title: str 
     placed = set()
     for table in build_tables(results):
         parts.append(_table_html(table))
-        related = {"sparsity": ["density"], "occlusion": ["occlusion"],
+        related = {"sparsity": ["density"], "occlusion": ["occlusion"], "intervals": ["intervals"],
+                   "background": ["background"],
                    "deletion": [k for k in figures if k.startswith("deletion:")]}.get(table["key"], [])
         for key in related:
             if key in figures:

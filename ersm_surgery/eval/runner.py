@@ -29,7 +29,10 @@ from ..mask_set import masks as mask_set
 from ..mask_set import unwrap
 from ._passes import Subject, accuracy, compute_pass, deletion_pass, feature_pass, occlusion_pass
 from .images import EvalImages
+from .paired import paired_intervals
+from .per_image import background_tests, boxed_rows, collect_per_image
 from .rerun import Anchor, SplitError, make_split
+from .results_schema import SCHEMA_NAME, SCHEMA_VERSION, PerImage
 from .settings import METRICS, OCCLUDERS, RANKINGS, EvalError, EvalSettings, Progress, SilentProgress
 from .summaries import localization_summary, sparsity_summary
 
@@ -112,6 +115,7 @@ def evaluate(
     progress: Progress | None = None,
     model_info: dict | None = None,
     baseline_info: dict | None = None,
+    cued: EvalImages | None = None,
 ) -> EvalResult:
     """Measure a masked model (and its baseline) on the same images, occlusions and seeds.
 
@@ -123,6 +127,8 @@ def evaluate(
         progress: progress reporter.
         model_info: provenance recorded in the results (path, name, ...).
         baseline_info: the same for the baseline.
+        cued: the same images with the spurious cue that names the class (claim (f), builtin:clutter's
+            ``validation_cue="correlated"``), or None.
 
     Returns:
         An :class:`EvalResult`.
@@ -155,8 +161,12 @@ def evaluate(
         if subject.masks:
             base.anchors = _baseline_anchors(model, baseline, notes)
         subjects.append(base)
-    if "localization" in metrics and images.boxes is None:
+    boxed = boxed_rows(images.boxes)
+    if "localization" in metrics and boxed is None:
         notes.append("the data carry no object boxes: localization skipped")
+    elif "localization" in metrics and len(boxed) < len(images):
+        notes.append(f"{len(images) - len(boxed)} of {len(images)} images have no box: they are left out of "
+                     "localization and the background swap only")
     grid_max = min(images.images.shape[-2:])
     if settings.occlusion_grid > grid_max:
         raise EvalError(f"--occlusion-grid {settings.occlusion_grid} exceeds the image side {grid_max}",
@@ -191,14 +201,26 @@ def evaluate(
                 maps = passes["model"]["maps"]
                 density = {n: float(maps[n]["hard"].float().mean()) for n in subject.masks}
             results["compute"] = {s.role: compute_pass(s, images, settings, device, density) for s in subjects}
+        occluded: dict[str, dict[str, torch.Tensor]] = {}
         if "occlusion" in metrics:
             results["occlusion"] = {"levels": list(settings.occlusion_levels), "grid": settings.occlusion_grid,
                                     "fill": "data mean (0 after normalisation)"}
             for s in subjects:
-                results["occlusion"][s.role] = occlusion_pass(s, images, settings, device, progress)
+                curves = occlusion_pass(s, images, settings, device, progress)
+                occluded[s.role] = {k: c.pop("per_image_correct") for k, c in curves.items()}
+                results["occlusion"][s.role] = curves
+        deleted: dict[str, Any] = {}
         if "deletion" in metrics and subject.masks:
             results["deletion"] = _deletion_results(subjects, passes, images, settings, device, progress)
-    results = {"summary": headline(results), **results}
+            deleted = {role: {layer: {rk: {o: c.pop("per_image_auc") for o, c in orders.items()}
+                                      for rk, orders in rankings.items()} for layer, rankings in part["layers"].items()}
+                       for role, part in results["deletion"].items() if role in ("model", "baseline")}
+        per_image = _per_image(passes, images, list(subject.masks) if metrics & {"sparsity", "localization"}
+                               else [], occluded, deleted, settings)
+        background_tests(results, per_image, subjects, passes, images, cued, settings, device)
+        results["per_image"] = per_image.to_dict()
+        results["intervals"] = {k: v.to_dict() for k, v in paired_intervals([per_image], seed=settings.seed).items()}
+    results = {"schema": {"name": SCHEMA_NAME, "version": SCHEMA_VERSION}, "summary": headline(results), **results}
     return EvalResult(results, _samples(subjects, passes, images, settings))
 
 
@@ -254,13 +276,30 @@ def _summaries(results: dict, subjects: list[Subject], passes: dict, images: Eva
             name: sparsity_summary(maps[name]["hard"], maps[name]["q"], images.labels, images.classes,
                                    settings.histogram_bins, settings.seed + i)
             for i, name in enumerate(model.masks)}}
-    if "localization" in metrics and model.masks and images.boxes is not None:
+    rows = boxed_rows(images.boxes)
+    if "localization" in metrics and model.masks and rows is not None:
         base_maps = passes["baseline"]["maps"] if "baseline" in passes else {}
-        results["localization"] = {"tolerance_tokens": settings.pointing_tolerance, "layers": {
-            name: localization_summary(maps[name]["energy"], maps[name]["hard"], maps[name].get("magnitude"),
-                                       images.boxes, base_maps.get(name, {}).get("magnitude"),
-                                       settings.pointing_tolerance)
+
+        def boxed(m: torch.Tensor | None) -> torch.Tensor | None:
+            return None if m is None else m[rows]
+
+        results["localization"] = {"tolerance_tokens": settings.pointing_tolerance, "images": int(rows.numel()),
+                                   "images_without_box": len(images) - int(rows.numel()), "layers": {
+            name: localization_summary(boxed(maps[name]["energy"]), boxed(maps[name]["hard"]),
+                                       boxed(maps[name].get("magnitude")), images.boxes[rows],
+                                       boxed(base_maps.get(name, {}).get("magnitude")), settings.pointing_tolerance)
             for name in model.masks}}
+
+
+def _per_image(passes: dict, images: EvalImages, masks: list[str], occluded: dict, deleted: dict,
+               settings: EvalSettings) -> PerImage:
+    """The paired per-image figures (their intervals over the images: eval/stats.py)."""
+    loc = "localization" in settings.metrics
+    per_image = collect_per_image(passes, images.labels, images.boxes if loc else None, masks, occluded, deleted,
+                                  settings.occlusion_levels, settings.pointing_tolerance)
+    if "accuracy" not in settings.metrics:
+        per_image.correct = {}
+    return per_image
 
 
 def _deletion_results(subjects: list[Subject], passes: dict, images: EvalImages, settings: EvalSettings,
@@ -290,7 +329,8 @@ def _samples(subjects: list[Subject], passes: dict, images: EvalImages, settings
         "images": [images.display(i) for i in range(n)],
         "labels": images.labels[:n].tolist(),
         "classes": list(images.classes),
-        "boxes": images.boxes[:n].tolist() if images.boxes is not None else None,
+        "boxes": [None if b != b else row for row in images.boxes[:n].tolist() for b in [sum(row)]]
+        if images.boxes is not None else None,  # NaN rows (no box) as None
         "pred": {s.role: passes[s.role]["logits"][:n].argmax(1).tolist() for s in subjects},
         "layers": {},
     }

@@ -67,7 +67,8 @@ def load_for_evaluation(spec: str, weights: str | None = None, num_classes: int 
 def evaluate_sources(source: str, data: str, *, baseline: str | None = None, baseline_weights: str | None = None,
                      split: str = "validation", num_images: int = 256, workers: int = 0,
                      num_classes: int | None = None, settings: EvalSettings | None = None,
-                     progress: Progress | None = None, **preprocessing: Any) -> EvalResult:
+                     progress: Progress | None = None, boxes: str | None = None,
+                     spurious_cue: float | None = None, **preprocessing: Any) -> EvalResult:
     """Load ``source`` (and ``baseline``), prepare ``num_images`` images of ``data`` and evaluate both on them.
 
     Args:
@@ -80,6 +81,8 @@ def evaluate_sources(source: str, data: str, *, baseline: str | None = None, bas
         num_classes: built-in data only: its class count.
         settings: what to measure and how (its ``seed`` and ``batch_size`` also draw and read the images).
         progress: progress reporter (tasks: "loading images", then the evaluation's).
+        boxes: an image folder's box file (``ersm_surgery.data.boxes``: JSON, COCO or Pascal VOC).
+        spurious_cue: builtin:clutter only: plant the background cue with this class correlation (claim (f)).
         **preprocessing: ``img_size``, ``mean``, ``std``, ``interpolation``, ``crop_pct`` over the model's own.
 
     Returns:
@@ -97,12 +100,16 @@ def evaluate_sources(source: str, data: str, *, baseline: str | None = None, bas
     model, model_info = load_for_evaluation(source)
     # the model's recorded preprocessing (or its own pretrained config); the baseline sees the same images
     pre = resolve_preprocessing(model, data, **preprocessing)
-    options = {}
+    options: dict[str, Any] = {"spurious_cue": spurious_cue} if spurious_cue else {}
     if num_classes is not None:
         if not str(data).startswith(BUILTIN_PREFIX):
             raise DataError("num_classes applies to built-in data only", "a folder's classes are its class folders")
         options["num_classes"] = num_classes
     dataset = create_dataset(data, split=split, seed=settings.seed, preprocessing=pre, **options)
+    if boxes:
+        from ..data.boxes import attach_boxes
+
+        dataset = attach_boxes(dataset, boxes)
     base, base_info = (None, None)
     if baseline:
         base, base_info = load_for_evaluation(baseline, baseline_weights, getattr(model, "num_classes", None),
@@ -111,7 +118,11 @@ def evaluate_sources(source: str, data: str, *, baseline: str | None = None, bas
     progress.start(task, min(num_images, len(dataset)) if len(dataset) else 1)
     images = load_images(dataset, num_images, settings.seed, settings.batch_size, workers,
                          lambda n: progress.advance(task, n))
-    result = evaluate(model, images, base, settings, progress, model_info, base_info)
+    from .shift import load_cued_images
+
+    # claim (f): the same images with the spurious cue naming the class (built-in data with a cue only)
+    cued = load_cued_images(data, split, pre, settings.seed, num_images, options)
+    result = evaluate(model, images, base, settings, progress, model_info, base_info, cued=cued)
     for role, info in (("the model", model_info), ("the baseline", base_info)):
         if info and info.get("weights") == "random initialisation":
             result.results["notes"].append(f"{role} ({info['source']}) has random weights: its numbers are a "

@@ -7,6 +7,8 @@ from __future__ import annotations
 import math
 from typing import Any
 
+from .results_schema import Results
+
 __all__ = ["build_tables", "fmt_flops", "short_name"]
 
 
@@ -38,20 +40,21 @@ def _table(key: str, title: str, columns: list[str], rows: list[list[str]], capt
     return {"key": key, "title": title, "columns": columns, "rows": rows, "caption": caption}
 
 
-def _accuracy(acc: dict) -> dict:
-    roles = [r for r in ("model", "baseline") if r in acc]
-    k = acc["model"]["top5_k"]
-    rows = [[role, _pct(acc[role]["top1"]), _pct(acc[role]["top5"]), _num(acc[role]["mean_confidence"])]
-            for role in roles]
-    if "delta" in acc:
-        rows.append(["model - baseline", _signed_pct(acc["delta"]["top1"]), _signed_pct(acc["delta"]["top5"]), ""])
+def _accuracy(r: Results) -> dict:
+    acc = r.accuracy
+    k = acc["model"].top5_k
+    rows = [[role, _pct(a.top1), _pct(a.top5), _num(a.mean_confidence)] for role, a in acc.items()]
+    if "model" in acc and "baseline" in acc:
+        m, b = acc["model"], acc["baseline"]
+        rows.append(["model - baseline", _signed_pct(m.top1 - b.top1), _signed_pct(m.top5 - b.top5), ""])
     return _table("accuracy", "Accuracy", ["", "top-1", f"top-{k}", "mean confidence"], rows,
-                  f"{acc['model']['images']} images")
+                  f"{acc['model'].images} images")
 
 
-def _sparsity(sp: dict) -> dict:
+def _sparsity(r: Results) -> dict:
     rows = []
-    for name, s in sp["layers"].items():
+    for name, layer in r.sparsity.items():
+        s = layer.detail
         d, a = s["density"], s["adaptivity"]
         rows.append([short_name(name), f"{s['grid'][0]}x{s['grid'][1]}", _num(d["mean"]), _num(d["std"]),
                      f"{_num(d['min'], 2)} - {_num(d['max'], 2)}", f"{_num(a['p10'], 2)} - {_num(a['p90'], 2)}",
@@ -82,34 +85,31 @@ def _compute(cp: dict) -> dict:
                   "mask.gate=stage model only (docs/sparse.md)")
 
 
-def _occlusion(oc: dict) -> dict:
+def _occlusion(r: Results) -> dict:
     rows = []
-    for role in ("model", "baseline"):
-        if role not in oc:
-            continue
-        for name, curve in oc[role].items():
-            rows.append([role, name, _pct(curve["clean_accuracy"]), _pct(curve["mean_accuracy"]),
-                         _num(curve["ratio"]), " ".join(f"{100 * a:.0f}" for a in curve["accuracy"])])
-    levels = " ".join(f"{v:g}" for v in oc["levels"])
+    for role, curves in r.occlusion.items():
+        for name, curve in curves.items():
+            rows.append([role, name, _pct(curve.clean_accuracy), _pct(curve.mean_accuracy),
+                         _num(curve.ratio), " ".join(f"{100 * a:.0f}" for a in curve.accuracy)])
+    info = r.occlusion_info
+    levels = " ".join(f"{v:g}" for v in info["levels"])
     return _table("occlusion", "Occlusion robustness",
                   ["", "occluder", "clean", "mean occluded", "occluded / clean", f"top-1 % at IL {levels}"], rows,
-                  f"grid {oc['grid']} cells per side for patch drop and Hide-and-Seek; fill: {oc['fill']}")
+                  f"grid {info['grid']} cells per side for patch drop and Hide-and-Seek; fill: {info['fill']}")
 
 
-def _deletion(dl: dict) -> dict:
+def _deletion(r: Results) -> dict:
     rows = []
-    for role in ("model", "baseline"):
-        part = dl.get(role)
-        if not part:
-            continue
-        for layer, rankings in part["layers"].items():
+    for role, layers in r.deletion.items():
+        for layer, rankings in layers.items():
             for ranking, orders in rankings.items():
                 lerf, morf = orders.get("lerf"), orders.get("morf")
                 rows.append([short_name(layer), ranking if role == "model" else f"{ranking} (baseline)",
-                             _num(lerf["accuracy_auc"]) if lerf else "", _num(morf["accuracy_auc"]) if morf else "",
-                             _num(lerf["accuracy_auc"] - morf["accuracy_auc"]) if lerf and morf else "",
-                             _num(lerf["probability_auc"]) if lerf else "",
-                             _num(morf["probability_auc"]) if morf else ""])
+                             _num(lerf.accuracy_auc) if lerf else "", _num(morf.accuracy_auc) if morf else "",
+                             _num(lerf.accuracy_auc - morf.accuracy_auc) if lerf and morf else "",
+                             _num(lerf.probability_auc) if lerf else "",
+                             _num(morf.probability_auc) if morf else ""])
+    dl = r.deletion_info
     caption = (f"AUC over fractions {dl['fractions'][0]:g}-{dl['fractions'][-1]:g} (normalised: mean height); "
                f"fill {dl['fill']}. A better ranking has a higher LeRF and a lower MoRF AUC. ")
     cost = dl.get("cost")
@@ -120,24 +120,60 @@ def _deletion(dl: dict) -> dict:
                   ["mask", "ranking", "LeRF acc", "MoRF acc", "LeRF - MoRF", "LeRF prob", "MoRF prob"], rows, caption)
 
 
-def _localization(lc: dict) -> dict:
+def _localization(r: Results) -> dict:
     rows = []
-    for layer, s in lc["layers"].items():
-        for kind in ("energy", "magnitude", "baseline_magnitude"):
-            if kind in s:
-                v = s[kind]
-                rows.append([short_name(layer), kind.replace("_", " "), _pct(v["pointing"]), _pct(v["mass_in_box"]),
-                             _num(v["iou"])])
-        rows.append([short_name(layer), "chance", _pct(s.get("pointing_chance")), _pct(s["box_fraction"]), ""])
+    for layer, s in r.localization.items():
+        for kind, v in s.maps.items():
+            rows.append([short_name(layer), kind.replace("_", " "), _pct(v.pointing), _pct(v.mass_in_box),
+                         _num(v.iou)])
+        rows.append([short_name(layer), "chance", _pct(s.pointing_chance), _pct(s.box_fraction), ""])
     return _table("localization", "Localization (object boxes)",
                   ["mask", "map", "pointing game", "mass in box", "IoU"], rows,
-                  f"pointing game with {lc['tolerance_tokens']:g}-token tolerance; IoU of each map's top tokens "
+                  f"pointing game with {r.pointing_tolerance:g}-token tolerance; IoU of each map's top tokens "
                   "with the box, as many per image as the hard mask kept (for energy: the hard mask's own IoU); "
                   "chance: a uniformly random top token, and the share of tokens in the box")
 
 
-def build_tables(results: dict[str, Any]) -> list[dict]:
-    """Every table the results allow, in report order."""
-    builders = (("accuracy", _accuracy), ("sparsity", _sparsity), ("compute", _compute), ("occlusion", _occlusion),
-                ("deletion", _deletion), ("localization", _localization))
-    return [build(results[key]) for key, build in builders if results.get(key)]
+_INTERVAL_NAMES = {"accuracy": "top-1", "occlusion": "occluded / clean ratio",
+                   "localization_mass": "mass in box (energy - baseline magnitude)",
+                   "localization_pointing": "pointing game (energy - baseline magnitude)",
+                   "deletion": "LeRF - MoRF AUC (energy - magnitude)", "shift": "cued -> decorrelated drop "
+                   "(baseline - ERSM)", "swap": "kept after background swap"}
+
+
+def _intervals(r: Results) -> dict:
+    rows = [[_INTERVAL_NAMES.get(k, k), _num(v.estimate), f"[{_num(v.low)}, {_num(v.high)}]", str(v.images)]
+            for k, v in r.intervals.items()]
+    first = next(iter(r.intervals.values()))
+    return _table("intervals", "Paired differences, ERSM vs baseline (95% intervals)",
+                  ["figure", "estimate", "95% interval", "images"], rows,
+                  f"percentile intervals of a paired bootstrap over the evaluated images ({first.resamples} "
+                  f"resamples, {first.seeds} seed(s)); see docs/pipeline.md for how seeds and images combine")
+
+
+def _background(r: Results) -> dict:
+    b = r.background
+    rows = [[role, "spurious cue", f"cued {_pct(c['cued'])}, decorrelated {_pct(c['decorrelated'])}",
+             _signed_pct(c["drop"])] for role, c in b.cue.items()]
+    rows += [[role, "background swap", f"{_pct(kept)} of predictions kept", ""] for role, kept in b.swap.items()]
+    return _table("background", "Reliance on the background (claim (f))", ["", "test", "top-1 / kept", "drop"], rows,
+                  (f"spurious cue: the same {b.cue_images} images with the background tint that names the class "
+                   "(cued) and with an independent one (decorrelated). " if b.cue else "")
+                  + (f"background swap: {b.swap_method} ({b.swap_images} images)." if b.swap else ""))
+
+
+def _compute_of(r: Results) -> dict:
+    return _compute(r.other["compute"])
+
+
+def build_tables(results: dict[str, Any] | Results) -> list[dict]:
+    """Every table the results allow, in report order (any results.json version, see :mod:`.results_schema`)."""
+    r = Results.from_dict(results)
+    present = {"accuracy": bool(r.accuracy), "sparsity": bool(r.sparsity), "compute": bool(r.other.get("compute")),
+               "occlusion": bool(r.occlusion), "deletion": bool(r.deletion), "localization": bool(r.localization),
+               "background": r.background is not None,
+               "intervals": bool(r.intervals)}
+    builders = (("accuracy", _accuracy), ("sparsity", _sparsity), ("compute", _compute_of), ("occlusion", _occlusion),
+                ("deletion", _deletion), ("localization", _localization), ("background", _background),
+                ("intervals", _intervals))
+    return [build(r) for key, build in builders if present[key]]

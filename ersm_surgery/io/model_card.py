@@ -23,6 +23,7 @@ from .artifact import versions
 if TYPE_CHECKING:
     from torch import nn
 
+    from ..eval.results_schema import Results
     from ..recipe import Recipe
 
 __all__ = ["model_card", "front_matter", "find_results", "base_model_repo", "escape_md", "CARD", "RESULTS"]
@@ -79,14 +80,28 @@ def find_results(src: Path, given: str | Path | None = None) -> dict[str, Any] |
     return data if isinstance(data, dict) else None
 
 
+def _read(results: dict[str, Any] | None) -> Results | None:
+    """results.json through its schema (any version); one this version cannot read is left out of the card."""
+    from ..eval.results_schema import Results, ResultsSchemaError
+
+    if not results:
+        return None
+    try:
+        return Results.from_dict(results)
+    except ResultsSchemaError as exc:
+        _log.warning("the evaluation results are left out of the card: %s", exc)
+        return None
+
+
 def _accuracy(results: dict[str, Any] | None) -> float | None:
-    summary = (results or {}).get("summary") or {}
-    value = summary.get("top1.model")
+    r = _read(results)
+    value = r.summary.get("top1.model") if r else None
     return float(value) if isinstance(value, (int, float)) else None
 
 
 def _data_name(results: dict[str, Any] | None) -> str:
-    data = (results or {}).get("data") or {}
+    r = _read(results)
+    data = r.data if r else {}
     kind = data.get("kind") or data.get("root") or "evaluation data"
     split = data.get("split")
     return f"{kind} ({split})" if split else str(kind)
@@ -193,7 +208,9 @@ def model_card(model: nn.Module, recipe: Recipe, files: dict[str, Any], labels: 
         lines += ["", "## Fine-tuning", "", *_fenced("json", json.dumps(recipe.finetune, indent=2, default=str))]
     lines += ["", "## Recipe", "", *_fenced("yaml", recipe.to_yaml())]
     lines += ["", "## Evaluation", ""]
-    rows = _flat(results.get("summary") or results)[:60] if results else []
+    read = _read(results)
+    # the schema's headline numbers; a file without them is listed as it is
+    rows = _flat((read.summary if read else None) or results)[:60] if results else []
     if rows:
         lines += ["| metric | value |", "|---|---|"]
         lines += [f"| {escape_md(k)} | {v:.4g} |" if isinstance(v, float) else f"| {escape_md(k)} | {escape_md(v)} |"

@@ -33,11 +33,10 @@ class MaskConfig:
     """Settings of an Energy-Mask layer.
 
     Attributes:
-        alpha: price of keeping a token (the intrinsic cost in u = alpha - s). Under ``price="relative"``
-            (the default) the regularizer charges alpha times the mean magnitude of the task gradient the
-            mask sees, so the same alpha means the same on every model and stage (``layers.price``); under
-            ``"absolute"`` it charges alpha in units of the loss (recipe versions 1 and 2). The default is
-            the one benchmarks/bench_price_robustness.py measured across families (docs/finetune.md).
+        alpha: price of keeping a token (the intrinsic cost in u = alpha - s). Under ``price="absolute"``
+            (the default) the regularizer charges alpha in units of the loss; 0.2 is the price
+            benchmarks/bench_finetune.py measured on a trained resnet18. Under ``"relative"`` it charges alpha
+            times the mean magnitude of the task gradient the mask sees (``layers.price``; docs/finetune.md).
         beta: strength of the Potts coherence term.
         tau: temperature of the mean-field sigmoids.
         steps: number of unrolled mean-field updates T.
@@ -58,12 +57,12 @@ class MaskConfig:
             multiplies every intermediate map of the next stage, so that stage can be computed on the
             kept tokens alone; see ``layers.gate`` and ``ersm_surgery.sparse``). Left out of a
             recipe when "features", so recipes written before the setting existed keep their meaning.
-        price: "relative" (alpha is a fraction of the task gradient's scale) or "absolute" (alpha is in
-            units of the loss, the behaviour before recipe version 3; a recipe of version 1 or 2 without
-            this key reads as "absolute").
+        price: "absolute" (alpha is in units of the loss; the only price before recipe version 3, so a
+            recipe of version 1 or 2 reads as "absolute") or "relative" (alpha is a fraction of the task
+            gradient's scale).
     """
 
-    alpha: float = 0.5
+    alpha: float = 0.2
     beta: float = 0.25
     tau: float = 1.0
     steps: int = 3
@@ -78,7 +77,7 @@ class MaskConfig:
     pairwise: str = "potts"
     pairwise_args: dict[str, Any] = field(default_factory=dict)
     gate: str = "features"
-    price: str = "relative"
+    price: str = "absolute"
 
     def __post_init__(self) -> None:
         if self.pairwise_args is None:  # "pairwise_args: null" in a recipe

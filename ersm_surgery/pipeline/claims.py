@@ -1,78 +1,84 @@
-"""The paper's five claims, each with a criterion fixed before any run, judged from evaluation results.
+"""The paper's claims, each with a criterion fixed before any run, judged from evaluation results.
 
-The criteria are written here, in code, and printed with the verdicts; they are never tuned to pass.
+Two versions are kept side by side and both are printed; neither is ever tuned after seeing results:
+
+- version 1 (:data:`CLAIMS`, :func:`judge_claims`): single differences on one seed, no margin;
+- version 2 (:mod:`.claims_v2`): paired differences with 95% intervals over seeds and images, a margin
+  per claim, the share of importance mass in the box for localization, and claim (f).
+
 A claim that does not hold is a result to report.
 """
 from __future__ import annotations
 
+import math
 import statistics
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
+
+from ..eval.results_schema import Results
 
 __all__ = ["Claim", "CLAIMS", "judge_claims"]
 
 
 @dataclass(frozen=True)
 class Claim:
-    """A claim, its criterion in words, and how to read the figures from results.json."""
+    """A claim, its criterion in words, and how to read the figures from results.json (version 1)."""
 
     key: str
     claim: str
     criterion: str
-    measure: Callable[[dict[str, Any]], tuple[float | None, float | None, bool | None]]
+    measure: Callable[[Results], tuple[float | None, float | None, bool | None]]
 
 
 def _mean(values: list[float]) -> float | None:
-    values = [v for v in values if v is not None]
+    values = [v for v in values if v is not None and not math.isnan(v)]
     return statistics.fmean(values) if values else None
 
 
-def _accuracy(r: dict) -> tuple:
-    acc = r.get("accuracy") or {}
-    ersm, base = (acc.get("model") or {}).get("top1"), (acc.get("baseline") or {}).get("top1")
+def _accuracy(r: Results) -> tuple:
+    ersm, base = (a.top1 if (a := r.accuracy.get(role)) else None for role in ("model", "baseline"))
     if ersm is None or base is None:
         return ersm, base, None
     return ersm, base, ersm >= base - 0.02
 
 
-def _sparsity(r: dict) -> tuple:
-    layers = (r.get("sparsity") or {}).get("layers") or {}
-    if not layers:
+def _sparsity(r: Results) -> tuple:
+    if not r.sparsity:
         return None, None, None
-    means = [v["density"]["mean"] for v in layers.values()]
-    stds = [v["density"]["std"] for v in layers.values()]
+    means = [v.density_mean for v in r.sparsity.values()]
+    stds = [v.density_std for v in r.sparsity.values()]
     holds = all(m < 0.6 for m in means) and all(s > 0.05 for s in stds)
     return max(means), min(stds), holds
 
 
-def _occlusion(r: dict) -> tuple:
-    occ = r.get("occlusion") or {}
-    ersm = _mean([c["ratio"] for c in (occ.get("model") or {}).values() if isinstance(c, dict) and "ratio" in c])
-    base = _mean([c["ratio"] for c in (occ.get("baseline") or {}).values() if isinstance(c, dict) and "ratio" in c])
+def _occlusion(r: Results) -> tuple:
+    ersm = _mean([c.ratio for c in r.occlusion.get("model", {}).values()])
+    base = _mean([c.ratio for c in r.occlusion.get("baseline", {}).values()])
     if ersm is None or base is None:
         return ersm, base, None
     return ersm, base, ersm > base
 
 
-def _localization(r: dict) -> tuple:
-    layers = (r.get("localization") or {}).get("layers") or {}
-    ersm = _mean([v["energy"]["pointing"] for v in layers.values()])
+def _localization(r: Results) -> tuple:
+    layers = r.localization
+    ersm = _mean([v.maps["energy"].pointing for v in layers.values() if "energy" in v.maps])
     # the baseline's own magnitude map at the same module when there is a baseline, else this model's
-    key = "baseline_magnitude" if any("baseline_magnitude" in v for v in layers.values()) else "magnitude"
-    base = _mean([v[key]["pointing"] for v in layers.values() if key in v])
+    key = "baseline_magnitude" if any("baseline_magnitude" in v.maps for v in layers.values()) else "magnitude"
+    base = _mean([v.maps[key].pointing for v in layers.values() if key in v.maps])
     if ersm is None or base is None:
         return ersm, base, None
     return ersm, base, ersm > base
 
 
-def _deletion(r: dict) -> tuple:
-    layers = ((r.get("deletion") or {}).get("model") or {}).get("layers") or {}
+def _deletion(r: Results) -> tuple:
+    layers = r.deletion.get("model") or {}
     if not layers:
         return None, None, None
+
     # the gap between keeping the least and the most important tokens: a larger gap = a better ranking
     def gap(ranking: str) -> float | None:
-        return _mean([v[ranking]["lerf"]["accuracy_auc"] - v[ranking]["morf"]["accuracy_auc"]
+        return _mean([v[ranking]["lerf"].accuracy_auc - v[ranking]["morf"].accuracy_auc
                       for v in layers.values() if ranking in v])
     ersm, mag = gap("energy"), gap("magnitude")
     if ersm is None or mag is None:
@@ -94,16 +100,17 @@ CLAIMS = [
 ]
 
 
-def judge_claims(results: dict[str, Any]) -> list[dict[str, Any]]:
-    """One row per claim: claim, criterion, ERSM figure, comparison figure, verdict.
+def judge_claims(results: Mapping[str, Any] | Results) -> list[dict[str, Any]]:
+    """Version 1: one row per claim: claim, criterion, ERSM figure, comparison figure, verdict.
 
     On a base that failed the gate (``run --force-base``) every verdict carries "(untrained base)" and
     every row ``"untrained_base": true``: the masks of a network that learned nothing test no claim.
     """
+    r = Results.from_dict(results)
     rows = []
-    untrained = bool((results.get("base") or {}).get("untrained"))
+    untrained = bool(r.base.get("untrained"))
     for c in CLAIMS:
-        ersm, other, holds = c.measure(results)
+        ersm, other, holds = c.measure(r)
         verdict = "NOT MEASURED" if holds is None else ("HOLDS" if holds else "DOES NOT HOLD")
         if untrained:
             verdict += " (untrained base)"

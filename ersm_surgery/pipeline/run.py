@@ -63,6 +63,7 @@ class PipelineSettings:
         export_atol: the ONNX validation's absolute floor (None: the export's default).
         force_base: inject even when the base trained here failed the gate (``base_training.base_gate``);
             every later figure is then marked as computed on an untrained base.
+        boxes: object boxes of an image folder's validation images (``ersm_surgery.data.boxes``), or None.
     """
 
     model: str
@@ -90,6 +91,7 @@ class PipelineSettings:
     export_rtol: float | None = None
     export_atol: float | None = None
     force_base: bool = False
+    boxes: str | None = None
 
 
 Progress = Callable[[str, str], None]  # (step, message)
@@ -219,10 +221,18 @@ def _evaluate(settings: PipelineSettings, ersm: Path, baseline: Path, out: Path,
     pre = resolve_preprocessing(model, settings.data, img_size=settings.img_size)
     data = create_dataset(settings.data, split="validation", preprocessing=pre, seed=settings.seed,
                           **settings.data_options)
+    if settings.boxes:
+        from ..data.boxes import attach_boxes
+
+        data = attach_boxes(data, settings.boxes)
     images = load_images(data, settings.num_images, settings.seed)
     progress("evaluate", f"evaluating both models on {len(images)} validation images")
+    from ..eval.shift import load_cued_images
+
+    # claim (f): the same images with the spurious cue naming the class (built-in data with a cue only)
+    cued = load_cued_images(settings.data, "validation", pre, settings.seed, settings.num_images, settings.data_options)
     result = evaluate(model, images, base, EvalSettings(seed=settings.seed, device=_device(settings)),
-                      model_info={"source": str(ersm)}, baseline_info={"source": str(baseline)})
+                      model_info={"source": str(ersm)}, baseline_info={"source": str(baseline)}, cued=cued)
     result.results["versions"] = {k: str(v) for k, v in versions().items()}
     _add_base(result.results, base_info)
     write_evaluation(result, out)
@@ -278,6 +288,12 @@ def run_pipeline(settings: PipelineSettings, progress: Progress | None = None) -
     _config(settings, settings.epochs, settings.lr)
     mask = _mask_config(settings)
     num_classes = _num_classes(settings)
+    if settings.boxes:  # a bad box file stops the run here, not after the trainings
+        from ..data import create_dataset
+        from ..data.boxes import attach_boxes
+
+        attach_boxes(create_dataset(settings.data, split="validation", img_size=settings.img_size, seed=settings.seed,
+                                    **settings.data_options), settings.boxes)
     inject(settings.model, stages=settings.stages, input_size=size, num_classes=num_classes,
            pretrained=False, config=mask)
     timings["check"] = time.perf_counter() - start

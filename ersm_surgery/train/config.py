@@ -104,7 +104,7 @@ class FinetuneConfig:
     gamma_warmup: float = 0.5
     tau_end: float | None = None
     mask_lr_scale: float = 10.0
-    loss_brake: float | None = 1.0
+    loss_brake: float | None = None
     no_masks: bool = False
     mean: list[float] | None = None
     std: list[float] | None = None

@@ -95,7 +95,9 @@ def build_datasets(config: FinetuneConfig, img_size: int | None = None,
     if reserved:
         raise DataError(f"data option(s) {', '.join(reserved)} are set by their own flags",
                         "use --img-size, --seed, --strict-data, --augment, --aa and --mean/--std/--crop-pct instead")
-    common: dict = dict(seed=config.seed, strict=config.strict_data)
+    # the pipeline's extra fine-tuning seeds keep the data of the first (reproduce --seeds): only order and init vary
+    data_seed = opts.pop("data_seed", None)
+    common: dict = dict(seed=config.seed if data_seed is None else int(data_seed), strict=config.strict_data)
     if preprocessing is not None:
         common["preprocessing"] = preprocessing
     else:
