@@ -158,16 +158,6 @@ def _pickle_error(path: Path) -> ArtifactError:
     return ArtifactError(f"{str(path)!r} is a PyTorch pickle checkpoint, not safetensors", _PICKLE_FIX)
 
 
-def _no_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
-    # json keeps the last of repeated keys silently; a repeated tensor name makes the file ambiguous.
-    out: dict[str, Any] = {}
-    for key, value in pairs:
-        if key in out:
-            raise ValueError(f"key {key!r} appears twice")
-        out[key] = value
-    return out
-
-
 def _needed(raw: bytes) -> int:
     """The data length the header asks for (0 when it cannot be read): to word the fix of a coverage error."""
     try:
@@ -188,44 +178,6 @@ def _validate(path: Path, raw: bytes, data_len: int) -> None:
         reason = " ".join(str(exc).split()).removeprefix("Error while deserializing header: ")
         fix = _TRUNCATED if "not fully covered" in reason and data_len < _needed(raw) else _REEXPORT
         raise ArtifactError(f"{str(path)!r} is not a valid safetensors file ({reason[:300]})", fix) from None
-
-
-def _no_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
-    # json keeps the last of repeated keys silently; a repeated tensor name makes the file ambiguous.
-    out: dict[str, Any] = {}
-    for key, value in pairs:
-        if key in out:
-            raise ValueError(f"key {key!r} appears twice")
-        out[key] = value
-    return out
-
-
-def _safetensors_error(path: Path, size: int, data_len: int, exc: Exception) -> ArtifactError:
-    """safetensors' own reason, on one line, with the fix that fits it."""
-    reason = " ".join(str(exc).split()).removeprefix("Error while deserializing header: ")
-    fix = _TRUNCATED if "not fully covered" in reason and data_len < _needed(path, size) else _REEXPORT
-    return ArtifactError(f"{str(path)!r} is not a valid safetensors file ({reason[:300]})", fix)
-
-
-def _needed(path: Path, size: int) -> int:
-    # the data length the header asks for; only used to word the fix of safetensors' coverage error
-    try:
-        with open(path, "rb") as f:
-            n = struct.unpack("<Q", f.read(8))[0]
-            obj = json.loads(f.read(n))
-        return max((int(v["data_offsets"][1]) for k, v in obj.items() if k != "__metadata__"), default=0)
-    except Exception:  # the header is invalid anyway; the message says why
-        return 0
-
-
-def _validate(path: Path, size: int, data_len: int) -> None:
-    from safetensors import SafetensorError, safe_open
-
-    try:
-        with safe_open(str(path), framework="numpy") as f:
-            f.keys()
-    except (SafetensorError, OSError, ValueError) as exc:
-        raise _safetensors_error(path, size, data_len, exc) from None
 
 
 def _no_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
