@@ -128,8 +128,13 @@ class MaskConfig:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> MaskConfig:
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(data) - known)
-        if unknown:
-            raise ValueError(f"unknown mask setting(s) {', '.join(unknown)}; valid: {', '.join(sorted(known))}")
+        check_known_keys(cls, data, "mask setting(s)")
         return cls(**data)
+
+
+def check_known_keys(cls: type, data: dict[str, Any], what: str) -> None:
+    """Raise ValueError naming every key of ``data`` that is not a field of the dataclass ``cls``."""
+    known = {f.name for f in fields(cls)}
+    unknown = sorted(set(data) - known)
+    if unknown:
+        raise ValueError(f"unknown {what} {', '.join(unknown)}; valid: {', '.join(sorted(known))}")

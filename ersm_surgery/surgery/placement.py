@@ -1,8 +1,10 @@
 """Where a mask sits: an anchor with meaningful names (never FX's automatic ones)."""
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field
 from typing import Any
+
+from ..layers.config import check_known_keys
 
 __all__ = ["Placement", "METHODS", "MASK_ATTR_PREFIX", "is_mask_key"]
 
@@ -77,10 +79,7 @@ class Placement:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> Placement:
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(data) - known)
-        if unknown:
-            raise ValueError(f"unknown placement key(s) {', '.join(unknown)}; valid: {', '.join(sorted(known))}")
+        check_known_keys(cls, data, "placement key(s)")
         missing = [k for k in ("module", "channels") if k not in data]
         if missing:
             raise ValueError(f"placement lacks {', '.join(missing)}")
