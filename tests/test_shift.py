@@ -39,7 +39,7 @@ def test_the_object_is_pasted_onto_another_class_whose_own_object_is_removed() -
 
 def test_evaluate_reports_the_cue_drop_of_both_models_with_an_interval() -> None:
     torch.manual_seed(0)
-    from ersm_surgery.train.source import strip_masks
+    from ersm_surgery.io.source import strip_masks
 
     model = ersm_surgery.inject("test_resnet", input_size=(3, 32, 32), num_classes=4, stages=[2]).eval()
     baseline = strip_masks(model).eval()
