@@ -2,7 +2,7 @@
 
     R = sum over mask layers of k * [alpha * mean(q) + beta * mean over neighbour pairs w_ij |q_i - q_j|]
 
-k = 1 under ``mask.price=absolute``; under ``mask.price=relative`` (the default) k is the running
+k = 1 under ``mask.price=absolute`` (the default); under ``mask.price=relative`` k is the running
 ``sum |dL_task/dm|`` of that layer (``layers.price``, detached), so a token's price is alpha times the
 mean magnitude of the task gradient on the mask, whatever the model, stage or loss scale.
 

@@ -27,11 +27,12 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from .config import PRICES
+
 __all__ = ["PRICES", "TaskGradientScale", "SCALE_DECAY"]
 
-# "relative": alpha is a fraction of the task gradient's mean magnitude (the default since recipe version 3);
-# "absolute": alpha is in units of the loss, the behaviour of recipe versions 1 and 2
-PRICES = ("relative", "absolute")
+# PRICES (layers.config): "absolute" (the default, and the meaning of recipe versions 1 and 2) charges alpha in
+# units of the loss; "relative" (opt-in) charges it as a fraction of the task gradient's mean magnitude
 # running mean of the observed scale over about ten updates: long enough to smooth one batch's noise,
 # short enough to follow the task gradient as the fine-tuning moves it
 SCALE_DECAY = 0.9

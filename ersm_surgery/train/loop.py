@@ -86,6 +86,7 @@ class _Run:
     mixup: Any = None
     ema: Any = None  # timm ModelEmaV3: its module is what is validated and saved
     brake: LossBrake = field(default_factory=lambda: LossBrake(None, 1))
+    relative_price: bool = False  # some mask charges mask.price=relative (layers.price)
     update: int = 0
     gamma: float = 0.0
     tau: float = 1.0
@@ -143,8 +144,9 @@ def _train_epoch(run: _Run, loader, epoch: int, callbacks: Callbacks) -> dict[st
         final = (i + 1) % accum == 0 or i + 1 == n
         run.gamma, run.tau = run.schedule.apply(run.layers, run.update)
         run.gamma *= run.brake.factor()
-        # the relative price reads the task gradient on the masks: tell it what the loss is multiplied by
-        run.layers.set_gradient_multiplier((run.scaler.get_scale() if run.scaler is not None else 1.0) / group)
+        if run.relative_price:  # it reads the task gradient on the masks: tell it what the loss is multiplied by
+            # (GradScaler.get_scale() syncs with the device, so only a relative price pays for it)
+            run.layers.set_gradient_multiplier((run.scaler.get_scale() if run.scaler is not None else 1.0) / group)
         with no_sync(run.model, not final):
             logits, task, energy, loss = _forward_loss(run, x, target)
             if not all_true(bool(torch.isfinite(loss)), run.info):
@@ -230,7 +232,8 @@ def _make_run(model: nn.Module, config: FinetuneConfig, info: DistInfo, steps_pe
     schedule = MaskSchedule(total, config.gamma, config.gamma_warmup, tau_start, config.tau_end)
     return _Run(wrapped, masks(model), config, info, optimizer, scheduler, scaler, schedule, autocast,
                 frozen_norms(model) if config.freeze_backbone else [], task_criterion(config),
-                create_mixup(config, num_classes), ema, LossBrake(config.loss_brake, total), tau=tau_start)
+                create_mixup(config, num_classes), ema, LossBrake(config.loss_brake, total), tau=tau_start,
+                relative_price=any(layer.config.price == "relative" for layer in masks(model)))
 
 
 def fit(
