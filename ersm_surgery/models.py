@@ -130,7 +130,7 @@ def create_base_model(
         **kwargs: passed to ``timm.create_model`` (drop_path_rate, in_chans, ...).
 
     Raises:
-        UnknownModelError, WeightsError, ValueError (num_classes <= 0).
+        UnknownModelError, WeightsError, ValueError (num_classes < 0; 0 is timm's headless model).
     """
     import timm
 
@@ -139,8 +139,8 @@ def create_base_model(
         raise UnknownModelError(f"{name!r} is an ersm-surgery export (a model with masks), not a plain timm model",
                                 "load it with ersm_surgery.load() (or pass it as DIR), or use its backbone/ "
                                 "sub-folder (export --strip-masks) for the model without masks")
-    if num_classes is not None and num_classes <= 0:
-        raise ValueError(f"num_classes must be > 0, got {num_classes}")
+    if num_classes is not None and num_classes < 0:
+        raise ValueError(f"num_classes must be >= 0 (0: headless), got {num_classes}")
     if pretrained and pretrained_path:
         raise WeightsError("both --pretrained and --pretrained-path given", "use one of them")
     if num_classes is not None:

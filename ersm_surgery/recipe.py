@@ -95,8 +95,10 @@ class Recipe:
         out = []
         if not isinstance(self.model, str) or not self.model:
             out.append(f"model must be a timm model name, got {self.model!r}")
-        if self.num_classes is not None and (not isinstance(self.num_classes, int) or self.num_classes <= 0):
-            out.append(f"num_classes must be a positive integer, got {self.num_classes!r}")
+        # 0 is timm's headless backbone (pooled features out), e.g. eva02_tiny_patch14_224's default
+        if self.num_classes is not None and (not isinstance(self.num_classes, int) or isinstance(self.num_classes, bool)
+                                             or self.num_classes < 0):
+            out.append(f"num_classes must be 0 (headless) or a positive integer, got {self.num_classes!r}")
         if self.input_size is not None and (
             len(self.input_size) != 3 or any(not isinstance(v, int) or v <= 0 for v in self.input_size)
         ):

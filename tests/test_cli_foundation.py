@@ -93,7 +93,7 @@ BAD = [
     (["inject", "test_resnet", "--stages", ""], ["empty or malformed", "--stages 2,3"]),
     (["inject", "test_resnet", "--stages", "2,,3"], ["empty or malformed"]),
     (["inject", "test_resnet", "--stages", "two"], ["is not an integer"]),
-    (["inject", "test_resnet", "--stages", "2", "--num-classes", "0"], ["--num-classes", "positive integer"]),
+    (["inject", "test_resnet", "--stages", "2", "--num-classes", "-1"], ["--num-classes", "0 (headless)"]),
     (["inject", "test_resnet", "--stages", "2", "--set", "mask.alpah=1"], ["unknown key 'mask.alpah'", "settable"]),
     (["inject", "test_resnet", "--stages", "2", "--set", "mask.tau=0"], ["mask.tau must be > 0"]),
     (["inject", "test_resnet", "--stages", "2", "--pretrained-path", "/no/such.safetensors"], ["does not exist"]),

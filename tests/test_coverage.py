@@ -31,9 +31,9 @@ def test_token_and_channels_last_models_through_the_token_grid_plugin(tmp_path, 
     assert model.ersm_recipe.plugins == {"adapter:token_grid": "ersm-token-grid"}
 
 
-def check_inject_train_save_rebuild(tmp_path, name, size, stages, batch=2):
+def check_inject_train_save_rebuild(tmp_path, name, size, stages, batch=2, num_classes=5):
     """Inject, train one step (every parameter gets a gradient), save, rebuild, load: same outputs."""
-    model = ersm_surgery.inject(name, stages=list(stages), input_size=size, num_classes=5)
+    model = ersm_surgery.inject(name, stages=list(stages), input_size=size, num_classes=num_classes)
     layers = ersm_surgery.masks(model)
     assert len(layers) == len(stages)
     x = torch.randn(batch, *size)
@@ -64,3 +64,16 @@ def test_models_whose_stages_are_not_spatial_get_a_clear_error(name, size):
     # without plugins (the token-grid plugin, when installed, makes these stages maskable)
     with plugins.disabled(), pytest.raises(NotSpatialError, match=r"not a \(B, C, H, W\) map.*token-grid adapter"):
         ersm_surgery.inject(name, stages=[1], input_size=size)
+
+
+def test_a_headless_model_masks_saves_and_loads_and_finetune_asks_for_a_head(tmp_path):
+    """num_classes=0 is timm's headless backbone (eva02_tiny's default): a valid recipe, not a refusal."""
+    from ersm_surgery.errors import DataError
+    from ersm_surgery.train.finetune import _check_classes
+    from ersm_surgery.train import FinetuneConfig
+
+    model = check_inject_train_save_rebuild(tmp_path, "test_resnet", (3, 64, 64), (2,), num_classes=0)
+    assert model.ersm_recipe.num_classes == 0
+    assert ersm_surgery.load(tmp_path / "m").num_classes == 0
+    with pytest.raises(DataError, match="pass --num-classes 4"):
+        _check_classes(model, FinetuneConfig(), 4)

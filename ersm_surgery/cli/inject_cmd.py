@@ -13,7 +13,7 @@ from ._common import console, emit_json, parse_input_size
 @click.option("--pretrained", is_flag=True,
               help="Start from pretrained weights: timm's (network, or the HF cache) or a local-dir: folder's.")
 @click.option("--pretrained-path", type=click.Path(dir_okay=False), help="Local base weights (.safetensors or .pth).")
-@click.option("--num-classes", type=int, help="Classifier size (default: the model's).")
+@click.option("--num-classes", type=int, help="Classifier size (default: the model's; 0: a headless backbone, as in timm).")
 @click.option("--recipe", "recipe_path", type=click.Path(dir_okay=False), help="Recipe file (YAML/JSON) with settings.")
 @click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE", help="Override a setting, e.g. mask.alpha=0.3.")
 @click.option("--input-size", callback=parse_input_size, help="C,H,W to check the model at (default: the model's).")
@@ -28,8 +28,8 @@ def inject(ctx: click.Context, model: str, stages, nodes, pretrained, pretrained
     MODEL is a timm name (resnet50, resnet50.a1_in1k), hf-hub:ORG/NAME or local-dir:PATH, as in
     timm.create_model.
     """
-    if num_classes is not None and num_classes <= 0:
-        raise click.BadParameter(f"{num_classes} is not a class count; give a positive integer",
+    if num_classes is not None and num_classes < 0:
+        raise click.BadParameter(f"{num_classes} is not a class count; give 0 (headless) or a positive integer",
                                  param_hint="--num-classes")
     from ..injection import inject_to_folder
     from ..surgery import parse_stages
