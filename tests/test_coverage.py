@@ -69,8 +69,8 @@ def test_models_whose_stages_are_not_spatial_get_a_clear_error(name, size):
 def test_a_headless_model_masks_saves_and_loads_and_finetune_asks_for_a_head(tmp_path):
     """num_classes=0 is timm's headless backbone (eva02_tiny's default): a valid recipe, not a refusal."""
     from ersm_surgery.errors import DataError
-    from ersm_surgery.train.finetune import _check_classes
     from ersm_surgery.train import FinetuneConfig
+    from ersm_surgery.train.finetune import _check_classes
 
     model = check_inject_train_save_rebuild(tmp_path, "test_resnet", (3, 64, 64), (2,), num_classes=0)
     assert model.ersm_recipe.num_classes == 0

@@ -351,3 +351,33 @@ def test_empty_split_and_bad_arguments_are_one_line_errors(saved, tmp_path) -> N
 def test_energy_scores_rank_kept_tokens_first() -> None:
     energy = torch.tensor([[[[-1.0, 2.0], [0.5, -3.0]]]])
     assert energy_scores(energy).argmax().item() == 3
+
+
+def test_an_evaluation_folder_is_published_whole(clutter_images: EvalImages, tmp_path: Path, monkeypatch) -> None:
+    """Stale figures of an older evaluation go, a user's own file stays, a failed write changes nothing."""
+    from ersm_surgery.eval import report
+    from ersm_surgery.eval.outputs import write_evaluation
+
+    model = masked_model(stages=[2])
+    settings = EvalSettings(batch_size=3, latency_repeats=1, occlusion_levels=(0.0,), occlusion_grid=4,
+                            deletion_fractions=(0.0, 0.5), figure_images=2, metrics=("accuracy", "sparsity"))
+    result = evaluate(model, clutter_images, None, settings)
+    out = tmp_path / "eval"
+    out.mkdir()
+    (out / "deletion_layer9.png").write_bytes(b"an older run's figure")
+    (out / "notes.txt").write_text("mine")
+    files = write_evaluation(result, out)
+    names = {p.name for p in out.iterdir()}
+    assert "deletion_layer9.png" not in names and "notes.txt" in names
+    assert {"results.json", "report.html"} <= names and all(p.exists() for p in files.values())
+    assert json.loads((out / "results.json").read_text())["report"] == str(out.resolve() / "report.html")
+    before = {p.name: p.read_bytes() for p in out.iterdir()}
+
+    def broken(*args, **kwargs):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(report, "write_report", broken)
+    with pytest.raises(OSError):
+        write_evaluation(result, out)
+    assert {p.name: p.read_bytes() for p in out.iterdir()} == before
+    assert [p.name for p in tmp_path.iterdir()] == ["eval"]  # no staging or lock left beside it

@@ -106,8 +106,10 @@ def evaluate(ctx: click.Context, source: str, data_dir, dataset, split, boxes, s
     from ..eval.outputs import write_evaluation
     from ..eval.runner import EvalSettings
     from ..eval.sources import default_eval_output, evaluate_sources
+    from ..io.publish import output_lock
 
     out_path = check_output_dir(out_dir or default_eval_output(source), force)
+    ctx.with_resource(output_lock(out_path))  # one writer per folder, for the whole command
     out = console(ctx)
     quiet = bool((ctx.obj or {}).get("quiet"))
     if boxes and data_dir is None:

@@ -13,7 +13,7 @@ from ._common import console, emit_json, parse_input_size
 @click.option("--pretrained", is_flag=True,
               help="Start from pretrained weights: timm's (network, or the HF cache) or a local-dir: folder's.")
 @click.option("--pretrained-path", type=click.Path(dir_okay=False), help="Local base weights (.safetensors or .pth).")
-@click.option("--num-classes", type=int, help="Classifier size (default: the model's; 0: a headless backbone, as in timm).")
+@click.option("--num-classes", type=int, help="Classifier size (default: the model's; 0: headless, as in timm).")
 @click.option("--recipe", "recipe_path", type=click.Path(dir_okay=False), help="Recipe file (YAML/JSON) with settings.")
 @click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE", help="Override a setting, e.g. mask.alpha=0.3.")
 @click.option("--input-size", callback=parse_input_size, help="C,H,W to check the model at (default: the model's).")

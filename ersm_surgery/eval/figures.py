@@ -234,6 +234,10 @@ def background_figure(results: Results, path: Path) -> Path | None:
     return _save(fig, path)
 
 
+# the figures with one file each; deletion curves add deletion_<layer>.png per masked layer
+FIXED_FIGURES = ("masks.png", "density.png", "occlusion.png", "background.png", "intervals.png")
+
+
 def write_figures(results: dict | Results, samples: dict, out_dir: str | Path) -> dict[str, Path]:
     """Write every figure the results allow into ``out_dir``; returns {figure id: path}."""
     r = Results.from_dict(results)

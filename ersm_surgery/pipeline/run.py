@@ -274,11 +274,19 @@ def run_pipeline(settings: PipelineSettings, progress: Progress | None = None) -
         model, a stage that cannot be masked, missing data): injection is checked first. The export step
         never raises: its failure is the summary's ``export_error`` line (None on success).
     """
+    from ..io import check_output_dir
+    from ..io.publish import output_lock
+
+    out = check_output_dir(settings.output, settings.force)
+    with output_lock(out):  # a second run into the same folder fails at once instead of interleaving
+        return _run_steps(settings, out, progress)
+
+
+def _run_steps(settings: PipelineSettings, out: Path, progress: Progress | None) -> dict[str, Any]:
     from ..api import inject
-    from ..io import check_output_dir, save
+    from ..io import save
 
     progress = progress or (lambda step, message: _log.info("%s: %s", step, message))
-    out = check_output_dir(settings.output, settings.force)
     out.mkdir(parents=True, exist_ok=True)
     timings: dict[str, float] = {}
     size = (3, settings.img_size, settings.img_size)
