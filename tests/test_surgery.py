@@ -150,3 +150,43 @@ def test_masks_looks_through_wrappers():
     wrapped = nn.Module()
     wrapped._orig_mod = model  # what torch.compile's OptimizedModule holds
     assert len(ersm_surgery.masks(wrapped)) == 1
+
+
+def test_a_tensor_made_inside_forward_survives_the_dual_graph():
+    """fx stores such a tensor on the traced root as _tensor_constantN (SwinV2-CR's attention mask)."""
+    from ersm_surgery.surgery._tracer import trace
+
+    class AddConstant(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.conv = nn.Conv2d(3, 3, 1)
+
+        def forward(self, x):
+            return self.conv(x) + torch.arange(3.0).view(1, 3, 1, 1)
+
+    root = AddConstant()
+    (train_graph, _), (eval_graph, _) = trace(root, True), trace(root, False)
+    assert any(n.op == "get_attr" for n in eval_graph.nodes)
+    dual = DualGraphModule(root, train_graph, eval_graph).eval()
+    x = torch.randn(2, 3, 4, 4)
+    with torch.no_grad():
+        assert torch.equal(dual(x), root(x))
+        assert torch.equal(copy.deepcopy(dual)(x), root(x))
+        assert dual.double()(x.double()).dtype == torch.float64  # the constant follows .to()
+    assert not any("_tensor_constant" in k for k in dual.state_dict())
+
+
+def test_feature_info_names_modules_that_run():
+    """Twins and MViTv2 list `block.N`; Twins' stage is a ModuleList, which is never called itself."""
+    from ersm_surgery.surgery.analysis import feature_info
+
+    class Listed(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.blocks = nn.ModuleList([nn.ModuleList([nn.Identity(), nn.Identity()])])
+            self.stages = nn.Sequential(nn.Identity())
+            self.feature_info = [{"module": "block.0", "num_chs": 3, "reduction": 4},
+                                 {"module": "stages.0", "num_chs": 3, "reduction": 8},
+                                 {"module": "nowhere.3", "num_chs": 3, "reduction": 16}]
+
+    assert [d["module"] for d in feature_info(Listed())] == ["blocks.0.1", "stages.0", "nowhere.3"]

@@ -17,7 +17,8 @@ from torch.fx.passes.shape_prop import ShapeProp
 from ._tracer import trace, training_mode
 
 __all__ = [
-    "FeatureNode", "StageInfo", "ModelAnalysis", "analyse", "feature_info", "probe_shapes", "classify", "channels_last",
+    "FeatureNode", "StageInfo", "ModelAnalysis", "analyse", "feature_info", "stage_module", "probe_shapes", "classify",
+    "channels_last",
 ]
 
 _log = logging.getLogger(__name__)
@@ -90,13 +91,43 @@ class ModelAnalysis:
 
 
 def feature_info(model: nn.Module) -> list[dict[str, Any]]:
-    """timm's feature_info as a list of dicts (empty when the model has none)."""
+    """timm's feature_info as a list of dicts (empty when the model has none), each naming a module that runs.
+
+    A few timm models name modules they do not have (Twins and MViTv2 list ``block.N``; their stages are
+    ``blocks.N``, ``stages.N``), and a stage that is a ModuleList is never called itself: such entries are
+    repaired by :func:`stage_module`.
+    """
     info = getattr(model, "feature_info", None)
     if info is None:
         return []
-    if hasattr(info, "get_dicts"):
-        return list(info.get_dicts())
-    return [dict(d) for d in info]
+    dicts = list(info.get_dicts()) if hasattr(info, "get_dicts") else [dict(d) for d in info]
+    return [{**d, "module": stage_module(model, d["module"])} if isinstance(d.get("module"), str) else d
+            for d in dicts]
+
+
+def stage_module(model: nn.Module, name: str) -> str:
+    """The module that ends the stage ``name``: itself, a plural spelling of it, or a ModuleList's last member."""
+    module = _submodule(model, name)
+    if module is None:
+        head, _, rest = name.partition(".")
+        for alt in dict.fromkeys((f"{head}s", "stages", "blocks", "layers")):
+            candidate = f"{alt}.{rest}" if rest else alt
+            module = _submodule(model, candidate)
+            if module is not None:
+                name = candidate
+                break
+        else:
+            return name  # left as timm names it: resolving the stage reports it in one line
+    while isinstance(module, nn.ModuleList) and len(module):
+        name, module = f"{name}.{len(module) - 1}", module[-1]
+    return name
+
+
+def _submodule(model: nn.Module, name: str) -> nn.Module | None:
+    try:
+        return model.get_submodule(name)
+    except AttributeError:
+        return None
 
 
 def channels_last(model: nn.Module) -> bool:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import copy
 from typing import Any
 
+import torch
 from torch import fx, nn
 
 __all__ = ["DualGraphModule"]
@@ -36,11 +37,24 @@ class DualGraphModule(fx.GraphModule):
             self.register_parameter(name, param)
         for name, buf in root.named_buffers(recurse=False):
             self.register_buffer(name, buf, persistent=name not in root._non_persistent_buffers_set)
+        self._take_constants(root, (train_graph, eval_graph))
         self.train_graph = train_graph
         self.eval_graph = eval_graph
         self.training = root.training
         self.graph = train_graph if root.training else eval_graph
         self._tracer_cls = None
+
+    def _take_constants(self, root: nn.Module, graphs: tuple[fx.Graph, ...]) -> None:
+        """Tensors the tracer stored on ``root`` (``_tensor_constantN``: a tensor made inside forward, as
+        SwinV2-CR's attention mask) are read by ``get_attr`` nodes: keep them, as non-persistent buffers so
+        they follow ``.to(device)`` and stay out of the state dict."""
+        for graph in graphs:
+            for node in graph.nodes:
+                if node.op != "get_attr" or "." in node.target or hasattr(self, node.target):
+                    continue
+                value = getattr(root, node.target, None)
+                if isinstance(value, torch.Tensor):
+                    self.register_buffer(node.target, value, persistent=False)
 
     def train(self, mode: bool = True) -> DualGraphModule:
         super().train(mode)

@@ -80,7 +80,8 @@ def _probe(model: nn.Module, modules: list[str], input_size: tuple[int, int, int
     """Stage output shapes, probed at the smallest input that resolves every stage when the model takes it.
 
     A 2x-deepest-reduction input costs a fraction of a full-size forward pass; models that insist on
-    their own size (window attention, fixed position embeddings) are probed at ``input_size``.
+    their own size (window attention, fixed position embeddings), and token stages, whose count of tokens
+    does not scale back, are probed at ``input_size``.
     """
     side = 2 * max(int(d.get("reduction") or 1) for d in info)
     sizes = [(input_size[0], side, side)] if side < min(input_size[1:]) else []
@@ -90,6 +91,8 @@ def _probe(model: nn.Module, modules: list[str], input_size: tuple[int, int, int
         except Exception as exc:  # the model's own forward failed on this input
             error = exc
             continue
+        if size != tuple(input_size) and any(len(shape) == 3 for shape in shapes.values()):
+            continue  # a token count does not scale back to input_size (prefix tokens, pooling): probe there
         # channel counts and layouts do not depend on the input size; strides are checked at it
         return {name: (*shape[:2], shape[2] * input_size[1] // size[1], *shape[3:]) if len(shape) == 4 else shape
                 for name, shape in shapes.items()}

@@ -14,16 +14,31 @@ __all__ = ["TokenGridAdapter", "LAYOUTS"]
 LAYOUTS = ("tokens", "nhwc")
 
 
-def _grid_at(model: nn.Module, input_size: tuple[int, int, int]) -> tuple[int, int] | None:
-    """The patch grid of ``model`` for an input of ``input_size`` (None without a patch embedding)."""
-    embed = getattr(model, "patch_embed", None)
-    if embed is None:
-        return None
-    if hasattr(embed, "dynamic_feat_size"):
-        grid = embed.dynamic_feat_size(tuple(input_size[1:]))
-    else:
-        grid = getattr(embed, "grid_size", None)
-    return (int(grid[0]), int(grid[1])) if grid is not None else None
+def _grids_at(model: nn.Module, module: str, input_size: tuple[int, int, int]) -> list[tuple[int, int]]:
+    """The token grids a stage of ``model`` may lay its tokens on, for an input of ``input_size``.
+
+    From the stage's own ``feature_info`` reduction (so token stages that pool, as LeViT's, get their own
+    grid) and from every patch embedding of the model (its ``grid_size``, or ``dynamic_feat_size`` for the
+    input size); a stem without stride padding floors, a padded one ceils: both are candidates.
+    """
+    from ersm_surgery.surgery.analysis import feature_info
+
+    h, w = input_size[1:]
+    grids: list[tuple[int, int]] = []
+    for d in feature_info(model):
+        r = d.get("reduction")
+        if d.get("module") == module and r:
+            grids += [(h // r, w // r), (math.ceil(h / r), math.ceil(w / r))]
+    for m in model.modules():
+        if not hasattr(m, "patch_size"):
+            continue  # only patch embeddings name a grid
+        if hasattr(m, "dynamic_feat_size"):
+            grid = m.dynamic_feat_size(tuple(input_size[1:]))
+        else:
+            grid = getattr(m, "grid_size", None)
+        if grid is not None and len(grid) == 2:
+            grids.append((int(grid[0]), int(grid[1])))
+    return list(dict.fromkeys(g for g in grids if g[0] > 0 and g[1] > 0))
 
 
 class TokenGridAdapter(ModelAdapter):
@@ -56,15 +71,18 @@ class TokenGridAdapter(ModelAdapter):
             return {"layout": "nhwc"}
         if len(shape) != 3:
             return None
-        grid = _grid_at(model, input_size)
         prefix = int(getattr(model, "num_prefix_tokens", 0) or 0)
-        if grid is None or shape[1] <= prefix:
-            return None
+        # class tokens join late in some models (CaiT's class attention, ConViT's last blocks): a stage holds
+        # the model's prefix tokens, or none yet
+        grids = _grids_at(model, module, input_size)
+        for grid in grids:
+            extra = shape[1] - grid[0] * grid[1]
+            if extra in (0, prefix):
+                return {"layout": "tokens", "prefix_tokens": extra, "grid": list(grid)}
         # the stage may have been probed at a smaller input than input_size when the model takes any size
-        dynamic = bool(getattr(model, "dynamic_img_size", False))
-        if not dynamic and shape[1] != prefix + grid[0] * grid[1]:
-            return None  # tokens pooled or merged inside the model: not the patch grid
-        return {"layout": "tokens", "prefix_tokens": prefix, "grid": list(grid)}
+        if bool(getattr(model, "dynamic_img_size", False)) and grids and shape[1] > prefix:
+            return {"layout": "tokens", "prefix_tokens": prefix, "grid": list(grids[-1])}
+        return None  # tokens pooled or merged inside the model: not a grid this adapter knows
 
     def _grid_for(self, n: int) -> tuple[int, int]:
         h, w = self.grid

@@ -72,3 +72,42 @@ def test_it_claims_tokens_and_channels_last_but_not_nchw_or_pooled_tokens():
     assert TokenGridAdapter.match(vit, "x", (1, 8, 8, 32), "channels-last (B, H, W, C)", (3, 64, 64)) == {
         "layout": "nhwc"}
     assert TokenGridAdapter.match(vit, "x", (1, 32, 8, 8), "NCHW", (3, 64, 64)) is None
+
+
+class _Embed(nn.Module):
+    """What the adapter reads of a timm patch embedding: patch_size and grid_size."""
+
+    def __init__(self, grid):
+        super().__init__()
+        self.patch_size, self.grid_size = (16, 16), grid
+
+
+class _TokenModel(nn.Module):
+    def __init__(self, feature_info, prefix=1, embed_name="patch_embed", grid=(14, 14)):
+        super().__init__()
+        self.feature_info, self.num_prefix_tokens = feature_info, prefix
+        self.add_module(embed_name, _Embed(grid))
+
+
+SIZE = (3, 224, 224)
+
+
+def test_a_stage_before_the_class_token_joins_is_claimed_without_prefix():
+    """CaiT and ConViT add their class token late: early blocks hold patch tokens only."""
+    model = _TokenModel([{"module": "blocks.3", "num_chs": 8, "reduction": 16}])
+    assert TokenGridAdapter.match(model, "blocks.3", (1, 196, 8), None, SIZE) == {
+        "layout": "tokens", "prefix_tokens": 0, "grid": [14, 14]}
+    assert TokenGridAdapter.match(model, "blocks.3", (1, 197, 8), None, SIZE)["prefix_tokens"] == 1
+    assert TokenGridAdapter.match(model, "blocks.3", (1, 199, 8), None, SIZE) is None  # not a known count
+
+
+def test_a_pooled_token_stage_gets_the_grid_of_its_own_reduction():
+    """LeViT-style stages shrink the token grid; feature_info's reduction names it."""
+    model = _TokenModel([{"module": "stages.1", "num_chs": 8, "reduction": 32}], prefix=0, embed_name="stem")
+    assert TokenGridAdapter.match(model, "stages.1", (1, 49, 8), None, SIZE)["grid"] == [7, 7]
+
+
+def test_a_patch_embedding_under_another_name_is_found():
+    """MLP-Mixer's patch embedding is its stem."""
+    model = _TokenModel([], prefix=0, embed_name="stem", grid=(7, 7))
+    assert TokenGridAdapter.match(model, "blocks.5", (1, 49, 8), None, SIZE)["grid"] == [7, 7]
