@@ -190,3 +190,18 @@ def test_feature_info_names_modules_that_run():
                                  {"module": "nowhere.3", "num_chs": 3, "reduction": 16}]
 
     assert [d["module"] for d in feature_info(Listed())] == ["blocks.0.1", "stages.0", "nowhere.3"]
+
+
+def test_a_hooked_sequential_stage_does_not_run_its_mask_as_a_layer():
+    """HRNet's stages are SequentialLists that fx cannot trace: the hook's mask child stays out of the loop."""
+    size = (3, 64, 64)
+    base = timm.create_model("hrnet_w18_small", num_classes=3).eval()
+    original = copy.deepcopy(base)
+    layers = len(base.stage2)
+    model = ersm_surgery.inject(base, stages=[2], input_size=size).eval()
+    assert model.ersm_recipe.placements[0].method == "module"
+    assert len(model.stage2) == layers and all(m is not model.stage2.ersm_mask for m in model.stage2)
+    x = torch.randn(2, *size)
+    with torch.no_grad():
+        assert (model(x) - original(x)).abs().max() <= 1e-5
+        assert torch.equal(copy.deepcopy(model)(x), model(x))

@@ -107,7 +107,41 @@ def _insert_fx(
     return new
 
 
+class _HidesMask:
+    """Mixed into a hooked nn.Sequential: its mask child is not one of the layers it runs in turn.
+
+    Sequential's forward (and timm's SequentialList, HRNet's stages) calls every child in order, so the
+    mask added as a child would be called as one more layer.
+    """
+
+    def _layers(self) -> list[nn.Module]:
+        return [m for name, m in self._modules.items() if name != MASK_ATTR_PREFIX]
+
+    def __iter__(self):
+        return iter(self._layers())
+
+    def __len__(self) -> int:
+        return len(self._layers())
+
+    def __getitem__(self, idx):
+        layers = self._layers()
+        return nn.Sequential(*layers[idx]) if isinstance(idx, slice) else layers[idx]
+
+
+_hiding_classes: dict[type, type] = {}
+
+
+def _hide_mask(module: nn.Module) -> None:
+    cls = type(module)
+    if not isinstance(module, nn.Sequential) or isinstance(module, _HidesMask):
+        return
+    if cls not in _hiding_classes:
+        _hiding_classes[cls] = type(cls.__name__, (_HidesMask, cls), {"__module__": cls.__module__})
+    module.__class__ = _hiding_classes[cls]
+
+
 def _insert_hook(module: nn.Module, mask: nn.Module) -> None:
+    _hide_mask(module)
     module.add_module(MASK_ATTR_PREFIX, mask)
     module.register_forward_hook(mask_output_hook)
     module._ersm_hooked = True
