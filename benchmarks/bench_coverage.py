@@ -43,11 +43,14 @@ def families() -> dict[str, list[str]]:
 
 
 def _param_count(name: str) -> int | None:
+    import warnings
+
     import timm
     import torch
 
     try:
-        with torch.device("meta"):
+        with torch.device("meta"), warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # timm's notes on deprecated aliases
             model = timm.create_model(name)
         return sum(p.numel() for p in model.parameters())
     except Exception:  # a model that cannot be built on meta is simply not a candidate
@@ -165,20 +168,21 @@ def check_family(name: str, result: dict) -> None:
             traceback.print_exc()
 
 
-def _child(name: str, queue) -> None:
+def _child(name: str, threads: int, queue) -> None:
     import torch
 
-    torch.set_num_threads(1)
+    if threads:
+        torch.set_num_threads(threads)
     result: dict = {}
     check_family(name, result)
     queue.put(result)
 
 
-def run_one(name: str, timeout: float) -> dict:
+def run_one(name: str, timeout: float, threads: int = 0) -> dict:
     ctx = mp.get_context("spawn")
     queue = ctx.Queue()
     start = time.perf_counter()
-    proc = ctx.Process(target=_child, args=(name, queue))
+    proc = ctx.Process(target=_child, args=(name, threads, queue))
     proc.start()
     try:
         result = queue.get(timeout=timeout)
@@ -194,7 +198,9 @@ def run_one(name: str, timeout: float) -> dict:
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--families", help="comma-separated timm module names (default: all)")
-    p.add_argument("--timeout", type=float, default=240.0, help="seconds per family")
+    p.add_argument("--timeout", type=float, default=900.0,
+                   help="seconds per family (the largest smallest members, 400M parameters at 768 px, take minutes)")
+    p.add_argument("--threads", type=int, default=0, help="torch threads per family (default: torch's own)")
     p.add_argument("--json", type=Path, help="write every family's record here")
     p.add_argument("--markdown", action="store_true", help="print the table as markdown for benchmarks/README.md")
     p.add_argument("--debug", action="store_true", help="print each failure's traceback")
@@ -216,7 +222,7 @@ def main() -> None:
     records = []
     for fam in chosen:
         name = smallest(fams[fam])
-        rec = {"family": fam, "model": name, **run_one(name, args.timeout)}
+        rec = {"family": fam, "model": name, **run_one(name, args.timeout, args.threads)}
         records.append(rec)
         verdict = "PASS" if rec["passed"] else f"FAIL at {rec['step']}: {rec['reason']}"
         print(f"{fam:<28} {name:<36} {rec['seconds']:>6.1f} s  {verdict}", flush=True)

@@ -185,11 +185,14 @@ def test_feature_info_names_modules_that_run():
             super().__init__()
             self.blocks = nn.ModuleList([nn.ModuleList([nn.Identity(), nn.Identity()])])
             self.stages = nn.Sequential(nn.Identity())
+            self.encoder = nn.Module()
+            self.encoder.layers = nn.Sequential(nn.Identity())
             self.feature_info = [{"module": "block.0", "num_chs": 3, "reduction": 4},
                                  {"module": "stages.0", "num_chs": 3, "reduction": 8},
-                                 {"module": "nowhere.3", "num_chs": 3, "reduction": 16}]
+                                 {"module": "nowhere.3", "num_chs": 3, "reduction": 16},
+                                 {"module": "layers.0", "num_chs": 3, "reduction": 16}]  # Gemma4: in the encoder
 
-    assert [d["module"] for d in feature_info(Listed())] == ["blocks.0.1", "stages.0", "nowhere.3"]
+    assert [d["module"] for d in feature_info(Listed())] == ["blocks.0.1", "stages.0", "nowhere.3", "encoder.layers.0"]
 
 
 def test_a_hooked_sequential_stage_does_not_run_its_mask_as_a_layer():

@@ -106,7 +106,8 @@ def feature_info(model: nn.Module) -> list[dict[str, Any]]:
 
 
 def stage_module(model: nn.Module, name: str) -> str:
-    """The module that ends the stage ``name``: itself, a plural spelling of it, or a ModuleList's last member."""
+    """The module that ends the stage ``name``: itself, a plural spelling of it, the one module whose path ends
+    with it, or (for a ModuleList) its last member."""
     module = _submodule(model, name)
     if module is None:
         head, _, rest = name.partition(".")
@@ -117,7 +118,11 @@ def stage_module(model: nn.Module, name: str) -> str:
                 name = candidate
                 break
         else:
-            return name  # left as timm names it: resolving the stage reports it in one line
+            # a wrapper around the network (Gemma4's classifier holds the encoder that has the blocks)
+            inside = [n for n, _ in model.named_modules() if n.endswith(f".{name}")]
+            if len(inside) != 1:
+                return name  # left as timm names it: resolving the stage reports it in one line
+            name, module = inside[0], model.get_submodule(inside[0])
     while isinstance(module, nn.ModuleList) and len(module):
         name, module = f"{name}.{len(module) - 1}", module[-1]
     return name
