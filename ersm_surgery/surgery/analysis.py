@@ -110,6 +110,11 @@ def stage_module(model: nn.Module, name: str) -> str:
     with it, or (for a ModuleList) its last member."""
     module = _submodule(model, name)
     if module is None:
+        # a wrapper around the network (Gemma4's classifier holds the encoder that has the blocks)
+        inside = [n for n, _ in model.named_modules() if n.endswith(f".{name}")]
+        if len(inside) == 1:
+            name, module = inside[0], model.get_submodule(inside[0])
+    if module is None:
         head, _, rest = name.partition(".")
         for alt in dict.fromkeys((f"{head}s", "stages", "blocks", "layers")):
             candidate = f"{alt}.{rest}" if rest else alt
@@ -118,11 +123,7 @@ def stage_module(model: nn.Module, name: str) -> str:
                 name = candidate
                 break
         else:
-            # a wrapper around the network (Gemma4's classifier holds the encoder that has the blocks)
-            inside = [n for n, _ in model.named_modules() if n.endswith(f".{name}")]
-            if len(inside) != 1:
-                return name  # left as timm names it: resolving the stage reports it in one line
-            name, module = inside[0], model.get_submodule(inside[0])
+            return name  # left as timm names it: resolving the stage reports it in one line
     while isinstance(module, nn.ModuleList) and len(module):
         name, module = f"{name}.{len(module) - 1}", module[-1]
     return name
