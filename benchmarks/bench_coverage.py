@@ -127,6 +127,8 @@ def check_family(name: str, result: dict) -> None:
         model = ersm_surgery.inject(base, stages=stages, input_size=size)
         result["adapters"] = sorted({p.adapter or "-" for p in model.ersm_recipe.placements})
         result["methods"] = sorted({p.method for p in model.ersm_recipe.placements})
+        if len(ersm_surgery.masks(model)) != len(stages):
+            raise AssertionError(f"{len(stages)} stages but {len(ersm_surgery.masks(model))} mask layers")
 
         step = "preserve"
         model.eval()

@@ -77,3 +77,19 @@ def test_a_headless_model_masks_saves_and_loads_and_finetune_asks_for_a_head(tmp
     assert ersm_surgery.load(tmp_path / "m").num_classes == 0
     with pytest.raises(DataError, match="pass --num-classes 4"):
         _check_classes(model, FinetuneConfig(), 4)
+
+
+@pytest.mark.slow
+def test_two_stages_that_end_in_one_module_mask_their_own_elements():
+    """CoaT's parallel blocks return four scales: stage 1 is element 1 (28x28 + class token), stage 2 element 2."""
+    plugins.load_plugins()
+    if "token_grid" not in list_adapters():
+        pytest.skip("the token_grid adapter is not registered: pip install -e plugins/ersm-token-grid")
+    model = ersm_surgery.inject("coat_tiny", stages=[1, 2], num_classes=3).eval()
+    assert [p.output for p in model.ersm_recipe.placements] == [1, 2]
+    seen = {}
+    for name, layer in ersm_surgery.masks(model).items():
+        layer.register_forward_hook(lambda m, args, out, name=name: seen.update({name: tuple(args[0].shape)}))
+    with torch.no_grad():
+        model(torch.randn(1, 3, 224, 224))
+    assert sorted(seen.values()) == [(1, 152, 14, 14), (1, 152, 28, 28)]  # the grids of elements 2 and 1

@@ -208,3 +208,27 @@ def test_a_hooked_sequential_stage_does_not_run_its_mask_as_a_layer():
     with torch.no_grad():
         assert (model(x) - original(x)).abs().max() <= 1e-5
         assert torch.equal(copy.deepcopy(model)(x), model(x))
+
+
+def test_the_element_of_a_tuple_output_is_chosen_by_width_scale_and_rank():
+    from ersm_surgery.surgery.resolve import _element
+
+    size = (3, 224, 224)
+    two_branches = [{"module": "b", "num_chs": 96, "reduction": 12}, {"module": "b", "num_chs": 192, "reduction": 17}]
+    assert _element([(1, 401, 96), (1, 197, 192)], two_branches, 1, (3, 240, 240)) == 1  # 240 // 17 = 14
+    scales = [{"module": "p", "num_chs": 8, "reduction": r} for r in (8, 16)]  # one width: the token count decides
+    assert [_element([(1, 3137, 8), (1, 785, 8), (1, 197, 8)], scales, s, size) for s in (0, 1)] == [1, 2]
+    assert _element([(1, 8, 28, 28)], scales, 0, size) == 0  # a single output
+    assert _element([(1, 5, 28, 28), None], scales, 0, size) == 0  # nothing fits: the first, as before
+
+
+def test_a_placement_on_a_later_element_round_trips_and_old_recipes_mean_element_0():
+    from ersm_surgery.surgery.placement import Placement
+
+    p = Placement(module="blocks.0", channels=192, stage=3, method="module", output=1)
+    assert p.to_dict()["output"] == 1 and p.attr == "ersm_mask_output1"
+    assert Placement.from_dict(p.to_dict()) == p
+    old = Placement(module="layer2", channels=8, stage=2)
+    assert "output" not in old.to_dict() and Placement.from_dict(old.to_dict()).output == 0
+    with pytest.raises(ValueError, match="element index"):
+        Placement.from_dict({**p.to_dict(), "output": -1})

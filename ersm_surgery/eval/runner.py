@@ -79,6 +79,9 @@ def _baseline_anchors(model: nn.Module, baseline: nn.Module, notes: list[str]) -
         if p.adapter is not None:
             notes.append(f"baseline features at {p.label} are not a (B, C, H, W) map (adapter {p.adapter}); "
                          "its magnitude ranking is skipped there")
+        elif p.output:
+            notes.append(f"baseline features at {p.label} are element {p.output} of the module's output; "
+                         "its magnitude ranking is skipped there")
         elif p.stage is not None or p.method == "module":
             if p.module in modules:
                 anchors.append(Anchor(p.path, module=p.module))

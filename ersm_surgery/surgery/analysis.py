@@ -17,8 +17,8 @@ from torch.fx.passes.shape_prop import ShapeProp
 from ._tracer import trace, training_mode
 
 __all__ = [
-    "FeatureNode", "StageInfo", "ModelAnalysis", "analyse", "feature_info", "stage_module", "probe_shapes", "classify",
-    "channels_last",
+    "FeatureNode", "StageInfo", "ModelAnalysis", "analyse", "feature_info", "stage_module", "probe_shapes",
+    "probe_outputs", "classify", "channels_last",
 ]
 
 _log = logging.getLogger(__name__)
@@ -161,17 +161,25 @@ def classify(
 
 
 def probe_shapes(model: nn.Module, modules: list[str], input_size: tuple[int, int, int]) -> dict[str, tuple[int, ...]]:
-    """Output shapes of the named modules on one zero image, by forward hooks, in eval mode."""
-    shapes: dict[str, tuple[int, ...]] = {}
+    """Output shapes of the named modules on one zero image, by forward hooks, in eval mode.
+
+    A module that returns a tuple or list is represented by its first element (selecsls passes its
+    feature map first); :func:`probe_outputs` gives every element.
+    """
+    return {name: shapes[0] for name, shapes in probe_outputs(model, modules, input_size).items() if shapes[0]}
+
+
+def probe_outputs(model: nn.Module, modules: list[str], input_size: tuple[int, int, int]
+                  ) -> dict[str, list[tuple[int, ...] | None]]:
+    """The shape of every element a named module returns (one for a tensor; None for a non-tensor element)."""
+    shapes: dict[str, list[tuple[int, ...] | None]] = {}
     handles = []
 
     def record(name: str):
         def hook(_module, _args, output):
-            # a block that passes a list along (selecsls) carries its feature map first
-            if isinstance(output, (list, tuple)) and output:
-                output = output[0]
-            if isinstance(output, torch.Tensor):
-                shapes[name] = tuple(output.shape)
+            items = list(output) if isinstance(output, (list, tuple)) else [output]
+            if items:
+                shapes[name] = [tuple(t.shape) if isinstance(t, torch.Tensor) else None for t in items]
 
         return hook
 

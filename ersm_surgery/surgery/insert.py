@@ -30,10 +30,13 @@ _log = logging.getLogger(__name__)
 
 def mask_output_hook(module: nn.Module, _args: tuple, output):
     """Forward hook of the "module" method: mask the module's output with its ``ersm_mask`` child."""
-    mask = getattr(module, MASK_ATTR_PREFIX)
+    masks = getattr(module, "_ersm_outputs", {0: MASK_ATTR_PREFIX})
     if isinstance(output, (list, tuple)):
-        return type(output)([mask(output[0]), *output[1:]])
-    return mask(output)
+        items = list(output)
+        for k, attr in masks.items():
+            items[k] = getattr(module, attr)(items[k])
+        return type(output)(items)
+    return getattr(module, masks[0])(output)
 
 
 def create_mask(p: Placement, config: MaskConfig) -> nn.Module:
@@ -61,7 +64,7 @@ def _edit_graph(graph: fx.Graph, qualnames: dict[fx.Node, str], items: list[Plac
     output = next(n for n in reversed(graph.nodes) if n.op == "output")
     for p in items:
         if p.local_node is None:
-            _mask_output(graph, output, p.attr, owner)
+            _mask_output(graph, output, p.attr, owner, p.output)
             continue
         anchor = by_name.get(p.local_node)
         if anchor is None:
@@ -73,17 +76,17 @@ def _edit_graph(graph: fx.Graph, qualnames: dict[fx.Node, str], items: list[Plac
     graph.lint()
 
 
-def _mask_output(graph: fx.Graph, output: fx.Node, attr: str, owner: str) -> None:
-    """Mask what a module returns: the tensor, or the first element of a returned list (selecsls)."""
+def _mask_output(graph: fx.Graph, output: fx.Node, attr: str, owner: str, index: int = 0) -> None:
+    """Mask what a module returns: the tensor, or element ``index`` of a returned list (the first: selecsls)."""
     result = output.args[0]
     if isinstance(result, fx.Node):
         with graph.inserting_before(output):
             output.args = (graph.call_module(attr, (result,)),)
         return
-    if isinstance(result, (list, tuple)) and result and isinstance(result[0], fx.Node):
+    if isinstance(result, (list, tuple)) and len(result) > index and isinstance(result[index], fx.Node):
         with graph.inserting_before(output):
-            masked = graph.call_module(attr, (result[0],))
-        output.args = (type(result)([masked, *result[1:]]),)
+            masked = graph.call_module(attr, (result[index],))
+        output.args = (type(result)([*result[:index], masked, *result[index + 1:]]),)
         return
     raise PlacementError(f"the output of {owner!r} is not a tensor ({type(result).__name__})",
                          "place the mask after a node inside it with --nodes")
@@ -115,7 +118,7 @@ class _HidesMask:
     """
 
     def _layers(self) -> list[nn.Module]:
-        return [m for name, m in self._modules.items() if name != MASK_ATTR_PREFIX]
+        return [m for name, m in self._modules.items() if not name.startswith(MASK_ATTR_PREFIX)]
 
     def __iter__(self):
         return iter(self._layers())
@@ -140,10 +143,12 @@ def _hide_mask(module: nn.Module) -> None:
     module.__class__ = _hiding_classes[cls]
 
 
-def _insert_hook(module: nn.Module, mask: nn.Module) -> None:
+def _insert_hook(module: nn.Module, mask: nn.Module, p: Placement) -> None:
     _hide_mask(module)
-    module.add_module(MASK_ATTR_PREFIX, mask)
-    module.register_forward_hook(mask_output_hook)
+    module.add_module(p.attr, mask)
+    module._ersm_outputs = {**getattr(module, "_ersm_outputs", {}), p.output: p.attr}
+    if not getattr(module, "_ersm_hooked", False):  # one hook applies every mask of the module
+        module.register_forward_hook(mask_output_hook)
     module._ersm_hooked = True
 
 
@@ -199,7 +204,7 @@ def apply_placements(
                 hook_idx += fx_idx
         for i in hook_idx:
             p = done[i]
-            _insert_hook(model.get_submodule(p.module), made[i])
+            _insert_hook(model.get_submodule(p.module), made[i], p)
     return done
 
 

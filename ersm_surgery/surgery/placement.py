@@ -30,6 +30,8 @@ class Placement:
         adapter: registered model adapter (see ``surgery.adapters``) that gives the stage output a
             (B, C, H, W) view, for token and channels-last stages; None for a (B, C, H, W) output.
         adapter_args: the adapter's settings, recorded so that a rebuild makes the same adapter.
+        output: for a module that returns a tuple or list (CrossViT's two branches, TNT's pixel and patch
+            tokens, CoaT's parallel scales), the element that is this stage's feature map; 0 otherwise.
     """
 
     module: str
@@ -41,6 +43,7 @@ class Placement:
     method: str = "fx"
     adapter: str | None = None
     adapter_args: dict[str, Any] = field(default_factory=dict)
+    output: int = 0
 
     @property
     def label(self) -> str:
@@ -56,14 +59,16 @@ class Placement:
 
     @property
     def attr(self) -> str:
-        """Attribute name of the mask inside ``module`` (``ersm_mask`` or ``ersm_mask_<node>``).
+        """Attribute name of the mask inside ``module`` (``ersm_mask``, ``ersm_mask_output<k>``, ``ersm_mask_<node>``).
 
         With the "module" method ``module`` is the hooked module itself, so the mask is its
-        ``ersm_mask`` child; with "fx" a node inside ``module`` gets its own suffixed name.
+        ``ersm_mask`` child (``ersm_mask_output<k>`` for element k of a tuple output, so that two stages
+        that end in one module each get their own); with "fx" a node inside ``module`` gets its own
+        suffixed name.
         """
         local = self.local_node
         if self.method == "module" or local is None:
-            return MASK_ATTR_PREFIX
+            return f"{MASK_ATTR_PREFIX}_output{self.output}" if self.output else MASK_ATTR_PREFIX
         return f"{MASK_ATTR_PREFIX}_{local.replace('.', '_')}"
 
     @property
@@ -75,6 +80,8 @@ class Placement:
         d = asdict(self)
         if self.adapter is None and not self.adapter_args:  # recipes of (B, C, H, W) placements stay as they were
             del d["adapter"], d["adapter_args"]
+        if not self.output:  # and those of single-output modules too
+            del d["output"]
         return d
 
     @classmethod
@@ -88,6 +95,8 @@ class Placement:
             raise ValueError(f"placement adapter_args must be a mapping for a named adapter, got {p.adapter_args!r}")
         if p.method not in METHODS:
             raise ValueError(f"placement method must be one of {', '.join(METHODS)}, got {p.method!r}")
+        if not isinstance(p.output, int) or isinstance(p.output, bool) or p.output < 0:
+            raise ValueError(f"placement output must be an element index >= 0, got {p.output!r}")
         if (p.stage is None) == (p.node is None):
             raise ValueError("a placement names exactly one of stage or node")
         return p

@@ -8,7 +8,7 @@ from torch import nn
 from ..errors import NotSpatialError, PlacementError
 from ._tracer import trace
 from .adapters import create_adapter, find_adapter
-from .analysis import analyse, channels_last, classify, feature_info, probe_shapes
+from .analysis import analyse, channels_last, classify, feature_info, probe_outputs
 from .placement import Placement
 
 __all__ = ["resolve_stages", "resolve_nodes", "find_owner", "parse_stages"]
@@ -54,11 +54,13 @@ def resolve_stages(model: nn.Module, stages: list[int], input_size: tuple[int, i
         problems.append(f"stage(s) {', '.join(map(str, dupes))} given twice")
     if problems:
         raise PlacementError("; ".join(problems), "list the stages with: ersm-surgery inspect MODEL")
-    shapes = _probe(model, [info[s]["module"] for s in stages], input_size, info)
+    outputs = _probe(model, [info[s]["module"] for s in stages], input_size, info)
     placements = []
     for s in stages:
         d = info[s]
-        shape = shapes.get(d["module"])
+        elements = outputs.get(d["module"]) or [None]
+        element = _element(elements, info, s, input_size)
+        shape = elements[element]
         status, layout = classify(shape, d["num_chs"], d.get("reduction"), input_size[1], channels_last(model))
         if status == "not spatial":
             found = find_adapter(model, d["module"], shape, layout, input_size)
@@ -68,12 +70,40 @@ def resolve_stages(model: nn.Module, stages: list[int], input_size: tuple[int, i
             name, args = found
             placements.append(Placement(module=d["module"], channels=create_adapter(name, **args).channels(shape),
                                         reduction=d.get("reduction"), stage=s, method="module", adapter=name,
-                                        adapter_args=args))
+                                        adapter_args=args, output=element))
             continue
         if shape is None:
             raise PlacementError(f"stage {s} ({d['module']}) produced no tensor output", "place the mask with --nodes")
-        placements.append(Placement(module=d["module"], channels=int(shape[1]), reduction=d.get("reduction"), stage=s))
+        placements.append(Placement(module=d["module"], channels=int(shape[1]), reduction=d.get("reduction"), stage=s,
+                                    output=element))
     return placements
+
+
+def _element(elements: list, info: list[dict], s: int, input_size: tuple[int, int, int]) -> int:
+    """Which element of a module's tuple output is stage ``s``'s feature map.
+
+    The elements whose channels (and, for tokens, whose count against the stage's reduction) fit the
+    feature_info entry; where several fit (CoaT's parallel scales share a width), the k-th of them for
+    the k-th entry naming the same module. 0 for a single output, or when none fits.
+    """
+    if len(elements) < 2:
+        return 0
+    d = info[s]
+    chs, r = d.get("num_chs"), d.get("reduction") or 1
+    area = (input_size[1] // r) * (input_size[2] // r)
+
+    def fits(shape) -> bool:
+        if shape is None:
+            return False
+        if len(shape) == 3:  # tokens: the grid of this reduction, and at most a few class/register tokens
+            return shape[2] == chs and 0 <= shape[1] - area <= 16
+        return len(shape) == 4 and chs in (shape[1], shape[3])
+
+    fitting = [i for i, shape in enumerate(elements) if fits(shape)]
+    rank = [j for j, e in enumerate(info) if e.get("module") == d.get("module")].index(s)
+    if not fitting:
+        return 0
+    return fitting[rank] if len(fitting) > 1 and rank < len(fitting) else fitting[0]
 
 
 def _probe(model: nn.Module, modules: list[str], input_size: tuple[int, int, int], info: list[dict]) -> dict:
@@ -87,15 +117,15 @@ def _probe(model: nn.Module, modules: list[str], input_size: tuple[int, int, int
     sizes = [(input_size[0], side, side)] if side < min(input_size[1:]) else []
     for size in [*sizes, tuple(input_size)]:
         try:
-            shapes = probe_shapes(model, modules, size)
+            outputs = probe_outputs(model, modules, size)
         except Exception as exc:  # the model's own forward failed on this input
             error = exc
             continue
-        if size != tuple(input_size) and any(len(shape) == 3 for shape in shapes.values()):
+        if size != tuple(input_size) and any(s is not None and len(s) == 3 for e in outputs.values() for s in e):
             continue  # a token count does not scale back to input_size (prefix tokens, pooling): probe there
         # channel counts and layouts do not depend on the input size; strides are checked at it
-        return {name: (*shape[:2], shape[2] * input_size[1] // size[1], *shape[3:]) if len(shape) == 4 else shape
-                for name, shape in shapes.items()}
+        return {name: [(*s[:2], s[2] * input_size[1] // size[1], *s[3:]) if s is not None and len(s) == 4 else s
+                       for s in shapes] for name, shapes in outputs.items()}
     raise PlacementError(f"the model fails on an input of size {tuple(input_size)} ({type(error).__name__}: {error})",
                          "pass --input-size C,H,W that the model accepts") from error
 

@@ -41,6 +41,10 @@ def _grids_at(model: nn.Module, module: str, input_size: tuple[int, int, int]) -
     return list(dict.fromkeys(g for g in grids if g[0] > 0 and g[1] > 0))
 
 
+def _has_class_token(model: nn.Module) -> bool:
+    return any(name.split(".")[-1].startswith("cls_token") for name, _ in model.named_parameters())
+
+
 class TokenGridAdapter(ModelAdapter):
     """Lays tokens (B, N, C) out on their patch grid, or permutes (B, H, W, C), for an Energy-Mask.
 
@@ -73,11 +77,13 @@ class TokenGridAdapter(ModelAdapter):
             return None
         prefix = int(getattr(model, "num_prefix_tokens", 0) or 0)
         # class tokens join late in some models (CaiT's class attention, ConViT's last blocks): a stage holds
-        # the model's prefix tokens, or none yet
+        # the model's prefix tokens, or none yet; models that do not count theirs (CrossViT, CoaT) have one
+        # class token per branch or scale
+        known = {0, prefix} | ({1} if _has_class_token(model) else set())
         grids = _grids_at(model, module, input_size)
         for grid in grids:
             extra = shape[1] - grid[0] * grid[1]
-            if extra in (0, prefix):
+            if extra in known:
                 return {"layout": "tokens", "prefix_tokens": extra, "grid": list(grid)}
         # the stage may have been probed at a smaller input than input_size when the model takes any size
         if bool(getattr(model, "dynamic_img_size", False)) and grids and shape[1] > prefix:
