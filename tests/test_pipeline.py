@@ -93,7 +93,7 @@ def test_reproduce_prints_the_claims_and_two_runs_give_the_same_table(tmp_path):
         # the second seed fine-tuned on the first seed's data, from the same injected model
         args = yaml.safe_load((out / "seeds" / "seed1" / "ersm" / "args.yaml").read_text())["config"]
         assert args["seed"] == 1 and args["data_options"]["data_seed"] == 0
-        assert args["data_options"]["spurious_cue"] == 0.9
+        assert args["data_options"]["spurious_cue"] == 0.5
         tables.append((claims, v2))
     assert tables[0] == tables[1]
     # the built-in protocol's class count (the one the default mask settings were measured on)

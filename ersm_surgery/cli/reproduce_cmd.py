@@ -17,7 +17,9 @@ DEFAULT_BUDGET_MINUTES = 20
 DEFAULT_EPOCHS = {"base_epochs": 4, "epochs": 3}
 BASE_IMAGES = 6000
 # claim (f) on the built-in data: the share of train images whose background tint names the class
-DEFAULT_SPURIOUS_CUE = 0.9
+# at 0.9 resnet18's base learned the tint alone (train top-1 93%, decorrelated validation 25.6% = chance,
+# stopped by the base gate): half the images untinted leaves shape as the only way to fit the rest
+DEFAULT_SPURIOUS_CUE = 0.5
 
 
 @click.command("reproduce")
