@@ -111,3 +111,24 @@ def test_a_patch_embedding_under_another_name_is_found():
     """MLP-Mixer's patch embedding is its stem."""
     model = _TokenModel([], prefix=0, embed_name="stem", grid=(7, 7))
     assert TokenGridAdapter.match(model, "blocks.5", (1, 49, 8), None, SIZE)["grid"] == [7, 7]
+
+
+@pytest.mark.slow
+def test_hiera_tokens_are_laid_out_as_timms_reroll_lays_them_and_go_back_unrolled():
+    """Hiera's blocks hold tokens in unrolled order: a grid view of them as they lie would be scrambled."""
+    import timm
+
+    model = timm.create_model("hiera_tiny_224", num_classes=3).eval()
+    feats = {}
+    for name in ("blocks.2", "blocks.9"):  # the ends of stages 1 and 2, before each pooling
+        model.get_submodule(name).register_forward_hook(lambda m, a, out, name=name: feats.update({name: out}))
+    with torch.no_grad():
+        model(torch.randn(1, 3, 224, 224))
+    for name, grid in (("blocks.2", [28, 28]), ("blocks.9", [14, 14])):
+        args = TokenGridAdapter.match(model, name, tuple(feats[name].shape), None, (3, 224, 224))
+        assert args["grid"] == grid and args["unroll"]
+        adapter = TokenGridAdapter(**args)
+        y, context = adapter.to_spatial(feats[name])
+        assert torch.equal(y, model.reroll(feats[name], int(name.split(".")[1])).permute(0, 3, 1, 2))
+        assert torch.equal(adapter.from_spatial(y, context), feats[name])
+        assert "order" not in adapter.state_dict()
