@@ -15,6 +15,7 @@ from .plugins import components_of, provenance, require_components
 from .recipe import RECIPE_ATTR, Recipe
 from .surgery import apply_placements, resolve_nodes, resolve_stages
 from .surgery.placement import Placement
+from .surgery.reach import check_masks_reach_output
 
 __all__ = ["inject", "build_model", "default_input_size", "RECIPE_ATTR", "with_gate"]
 
@@ -87,6 +88,7 @@ def inject(
     for p in placements:
         p.hidden = config.hidden or auto_hidden(p.channels, budget)
     placements = apply_placements(model, placements, config, fallback=True)
+    check_masks_reach_output(model, placements, {p.path: model.get_submodule(p.path) for p in placements}, input_size)
     for p in placements:
         _log.info("mask after %s via %s (C=%d, stride %s)", p.label, p.method, p.channels, p.reduction)
 

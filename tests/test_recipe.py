@@ -25,7 +25,7 @@ def test_round_trip(tmp_path, suffix):
 
 def test_invalid_values_are_reported_together():
     data = make().to_dict()
-    data["num_classes"] = 0
+    data["num_classes"] = -1  # 0 is a headless backbone
     data["mask"]["tau"] = -1
     with pytest.raises(RecipeError) as err:
         Recipe.from_dict(data)

@@ -232,3 +232,31 @@ def test_a_placement_on_a_later_element_round_trips_and_old_recipes_mean_element
     assert "output" not in old.to_dict() and Placement.from_dict(old.to_dict()).output == 0
     with pytest.raises(ValueError, match="element index"):
         Placement.from_dict({**p.to_dict(), "output": -1})
+
+
+def test_a_stage_whose_output_never_reaches_the_loss_is_refused_in_one_line():
+    """A mask there would get no task gradient: its price alone would shut it."""
+
+    class DeadBranch(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.stem = nn.Conv2d(3, 8, 3, padding=1)
+            self.side = nn.Conv2d(8, 8, 3, padding=1)  # computed, then dropped
+            self.head = nn.Linear(8, 2)
+            self.feature_info = [{"module": "stem", "num_chs": 8, "reduction": 1},
+                                 {"module": "side", "num_chs": 8, "reduction": 1}]
+
+        def forward(self, x):
+            x = self.stem(x)
+            self.side(x)
+            return self.head(x.mean((2, 3)))
+
+    from ersm_surgery.surgery.reach import unreached_masks
+
+    live = ersm_surgery.inject(DeadBranch(), stages=[0], input_size=(3, 8, 8))  # the live stage injects
+    rng = torch.get_rng_state()
+    assert unreached_masks(live, dict(ersm_surgery.masks(live).items()), (3, 8, 8)) == []
+    assert torch.equal(torch.get_rng_state(), rng)  # the check does not move the user's random stream
+    with pytest.raises(PlacementError, match="does not reach the model's output") as info:
+        ersm_surgery.inject(DeadBranch(), stages=[1], input_size=(3, 8, 8))
+    assert "inspect" in info.value.fix
