@@ -329,6 +329,11 @@ def test_class_count_mismatch_is_one_line_naming_the_fix(saved, tmp_path) -> Non
     result = run("evaluate", str(saved["masked"]), "--dataset", "builtin:clutter", "--num-classes", str(K),
                  "--baseline", str(saved["seven"]), "-o", str(tmp_path / "o2"), *SMALL)
     one_line_error(result, "baseline has a 7-class head")
+    headless = ersm_surgery.inject("test_resnet", stages=[2], input_size=(3, SIZE, SIZE), num_classes=0)
+    ersm_surgery.save(headless, tmp_path / "headless")
+    result = run("evaluate", str(tmp_path / "headless"), "--dataset", "builtin:clutter", "-o", str(tmp_path / "o3"),
+                 *SMALL)
+    one_line_error(result, "headless", "--num-classes 10")
 
 
 def test_empty_split_and_bad_arguments_are_one_line_errors(saved, tmp_path) -> None:

@@ -51,6 +51,9 @@ class EvalResult:
 
 def _check_classes(model: nn.Module, images: EvalImages, what: str) -> None:
     k = getattr(unwrap(model), "num_classes", None)
+    if k is not None and int(k) == 0:
+        raise DataError(f"{what} is headless (num_classes 0): it outputs features, not class scores",
+                        f"fine-tune it with --num-classes {images.num_classes} first, which gives it a classifier")
     if k is not None and int(k) != images.num_classes:
         raise DataError(
             f"{what} has a {k}-class head but the data have {images.num_classes} classes",
