@@ -103,8 +103,9 @@ def _hold_norms(model) -> None:
             m.eval()
 
 
-def check_family(name: str, result: dict) -> None:
-    """Runs the checks on ``name``; fills ``result`` as it goes (so a timeout still says how far it got)."""
+def check_family(name: str, result: dict, on_step=lambda step: None) -> None:
+    """Runs the checks on ``name``; fills ``result`` as it goes and reports each step to ``on_step`` (so a
+    timeout still says how far it got)."""
     import timm
     import torch
 
@@ -114,6 +115,7 @@ def check_family(name: str, result: dict) -> None:
     plugins.load_plugins()
     torch.manual_seed(0)
     step = "create"
+    on_step(step)
     try:
         base = timm.create_model(name).eval()
         size = tuple(base.pretrained_cfg.get("input_size", (3, 224, 224)))
@@ -124,6 +126,8 @@ def check_family(name: str, result: dict) -> None:
         x = torch.randn(2, *size)
 
         step = "inject"
+
+        on_step(step)
         model = ersm_surgery.inject(base, stages=stages, input_size=size)
         result["adapters"] = sorted({p.adapter or "-" for p in model.ersm_recipe.placements})
         result["methods"] = sorted({p.method for p in model.ersm_recipe.placements})
@@ -131,12 +135,16 @@ def check_family(name: str, result: dict) -> None:
             raise AssertionError(f"{len(stages)} stages but {len(ersm_surgery.masks(model))} mask layers")
 
         step = "preserve"
+
+        on_step(step)
         model.eval()
         ok, diff = _close(_outputs(original, x), _outputs(model, x))
         if not ok:
             raise AssertionError(f"eval outputs differ from the unmasked model by {diff:.3g}")
 
         step = "backward"
+
+        on_step(step)
         layers = ersm_surgery.masks(model)
         model.train()
         _hold_norms(model)
@@ -149,6 +157,8 @@ def check_family(name: str, result: dict) -> None:
             raise AssertionError(f"{len(unreached)} mask parameters get no gradient (first: {unreached[0]})")
 
         step = "parity"
+
+        on_step(step)
         train_out = _outputs(model, x)
         model.eval()
         ok, diff = _close(_outputs(model, x), train_out)
@@ -156,6 +166,8 @@ def check_family(name: str, result: dict) -> None:
             raise AssertionError(f"the train graph differs from the eval graph by {diff:.3g}")
 
         step = "save/load"
+
+        on_step(step)
         expected = _outputs(model, x)
         with tempfile.TemporaryDirectory() as tmp:
             ersm_surgery.save(model, Path(tmp) / "m")
@@ -170,13 +182,21 @@ def check_family(name: str, result: dict) -> None:
             traceback.print_exc()
 
 
+def _progress_file(pid: int) -> Path:
+    return Path(tempfile.gettempdir()) / f"ersm-coverage-{pid}.step"
+
+
 def _child(name: str, threads: int, queue) -> None:
+    import os
+
     import torch
 
     if threads:
         torch.set_num_threads(threads)
     result: dict = {}
-    check_family(name, result)
+    progress = _progress_file(os.getpid())
+    check_family(name, result, on_step=progress.write_text)
+    progress.unlink(missing_ok=True)
     queue.put(result)
 
 
@@ -189,10 +209,13 @@ def run_one(name: str, timeout: float, threads: int = 0) -> dict:
     try:
         result = queue.get(timeout=timeout)
     except Exception:
-        result = {"passed": False, "step": "?", "reason": f"no answer within {timeout:.0f} s (hang or too slow)"}
+        progress = _progress_file(proc.pid)
+        step = progress.read_text() if progress.exists() else "start"
+        result = {"passed": False, "step": step, "reason": f"no answer within {timeout:.0f} s (hang or too slow)"}
     proc.join(5)
     if proc.is_alive():
         proc.kill()
+    _progress_file(proc.pid).unlink(missing_ok=True)
     result["seconds"] = round(time.perf_counter() - start, 1)
     return result
 
