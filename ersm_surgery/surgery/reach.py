@@ -1,7 +1,9 @@
 """Does each mask reach the model's output? A mask that does not would never learn: refused at injection.
 
-A stage's output can be computed and then dropped (a branch the classifier never reads), so the mask after
-it changes nothing downstream and its energy regularizer alone would drive it shut. One train-mode forward
+A stage's output can be computed and then dropped (a branch the classifier never reads; EfficientViM's stages
+return their feature map beside the downsampled input of the next stage, and the model keeps only the
+latter), so the mask after it changes nothing downstream and its energy regularizer alone would drive it
+shut. A node inside the stage (``--nodes stages.0.blocks.1.add``) reaches the output. One train-mode forward
 and backward on a random image (norm layers at their running statistics, RNG state restored) finds the
 masks whose parameters autograd never reaches.
 """
@@ -55,4 +57,5 @@ def check_masks_reach_output(model: nn.Module, placements: list[Placement], mask
     for p in placements:
         if p.path in dead:
             raise PlacementError(f"the output of {p.label} does not reach the model's output, so a mask there "
-                                 "would never learn", "choose another stage or node (ersm-surgery inspect MODEL)")
+                                 "would never learn", "mask a node inside it with --nodes (list them: ersm-surgery "
+                                 "inspect MODEL --all-nodes), or choose another stage")
