@@ -49,9 +49,9 @@ TOKEN_COVERAGE = [
     ("deit", "deit_tiny_patch16_224", (3, 224, 224), (5,)),
     ("eva", "eva02_tiny_patch14_224", (3, 224, 224), (5,)),
     ("swin", "swin_tiny_patch4_window7_224", (3, 224, 224), (1, 2)),
-    # class tokens that join late, a patch embedding named stem, tuple outputs (two branches, four scales)
+    # class tokens that join late, a patch embedding named stem, tuple outputs (two branches), four scales
     ("cait", "cait_xxs24_224", (3, 224, 224), (21,)),
     ("mlp_mixer", "mixer_s32_224", (3, 224, 224), (5, 6)),
     ("crossvit", "crossvit_tiny_240", (3, 240, 240), (3, 4)),
-    ("coat", "coat_tiny", (3, 224, 224), (1, 2)),
+    ("coat_lite", "coat_lite_tiny", (3, 224, 224), (1, 2)),
 ]

@@ -4,7 +4,7 @@ import torch
 
 import ersm_surgery
 from ersm_surgery import plugins
-from ersm_surgery.errors import NotSpatialError
+from ersm_surgery.errors import NotSpatialError, PlacementError
 from ersm_surgery.surgery import list_adapters
 from tests.coverage_models import COVERAGE, TOKEN_COVERAGE
 
@@ -81,15 +81,25 @@ def test_a_headless_model_masks_saves_and_loads_and_finetune_asks_for_a_head(tmp
 
 @pytest.mark.slow
 def test_two_stages_that_end_in_one_module_mask_their_own_elements():
-    """CoaT's parallel blocks return four scales: stage 1 is element 1 (28x28 + class token), stage 2 element 2."""
+    """CrossViT's blocks return both branches: stage 0 is element 0 (20x20 + class token), stage 3 element 1."""
     plugins.load_plugins()
     if "token_grid" not in list_adapters():
         pytest.skip("the token_grid adapter is not registered: pip install -e plugins/ersm-token-grid")
-    model = ersm_surgery.inject("coat_tiny", stages=[1, 2], num_classes=3).eval()
-    assert [p.output for p in model.ersm_recipe.placements] == [1, 2]
+    model = ersm_surgery.inject("crossvit_tiny_240", stages=[0, 3], num_classes=3).eval()
+    assert [(p.module, p.output) for p in model.ersm_recipe.placements] == [("blocks.0", 0), ("blocks.0", 1)]
     seen = {}
     for name, layer in ersm_surgery.masks(model).items():
         layer.register_forward_hook(lambda m, args, out, name=name: seen.update({name: tuple(args[0].shape)}))
     with torch.no_grad():
-        model(torch.randn(1, 3, 224, 224))
-    assert sorted(seen.values()) == [(1, 152, 14, 14), (1, 152, 28, 28)]  # the grids of elements 2 and 1
+        model(torch.randn(1, 3, 240, 240))
+    assert sorted(seen.values()) == [(1, 96, 20, 20), (1, 192, 14, 14)]  # the grids of elements 0 and 1
+
+
+@pytest.mark.slow
+def test_a_stage_whose_tokens_never_reach_the_head_is_refused():
+    """CoaT's last parallel block: only its class tokens reach the head, and a mask leaves class tokens alone."""
+    plugins.load_plugins()
+    if "token_grid" not in list_adapters():
+        pytest.skip("the token_grid adapter is not registered: pip install -e plugins/ersm-token-grid")
+    with pytest.raises(PlacementError, match="does not reach the model's output"):
+        ersm_surgery.inject("coat_tiny", stages=[1], num_classes=3)

@@ -30,7 +30,8 @@ def _tensors(out) -> list[torch.Tensor]:
 
 
 def unreached_masks(model: nn.Module, masks: dict[str, nn.Module], input_size: tuple[int, int, int]) -> list[str]:
-    """Names (keys of ``masks``) of the mask layers whose parameters the model's output does not depend on."""
+    """Names (keys of ``masks``) of the mask layers whose parameters the model's output does not depend on
+    (no gradient, or an all-zero one, on a random image)."""
     params = {name: [p for p in layer.parameters() if p.requires_grad] for name, layer in masks.items()}
     flat = [p for ps in params.values() for p in ps]
     if not flat:
@@ -46,7 +47,9 @@ def unreached_masks(model: nn.Module, masks: dict[str, nn.Module], input_size: t
         if not isinstance(total, torch.Tensor) or not total.requires_grad:
             return list(masks)
         grads = torch.autograd.grad(total, flat, allow_unused=True)
-    reached = {id(p) for p, g in zip(flat, grads, strict=True) if g is not None}
+    # None: not in the graph at all; all zeros: in it, but cut off (CoaT's last parallel block: only its class
+    # tokens reach the head, and the mask passes class tokens through unmasked)
+    reached = {id(p) for p, g in zip(flat, grads, strict=True) if g is not None and bool(g.abs().sum() > 0)}
     return [name for name, ps in params.items() if not any(id(p) in reached for p in ps)]
 
 
