@@ -262,3 +262,19 @@ def test_a_stage_whose_output_never_reaches_the_loss_is_refused_in_one_line():
     with pytest.raises(PlacementError, match="does not reach the model's output") as info:
         ersm_surgery.inject(DeadBranch(), stages=[1], input_size=(3, 8, 8))
     assert "inspect" in info.value.fix
+
+
+def test_a_headless_model_ending_in_a_layernorm_is_not_refused():
+    """The sum of a LayerNorm's output does not depend on its input: the probe projects at random instead."""
+
+    class Headless(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.stem = nn.Conv2d(3, 8, 3, padding=1)
+            self.norm = nn.LayerNorm(8)
+            self.feature_info = [{"module": "stem", "num_chs": 8, "reduction": 1}]
+
+        def forward(self, x):
+            return self.norm(self.stem(x).mean((2, 3)))
+
+    assert len(ersm_surgery.masks(ersm_surgery.inject(Headless(), stages=[0], input_size=(3, 8, 8)))) == 1

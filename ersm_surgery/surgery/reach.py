@@ -64,7 +64,10 @@ def unreached_masks(model: nn.Module, masks: dict[str, nn.Module], input_size: t
                 for p in zeros:
                     p.normal_(0.0, 0.02)
             out = _tensors(model(torch.randn(1, *input_size, device=device)))
-            total = sum(o.float().sum() for o in out if o.is_floating_point())
+            # a random projection, not a plain sum: the sum of a LayerNorm's output (a headless model's
+            # features, Qwen3-ViT's) does not depend on its input, so its gradient is zero everywhere
+            total = sum((o.float() * torch.randn_like(o, dtype=torch.float32)).sum()
+                        for o in out if o.is_floating_point())
             flat = [(name, t) for name, ts in outputs.items() for t in ts if t.requires_grad]
             if not isinstance(total, torch.Tensor) or not total.requires_grad or not flat:
                 return [name for name in masks if not any(n == name for n, _ in flat)]
