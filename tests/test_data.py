@@ -39,6 +39,32 @@ def test_clutter_is_deterministic_per_seed_split_and_index():
         a[20]
 
 
+def test_clutter_keeps_rendered_pictures_and_renders_again_when_the_settings_change(monkeypatch):
+    import pickle
+
+    from ersm_surgery.data import clutter
+    from ersm_surgery.data.preprocessing import legacy_preprocessing
+
+    ds = ClutterDataset(size=6, seed=2)
+    drawn = []
+    real = ClutterDataset.sample
+    monkeypatch.setattr(ClutterDataset, "sample", lambda self, i: drawn.append(i) or real(self, i))
+    first = ds[3][0]
+    assert torch.equal(ds[3][0], first) and drawn == [3]  # drawn once, transformed each time
+    assert torch.equal(first, ds.transform(real(ds, 3).image))
+    ds.set_preprocessing(legacy_preprocessing(48, CLUTTER_MEAN, CLUTTER_STD))
+    assert ds[3][0].shape == (3, 48, 48) and drawn == [3, 3]  # a new size is a new picture
+    ds.spurious_cue = 1.0
+    ds[3]
+    assert drawn == [3, 3, 3]
+    clone = pickle.loads(pickle.dumps(ds))  # DataLoader workers started by spawn
+    assert "_cache" not in clone.__dict__ and torch.equal(clone[3][0], ds[3][0])
+    monkeypatch.setattr(clutter, "RENDER_CACHE_BYTES", 0)  # no room: drawn on every access
+    full = ClutterDataset(size=6, seed=2)
+    full[1], full[1]
+    assert drawn[-2:] == [1, 1]
+
+
 def test_clutter_api_and_defaults():
     train = create_dataset("builtin:clutter")
     val = create_dataset("builtin:clutter", "validation", img_size=48)

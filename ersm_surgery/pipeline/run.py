@@ -10,7 +10,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -316,6 +316,11 @@ def _run_steps(settings: PipelineSettings, out: Path, progress: Progress | None)
                     pretrained=settings.pretrained and base_weights is None, pretrained_path=base_weights, config=mask)
     save(masked, out / "injected", force=True)
     timings["inject"] = time.perf_counter() - start
+    if "channels_last" not in settings.finetune:  # the base's memory-format rule, for both fine-tunings alike
+        from .base_training import model_traits, prefers_channels_last
+
+        settings = replace(settings, finetune={**settings.finetune,
+                                               "channels_last": prefers_channels_last(model_traits(masked))})
 
     start = time.perf_counter()
     progress("finetune", f"fine-tuning with ERSM for {settings.epochs} epoch(s)")
