@@ -120,6 +120,10 @@ def test_reproduce_runs_the_protocol_per_model_and_prints_a_summary(tmp_path):
         rows = {r["claim"].split(" ")[0]: r["verdict"] for r in record["criteria"]["2"]}
         assert rows["(f)"].startswith("NOT MEASURED")  # --spurious-cue 0: no cue planted
         assert "criteria version 1 (" + name in " ".join(result.output.split())
+        # depthwise convolutions: base and both fine-tunings channels-last; the resnet stays contiguous
+        for step in ("base", "ersm", "baseline"):
+            config = yaml.safe_load((out / name / step / "args.yaml").read_text())["config"]
+            assert config["channels_last"] is (name == "test_efficientnet"), (name, step)
     assert "Summary: criteria version 2 verdicts per model" in result.output
 
 

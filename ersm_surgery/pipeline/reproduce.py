@@ -72,6 +72,8 @@ def reproduce(settings: PipelineSettings, seeds: int = DEFAULT_SEEDS, progress: 
     progress = progress or (lambda step, message: _log.info("%s: %s", step, message))
     summary = run_pipeline(settings, progress)
     out = Path(summary["settings"]["output"])
+    # every seed fine-tunes as the first did (the run's memory-format choice included)
+    settings = replace(settings, finetune=summary["settings"]["finetune"])
     start = time.perf_counter()
     results = [summary["results"]]
     paths = [str(out / "eval" / "results.json")]
