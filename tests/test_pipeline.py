@@ -31,6 +31,7 @@ def test_run_end_to_end(tmp_path):
     assert (out / "eval" / "report.html").is_file() and (out / "export" / "model.onnx").is_file()
     assert "top1.model" in summary["summary"] and "top1.baseline" in summary["summary"]
     assert set(summary["timings"]) >= {"base", "finetune", "baseline", "evaluate", "export"}
+    assert summary["side_by_side"] is True  # a CPU with 2 threads (conftest): the fine-tunings ran at once
     # the same budget for both: the last epochs are evaluated, not the best by val top-1
     models = json.loads((out / "eval" / "results.json").read_text())["models"]
     assert models["model"]["source"] == str(out / "ersm" / "last")
@@ -52,6 +53,47 @@ def test_run_stops_before_training_with_the_reason(tmp_path, args, fragment):
     lines = result.output.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("Error:") and fragment in lines[0], result.output
     assert not (tmp_path / "o" / "base").exists()
+
+
+def test_side_by_side_fine_tunings_match_one_after_another(tmp_path):
+    import torch
+
+    import ersm_surgery
+    from ersm_surgery.pipeline.run import PipelineSettings, train_pair
+
+    ersm_surgery.save(ersm_surgery.inject("test_resnet", stages=[2], input_size=(3, 48, 48), num_classes=4),
+                      tmp_path / "injected")
+    rows = {}
+    for side_by_side in (True, False):
+        settings = PipelineSettings(model="test_resnet", stages=[2], epochs=1, batch_size=16, img_size=48,
+                                    data_options={"num_classes": 4, "size": 32}, side_by_side=side_by_side)
+        ersm, baseline = train_pair(tmp_path / "injected", tmp_path / str(side_by_side), settings, lambda *_: None)
+        assert ersm["parallel"] is baseline["parallel"] is side_by_side
+        assert torch.get_num_threads() == 2  # given back after the side-by-side half
+        rows[side_by_side] = (ersm["last"], baseline["last"])
+        assert (tmp_path / str(side_by_side) / "baseline" / "last" / "model.safetensors").is_file()
+    # the same seeds, data and steps: only the thread count differs
+    for a, b in zip(rows[True], rows[False], strict=True):
+        assert a["val_top1"] == b["val_top1"] and a["train_loss"] == pytest.approx(b["train_loss"], rel=1e-4)
+
+
+def test_the_side_by_side_baseline_sends_its_error_back_as_one_line(tmp_path):
+    import multiprocessing
+
+    import torch
+
+    from ersm_surgery.errors import ErsmError
+    from ersm_surgery.pipeline.run import PipelineSettings, _train_child
+
+    receive, send = multiprocessing.Pipe(duplex=False)
+    settings = PipelineSettings(model="test_resnet", stages=[2], data_options={"num_classes": 4, "size": 8})
+    try:
+        _train_child(send, str(tmp_path / "no-such-model"), tmp_path / "b", settings, 1)
+    finally:
+        torch.set_num_threads(2)
+    status, error = receive.recv()
+    assert status == "error" and isinstance(error, ErsmError)
+    assert "no-such-model" in str(error) and "\n" not in str(error)
 
 
 def test_claims_are_judged_from_results_and_missing_ones_are_not_measured():

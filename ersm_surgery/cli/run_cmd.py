@@ -42,6 +42,9 @@ def pipeline_options(func):
         click.option("-j", "--workers", type=click.IntRange(min=0), default=0, show_default=True,
                      help="DataLoader worker processes of the trainings (0 here: the built-in data render fast "
                           "in the main process, and the main job's time was measured so)."),
+        click.option("--one-after-another", "one_after_another", is_flag=True,
+                     help="Fine-tune ERSM and the baseline one after the other (on a CPU they otherwise run side "
+                          "by side in two processes: ~1.3x faster on 2 cores, twice the peak memory)."),
         click.option("-o", "--output", help="Run folder."),
         click.option("--force", is_flag=True, help="Write into an existing non-empty folder."),
         click.option("--force-base", is_flag=True,
@@ -78,7 +81,8 @@ def build_settings(model: str, stages: str, defaults: dict, **options):
         flag = "--num-classes" if options["num_classes"] else "--data-size"
         raise click.BadParameter("applies to built-in data only; a folder's classes and images are its own",
                                  param_hint=flag)
-    return resolve(model, stages, defaults, **options)
+    side_by_side = not options.pop("one_after_another", False)
+    return resolve(model, stages, defaults, side_by_side=side_by_side, **options)
 
 
 def run_with_display(ctx: click.Context, settings, quiet: bool, runner=None) -> dict:
@@ -131,7 +135,8 @@ def render_summary(out, summary: dict) -> None:
         t.add_row(key, f"{value:.4f}" if isinstance(value, float) else str(value))
     out.print(t)
     timings = ", ".join(f"{k} {v:.0f}s" for k, v in summary["timings"].items())
-    out.print(f"time: {timings}")
+    both = " (the two fine-tunings side by side)" if summary.get("side_by_side") else ""
+    out.print(f"time: {timings}{both}")
     out.print(f"report: [bold]{summary['report']}[/]; export: {summary['settings']['output']}/export")
     for fmt, why in skipped_exports(summary).items():
         out.print(escape(f"skipped {fmt} export: {why}"), style="yellow")

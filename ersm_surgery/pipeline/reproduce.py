@@ -30,15 +30,12 @@ DEFAULT_SEEDS = 3
 def _extra_seed(settings: PipelineSettings, out: Path, seed: int, base: dict[str, Any],
                 progress: Progress) -> dict[str, Any]:
     """One more fine-tuning seed: both models from ``out/injected``, evaluated as the first seed was."""
-    from .run import _evaluate, _train
+    from .run import _evaluate, train_pair
 
     folder = out / "seeds" / f"seed{seed}"
     # the first seed's data (builtin:clutter draws its images from the seed): only order and init vary
     tuned = replace(settings, seed=seed, data_options={**settings.data_options, "data_seed": settings.seed})
-    progress("finetune", f"seed {seed}: fine-tuning with ERSM for {settings.epochs} epoch(s)")
-    _train(str(out / "injected"), folder / "ersm", tuned, settings.epochs, settings.lr)
-    progress("baseline", f"seed {seed}: fine-tuning the baseline for {settings.epochs} epoch(s)")
-    _train(str(out / "injected"), folder / "baseline", tuned, settings.epochs, settings.lr, no_masks=True)
+    train_pair(out / "injected", folder, tuned, lambda step, message: progress(step, f"seed {seed}: {message}"))
     progress("evaluate", f"seed {seed}: evaluating both models")
     results, _ = _evaluate(settings, folder / "ersm" / "last", folder / "baseline" / "last", folder / "eval", base,
                            progress)

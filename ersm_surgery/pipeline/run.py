@@ -64,6 +64,8 @@ class PipelineSettings:
         force_base: inject even when the base trained here failed the gate (``base_training.base_gate``);
             every later figure is then marked as computed on an untrained base.
         boxes: object boxes of an image folder's validation images (``ersm_surgery.data.boxes``), or None.
+        side_by_side: on a CPU, fine-tune ERSM and the baseline at once in two processes (:func:`train_pair`);
+            False runs them one after the other (half the peak memory).
     """
 
     model: str
@@ -92,6 +94,7 @@ class PipelineSettings:
     export_atol: float | None = None
     force_base: bool = False
     boxes: str | None = None
+    side_by_side: bool = True
 
 
 Progress = Callable[[str, str], None]  # (step, message)
@@ -141,6 +144,91 @@ def _train(source: str, output: Path, settings: PipelineSettings, epochs: int, l
     result = finetune(inputs, config)
     last = result.rows[-1] if result.rows else {}
     return {"folder": str(output), "rows": result.rows, "best": result.best, "last": last}
+
+
+def _train_timed(source: str, output: Path, settings: PipelineSettings, no_masks: bool,
+                 threads: int | None = None) -> dict[str, Any]:
+    """:func:`_train` with its wall time; ``threads`` sets torch's CPU threads (a side-by-side child's share)."""
+    import torch
+
+    if threads is not None:
+        torch.set_num_threads(threads)
+    start = time.perf_counter()
+    result = _train(source, output, settings, settings.epochs, settings.lr, no_masks=no_masks)
+    return {**result, "seconds": time.perf_counter() - start}
+
+
+def _train_child(send: Any, source: str, output: Path, settings: PipelineSettings, threads: int) -> None:
+    """The baseline's side of :func:`train_pair`, in its own process: the result or the error goes back."""
+    try:
+        send.send(("ok", _train_timed(source, output, settings, no_masks=True, threads=threads)))
+    except BaseException as exc:  # noqa: BLE001 - every failure, Ctrl-C included, goes back to the parent
+        try:
+            send.send(("error", exc))
+        except Exception:  # noqa: BLE001 - an error that does not pickle goes back as its text
+            send.send(("error", RuntimeError(f"the baseline's fine-tuning failed: {exc}")))
+    finally:
+        send.close()
+
+
+def train_pair(injected: Path, folder: Path, settings: PipelineSettings,
+               progress: Progress) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Fine-tune ERSM (``folder/ersm``) and the baseline (``folder/baseline``) from ``injected``.
+
+    On a CPU with two or more torch threads the two run side by side: the baseline in a child process
+    (started by spawn) with half the threads, ERSM here with the rest. Two single-threaded training loops
+    get through ~1.3x more steps per second on 2 cores than one loop on both (measured: resnet18, batch 32,
+    64 px: 309 ms per step on 2 threads against ~465 ms each for two 1-thread loops at once), and the two
+    fine-tunings share nothing but the injected model they start from. Each fine-tuning is still decided by
+    its own seed alone; only the thread count differs from running them one after the other, which can
+    move the last bits of a float. On CUDA, with one thread, or with ``settings.side_by_side`` off
+    (``--one-after-another``), they run one after the other.
+
+    Returns:
+        ``(ersm, baseline)``: each ``_train``'s record plus ``seconds`` (its wall time) and ``parallel``.
+    """
+    import torch
+
+    threads = torch.get_num_threads()
+    source = str(injected)
+    if _device(settings) != "cpu" or threads < 2 or not settings.side_by_side:
+        progress("finetune", f"fine-tuning with ERSM for {settings.epochs} epoch(s)")
+        ersm = _train_timed(source, folder / "ersm", settings, no_masks=False)
+        progress("baseline", f"fine-tuning the baseline (no masks) for {settings.epochs} epoch(s)")
+        baseline = _train_timed(source, folder / "baseline", settings, no_masks=True)
+        return {**ersm, "parallel": False}, {**baseline, "parallel": False}
+    import multiprocessing
+
+    from ..errors import ErsmError
+
+    progress("finetune", f"fine-tuning with ERSM and the baseline (no masks) side by side for {settings.epochs} "
+                         f"epoch(s) ({threads - threads // 2} + {threads // 2} CPU threads)")
+    context = multiprocessing.get_context("spawn")  # fork would copy torch's thread pools mid-flight
+    receive, send = context.Pipe(duplex=False)
+    child = context.Process(target=_train_child, args=(send, source, folder / "baseline", settings, threads // 2),
+                            name="ersm-baseline-finetune")
+    child.start()
+    send.close()  # the child holds the only writer: its death without a word is an EOFError below
+    torch.set_num_threads(threads - threads // 2)
+    try:
+        ersm = _train_timed(source, folder / "ersm", settings, no_masks=False)
+    except BaseException:
+        child.terminate()  # the user hears of the failure now, not after the baseline's epochs
+        child.join()
+        raise
+    finally:
+        torch.set_num_threads(threads)
+    try:
+        status, payload = receive.recv()
+    except EOFError:
+        child.join()
+        raise ErsmError(f"the baseline's fine-tuning process stopped without a result (exit code {child.exitcode}; "
+                        "killed for memory?)", "rerun with --one-after-another (half the peak memory)") from None
+    child.join()
+    if status == "error":
+        raise payload
+    baseline = payload
+    return {**ersm, "parallel": True}, {**baseline, "parallel": True}
 
 
 def _device(settings: PipelineSettings) -> str:
@@ -323,14 +411,8 @@ def _run_steps(settings: PipelineSettings, out: Path, progress: Progress | None)
                                                "channels_last": prefers_channels_last(model_traits(masked))})
 
     start = time.perf_counter()
-    progress("finetune", f"fine-tuning with ERSM for {settings.epochs} epoch(s)")
-    ersm = _train(str(out / "injected"), out / "ersm", settings, settings.epochs, settings.lr)
-    timings["finetune"] = time.perf_counter() - start
-
-    start = time.perf_counter()
-    progress("baseline", f"fine-tuning the baseline (no masks) for {settings.epochs} epoch(s)")
-    baseline = _train(str(out / "injected"), out / "baseline", settings, settings.epochs, settings.lr, no_masks=True)
-    timings["baseline"] = time.perf_counter() - start
+    ersm, baseline = train_pair(out / "injected", out, settings, progress)
+    timings["finetune"], timings["baseline"] = ersm["seconds"], baseline["seconds"]  # overlapping when side by side
 
     start = time.perf_counter()
     # the last epochs, not the best: the same number of steps for both, and a choice by val top-1 would
@@ -351,6 +433,7 @@ def _run_steps(settings: PipelineSettings, out: Path, progress: Progress | None)
         "base": {k: v for k, v in base_info.items() if k != "rows"},
         "ersm": {"folder": ersm["folder"], "last": ersm["last"]},
         "baseline": {"folder": baseline["folder"], "last": baseline["last"]},
+        "side_by_side": baseline["parallel"],
         "summary": results.get("summary", {}),
         "results": results,
         "export": exported,

@@ -43,6 +43,7 @@ def build_settings(model: str, stages: str | list[int], defaults: dict[str, Any]
                    seed: int = 0, num_images: int = 256, overrides: tuple[str, ...] | list[str] = (),
                    output: str | None = None, force: bool = False, export_rtol: float | None = None,
                    export_atol: float | None = None, force_base: bool = False, device: str | None = None,
+                   side_by_side: bool = True,
                    workers: int = 0, boxes: str | None = None) -> PipelineSettings:
     """:class:`PipelineSettings` from the options; ``defaults`` holds the command's epochs (and data options).
 
@@ -70,5 +71,5 @@ def build_settings(model: str, stages: str | list[int], defaults: dict[str, Any]
         pretrained=pretrained, pretrained_path=pretrained_path, seed=seed, num_images=num_images,
         mask=data["mask"], finetune=data["finetune"], force=force, data_options=data_options,
         base_data_options=base_data_options, export_rtol=export_rtol, export_atol=export_atol,
-        force_base=force_base, device=device, workers=workers, boxes=boxes,
+        force_base=force_base, device=device, workers=workers, boxes=boxes, side_by_side=side_by_side,
     )
