@@ -177,6 +177,30 @@ def clutter_images() -> EvalImages:
     return load_images(data, 6, seed=0, batch_size=3)
 
 
+def test_occlusion_of_model_and_baseline_side_by_side_equals_one_after_another(clutter_images: EvalImages) -> None:
+    from ersm_surgery.eval.side_by_side import run_side_by_side
+    from ersm_surgery.io.source import strip_masks
+
+    model = masked_model(stages=[2, 3])
+    baseline = strip_masks(model).eval()
+    settings = EvalSettings(batch_size=3, latency_repeats=1, occlusion_levels=(0.0, 0.3, 0.6), occlusion_grid=4,
+                            metrics=("occlusion",))
+    threads = torch.get_num_threads()
+    assert threads >= 2  # conftest: two threads, so the two occlusion passes run at once
+    together = evaluate(model, clutter_images, baseline, settings).results["occlusion"]
+    torch.set_num_threads(1)  # fewer threads than passes: one after the other
+    try:
+        apart = evaluate(model, clutter_images, baseline, settings).results["occlusion"]
+    finally:
+        torch.set_num_threads(threads)
+    assert together == apart and torch.get_num_threads() == threads
+    # a job's error reaches the caller; the threads are given back either way
+    with pytest.raises(ZeroDivisionError):
+        run_side_by_side([lambda: 1, lambda: 1 / 0], torch.device("cpu"))
+    assert torch.get_num_threads() == threads
+    assert run_side_by_side([lambda: 1, lambda: 2], torch.device("cpu")) == [1, 2]
+
+
 def test_runner_known_answers(clutter_images: EvalImages) -> None:
     from ersm_surgery.io.source import strip_masks
 

@@ -19,6 +19,7 @@ from __future__ import annotations
 import contextlib
 import logging
 from dataclasses import asdict, dataclass, field
+from functools import partial
 from typing import Any
 
 import torch
@@ -34,6 +35,7 @@ from .per_image import background_tests, boxed_rows, collect_per_image
 from .rerun import Anchor, SplitError, make_split
 from .results_schema import SCHEMA_NAME, SCHEMA_VERSION, PerImage
 from .settings import METRICS, OCCLUDERS, RANKINGS, EvalError, EvalSettings, Progress, SilentProgress
+from .side_by_side import run_side_by_side
 from .summaries import localization_summary, sparsity_summary
 
 __all__ = ["METRICS", "RANKINGS", "OCCLUDERS", "EvalError", "EvalSettings", "EvalResult", "Progress", "evaluate"]
@@ -211,8 +213,8 @@ def evaluate(
         if "occlusion" in metrics:
             results["occlusion"] = {"levels": list(settings.occlusion_levels), "grid": settings.occlusion_grid,
                                     "fill": "data mean (0 after normalisation)"}
-            for s in subjects:
-                curves = occlusion_pass(s, images, settings, device, progress)
+            jobs = [partial(occlusion_pass, s, images, settings, device, progress) for s in subjects]
+            for s, curves in zip(subjects, run_side_by_side(jobs, device), strict=True):
                 occluded[s.role] = {k: c.pop("per_image_correct") for k, c in curves.items()}
                 results["occlusion"][s.role] = curves
         deleted: dict[str, Any] = {}
