@@ -3,7 +3,7 @@
 For each model: the median time of a training step (forward, cross-entropy, backward, AdamW) at batch 32
 and 64 px (run's defaults) on CPU threads, contiguous and channels-last, interleaved (rounds alternate the
 two formats so a drift of the machine hits both), and the ratio. The rule in
-``ersm_surgery.pipeline.base_training.prefers_channels_last`` (depthwise convolutions -> channels-last) is
+``ersm_surgery.pipeline.base_training.prefers_channels_last`` (grouped or depthwise convolutions -> channels-last) is
 printed beside each model, so a row where the rule picks the slower format shows at once.
 
     python benchmarks/bench_memory_format.py [--models resnet18,efficientnet_b0] [--rounds 5] [--threads 2]
@@ -67,7 +67,7 @@ def main() -> None:
         rule = "channels-last" if prefers_channels_last(traits) else "contiguous"
         faster = "channels-last" if last < dense else "contiguous"
         print(f"{name}: contiguous {1000 * dense:.0f} ms, channels-last {1000 * last:.0f} ms per step; "
-              f"channels-last speed-up {dense / last:.2f}x; depthwise convs {traits.depthwise}; rule picks {rule}"
+              f"channels-last speed-up {dense / last:.2f}x; grouped convs {traits.grouped}; rule picks {rule}"
               f"{'' if rule == faster else ' (the slower one)'}", flush=True)
 
 

@@ -31,7 +31,8 @@ def test_rule_gives_a_batchnorm_cnn_and_a_layernorm_model_different_settings():
     # square-root scaling of an adaptive optimizer's lr with the batch size
     assert choose_base_settings(bn, 128, 4).lr == pytest.approx(2 * s_bn.lr)
     assert all(isinstance(r, str) and r for r in s_bn.reasons + s_ln.reasons)
-    # depthwise convolutions train channels-last; the dense resnet stays contiguous
+    # grouped (here depthwise) convolutions train channels-last; the dense resnet stays contiguous
+    assert ln.grouped >= ln.depthwise > 0 and bn.grouped == 0
     assert s_ln.channels_last and s_ln.finetune_keys()["channels_last"] and not s_bn.channels_last
     assert any("channels-last" in r for r in s_ln.reasons)
 

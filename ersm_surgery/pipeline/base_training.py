@@ -15,8 +15,8 @@ off a table of model names (:func:`model_traits`, :func:`choose_base_settings`):
   of adaptive optimizers, Malladi et al. 2022);
 - warm-up: models normalised by LayerNorm (and attention) get a linear warm-up over a fraction of the
   updates, as every timm recipe for them does; BatchNorm CNNs start at full rate;
-- memory format: models with depthwise convolutions train channels-last (:func:`prefers_channels_last`);
-  ``run`` keeps that choice for both fine-tunings.
+- memory format: models with grouped (depthwise included) convolutions train channels-last
+  (:func:`prefers_channels_last`); ``run`` keeps that choice for both fine-tunings.
 
 The gate (:func:`base_gate`) then refuses to inject masks into a base that did not learn.
 """
@@ -53,11 +53,12 @@ _REFERENCE_LR = 2e-3  # AdamW, from scratch, 4 epochs of 4000 images at 64 px: r
 _REFERENCE_LR_LAYERNORM = 5e-4
 _LAYERNORM_WARMUP = 0.1  # fraction of the base's updates spent warming up LayerNorm/attention models
 _LOUD_HEAD_GAIN = 1.0
-# one training step at batch 32, 64 px, 2 CPU threads, channels-last over contiguous (benchmarks/README.md,
-# "channels-last"): efficientnet_b0 1.5x and mobilenetv3_large_100 1.3x faster, resnet18 0.97x: oneDNN's
-# depthwise kernels want channels-last, its dense 3x3 ones do not care
-_CHANNELS_LAST_REASON = ("channels-last memory format: {n} depthwise convolution(s), whose CPU kernels run a "
-                         "training step ~1.3-1.5x faster channels-last")
+# one training step at batch 32, 64 px, 2 CPU threads, channels-last over contiguous
+# (benchmarks/bench_memory_format.py): mobilenetv3_large_100 1.56x, efficientnet_b0 1.55x, regnetx_002 (grouped)
+# 1.45x, convnext_atto 1.05x, resnet18 1.04x (0.97x in another run): oneDNN's grouped and depthwise kernels
+# want channels-last, its dense ones do not care
+_CHANNELS_LAST_REASON = ("channels-last memory format: {n} grouped or depthwise convolution(s), whose CPU kernels "
+                         "run a training step ~1.5x faster channels-last")
 
 
 class BaseNotLearnedError(ErsmError):
@@ -72,6 +73,7 @@ class ModelTraits:
         params: parameter count.
         norm: the dominant normalisation, ``batch``, ``layer`` (LayerNorm/GroupNorm/RMSNorm) or ``none``.
         depthwise: depthwise convolutions.
+        grouped: convolutions with more than one group (the depthwise ones included).
         squeeze_excite: squeeze-and-excitation (or other channel-attention) modules.
         attention: self-attention modules.
         head_gain: ``std(W) * sqrt(fan_in)`` of the classifier: the std of its logits on unit features.
@@ -85,6 +87,7 @@ class ModelTraits:
     attention: int
     head_gain: float
     native_size: int | None
+    grouped: int = 0
 
 
 @dataclass
@@ -141,6 +144,7 @@ def model_traits(model: nn.Module) -> ModelTraits:
     bn = sum(_is_batchnorm(m) for m in modules)
     ln = sum(_is_layernorm(m) for m in modules)
     depthwise = sum(isinstance(m, nn.Conv2d) and m.groups > 1 and m.groups == m.in_channels for m in modules)
+    grouped = sum(isinstance(m, nn.Conv2d) and m.groups > 1 for m in modules)
     # timm's channel attention: SqueezeExcite (efficientnet/mobilenet), SEModule, EffectiveSEModule, EcaModule
     se = sum(any(k in type(m).__name__ for k in ("SqueezeExcite", "SEModule", "EcaModule")) for m in modules)
     attention = sum(type(m).__name__.endswith("Attention") for m in modules)
@@ -154,7 +158,7 @@ def model_traits(model: nn.Module) -> ModelTraits:
     norm = "batch" if bn > ln else "layer" if ln else "none"
     return ModelTraits(params=sum(p.numel() for p in model.parameters()), norm=norm, depthwise=depthwise,
                        squeeze_excite=se, attention=attention, head_gain=round(gain, 4),
-                       native_size=int(size[-1]) if size else None)
+                       native_size=int(size[-1]) if size else None, grouped=grouped)
 
 
 def choose_base_settings(traits: ModelTraits, batch_size: int, epochs: int) -> BaseSettings:
@@ -186,7 +190,7 @@ def choose_base_settings(traits: ModelTraits, batch_size: int, epochs: int) -> B
                        "from large random logits instead of the uniform prediction")
     channels_last = prefers_channels_last(traits)
     if channels_last:
-        reasons.append(_CHANNELS_LAST_REASON.format(n=traits.depthwise))
+        reasons.append(_CHANNELS_LAST_REASON.format(n=traits.grouped))
     reasons.append("weight decay 0.05 (decoupled; not on norms and biases), cosine schedule")
     reasons.append("no augmentation: each image is seen only a few times, so there is nothing to memorise")
     return BaseSettings(opt="adamw", lr=lr, weight_decay=0.05, warmup_epochs=warmup, sched="cosine", augment=False,
@@ -194,8 +198,8 @@ def choose_base_settings(traits: ModelTraits, batch_size: int, epochs: int) -> B
 
 
 def prefers_channels_last(traits: ModelTraits) -> bool:
-    """Whether a model trains faster channels-last: it has depthwise convolutions (the measurement above)."""
-    return traits.depthwise > 0
+    """Whether a model trains faster channels-last: it has grouped convolutions (the measurement above)."""
+    return traits.grouped > 0
 
 
 def zero_head_if_loud(model: nn.Module, settings: BaseSettings) -> None:
