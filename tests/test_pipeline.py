@@ -63,6 +63,8 @@ def test_side_by_side_fine_tunings_match_one_after_another(tmp_path):
 
     ersm_surgery.save(ersm_surgery.inject("test_resnet", stages=[2], input_size=(3, 48, 48), num_classes=4),
                       tmp_path / "injected")
+    # opt-in from Python (spawn re-imports the caller's script); the CLI asks for it (test_run_end_to_end)
+    assert PipelineSettings(model="test_resnet", stages=[2]).side_by_side is False
     rows = {}
     for side_by_side in (True, False):
         settings = PipelineSettings(model="test_resnet", stages=[2], epochs=1, batch_size=16, img_size=48,

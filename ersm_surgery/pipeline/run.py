@@ -64,8 +64,9 @@ class PipelineSettings:
         force_base: inject even when the base trained here failed the gate (``base_training.base_gate``);
             every later figure is then marked as computed on an untrained base.
         boxes: object boxes of an image folder's validation images (``ersm_surgery.data.boxes``), or None.
-        side_by_side: on a CPU, fine-tune ERSM and the baseline at once in two processes (:func:`train_pair`);
-            False runs them one after the other (half the peak memory).
+        side_by_side: on a CPU, fine-tune ERSM and the baseline at once in two processes (:func:`train_pair`;
+            the CLI's default). Off by default here: the second process is started by spawn, which imports
+            the caller's main script again, so a script needs an ``if __name__ == "__main__":`` guard.
     """
 
     model: str
@@ -94,7 +95,7 @@ class PipelineSettings:
     export_atol: float | None = None
     force_base: bool = False
     boxes: str | None = None
-    side_by_side: bool = True
+    side_by_side: bool = False
 
 
 Progress = Callable[[str, str], None]  # (step, message)
@@ -181,8 +182,10 @@ def train_pair(injected: Path, folder: Path, settings: PipelineSettings,
     64 px: 309 ms per step on 2 threads against ~465 ms each for two 1-thread loops at once), and the two
     fine-tunings share nothing but the injected model they start from. Each fine-tuning is still decided by
     its own seed alone; only the thread count differs from running them one after the other, which can
-    move the last bits of a float. On CUDA, with one thread, or with ``settings.side_by_side`` off
-    (``--one-after-another``), they run one after the other.
+    move the last bits of a float. On CUDA, with one thread, or with ``settings.side_by_side`` off (the
+    library's default, ``--one-after-another`` in the CLI), they run one after the other. Spawn imports the
+    caller's main module again in the child: a script that calls this needs an ``if __name__ == "__main__":``
+    guard (the ``ersm-surgery`` command has one).
 
     Returns:
         ``(ersm, baseline)``: each ``_train``'s record plus ``seconds`` (its wall time) and ``parallel``.

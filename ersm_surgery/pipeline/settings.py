@@ -43,7 +43,7 @@ def build_settings(model: str, stages: str | list[int], defaults: dict[str, Any]
                    seed: int = 0, num_images: int = 256, overrides: tuple[str, ...] | list[str] = (),
                    output: str | None = None, force: bool = False, export_rtol: float | None = None,
                    export_atol: float | None = None, force_base: bool = False, device: str | None = None,
-                   side_by_side: bool = True,
+                   side_by_side: bool = False,
                    workers: int = 0, boxes: str | None = None) -> PipelineSettings:
     """:class:`PipelineSettings` from the options; ``defaults`` holds the command's epochs (and data options).
 
