@@ -79,6 +79,34 @@ def test_side_by_side_fine_tunings_match_one_after_another(tmp_path):
         assert a["val_top1"] == b["val_top1"] and a["train_loss"] == pytest.approx(b["train_loss"], rel=1e-4)
 
 
+def _die_on_arrival():
+    import os
+
+    os._exit(3)  # the spawned child dies while it unpacks its arguments, before it can answer
+
+
+class _DiesInTheChild:
+    def __reduce__(self):
+        return _die_on_arrival, ()
+
+
+def test_a_side_by_side_baseline_that_dies_is_one_line_naming_the_fix(tmp_path):
+    import ersm_surgery
+    from ersm_surgery.errors import ErsmError
+    from ersm_surgery.pipeline.run import PipelineSettings, train_pair
+
+    ersm_surgery.save(ersm_surgery.inject("test_resnet", stages=[2], input_size=(3, 48, 48), num_classes=4),
+                      tmp_path / "injected")
+    # boxes is not read by the fine-tunings: only the child, which unpickles it, is affected
+    settings = PipelineSettings(model="test_resnet", stages=[2], epochs=1, batch_size=16, img_size=48,
+                                data_options={"num_classes": 4, "size": 16}, side_by_side=True,
+                                boxes=_DiesInTheChild())
+    with pytest.raises(ErsmError) as err:
+        train_pair(tmp_path / "injected", tmp_path / "out", settings, lambda *_: None)
+    line = str(err.value)
+    assert "\n" not in line and "exit code 3" in line and "--one-after-another" in line
+
+
 def test_the_side_by_side_baseline_sends_its_error_back_as_one_line(tmp_path):
     import multiprocessing
 
