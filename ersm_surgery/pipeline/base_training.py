@@ -34,6 +34,8 @@ from torch import nn
 from ..errors import ErsmError
 
 if TYPE_CHECKING:
+    from collections.abc import Callable
+
     from ..train import FinetuneConfig
     from .run import PipelineSettings
 
@@ -280,43 +282,67 @@ def write_settings(folder: Path, record: dict[str, Any]) -> Path:
     return path
 
 
-def train_base(settings: PipelineSettings, config: FinetuneConfig, folder: Path, num_classes: int) -> dict[str, Any]:
+def train_base(settings: PipelineSettings, config: FinetuneConfig, folder: Path, num_classes: int,
+               announce: Callable[[str], None] | None = None) -> dict[str, Any]:
     """Train ``settings.model`` from random initialisation with the rule's settings; judge it with the gate.
 
     Args:
-        settings: the pipeline's settings (model, batch size, base epochs, an optional ``base_lr`` override).
-        config: the base's ``FinetuneConfig`` before the rule fills opt, lr, weight decay, warm-up, augment.
+        settings: the pipeline's settings (model, batch size, base epochs, an optional ``base_lr`` override);
+            ``base_epochs`` None fits the count to the time budget (:mod:`.base_budget`).
+        config: the base's ``FinetuneConfig`` before the rule fills opt, lr, weight decay, warm-up, augment
+            and, with the budget, epochs.
         folder: the base's run folder (``model.safetensors`` there is the best epoch).
         num_classes: classes of the data.
+        announce: called once with a line saying how many epochs the base trains and why.
 
     Returns:
-        ``{"weights", "traits", "settings", "config", "best", "last", "gate"}``; ``base_settings.json`` in
-        ``folder`` holds the same.
+        ``{"weights", "traits", "settings", "epochs", "config", "best", "last", "gate"}``;
+        ``base_settings.json`` in ``folder`` holds the same.
     """
     import dataclasses
 
     import torch
 
     from ..train import build_datasets, fit, load_source, seed_everything
+    from .base_budget import MIN_EPOCHS, measure_epoch_seconds, measure_read_seconds, plan_epochs
 
     seed_everything(config.seed, 0)  # the initialisation finetune() would give the same model
     model, _ = load_source(settings.model, num_classes=num_classes)
     traits = model_traits(model)
     chosen = choose_base_settings(traits, config.batch_size, config.epochs)
+    train_set, val_set = build_datasets(dataclasses.replace(config, **chosen.finetune_keys()), config.img_size)
+    device = torch.device(settings.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    if settings.base_epochs is None:
+        seconds = measure_epoch_seconds(model, config.batch_size, config.img_size, len(train_set), len(val_set),
+                                        chosen.channels_last, device)
+        # the built-in data take their train size as an option: they can draw more pictures, and draw each once
+        # (later epochs read it from their cache); an image folder decodes every picture every epoch
+        grows = "train_size" in config.data_options
+        seconds += measure_read_seconds(train_set) * len(train_set) / (MIN_EPOCHS if grows else 1)
+        plan = plan_epochs(None, seconds, len(train_set) if grows else None)
+        chosen = choose_base_settings(traits, config.batch_size, plan.epochs)  # the warm-up follows the count
+        if plan.train_images is not None and plan.train_images != len(train_set):
+            config = dataclasses.replace(config, data_options={**config.data_options,
+                                                               "train_size": plan.train_images})
+            train_set, val_set = build_datasets(dataclasses.replace(config, **chosen.finetune_keys()),
+                                                config.img_size)
+    else:
+        plan = plan_epochs(settings.base_epochs)
+    chosen.reasons.insert(0, plan.reason)
     if settings.base_lr is not None:
         chosen.lr = float(settings.base_lr)
         chosen.reasons.append(f"lr {chosen.lr:g} given by the caller (base_lr), not by the rule")
     zero_head_if_loud(model, chosen)
-    config = dataclasses.replace(config, **chosen.finetune_keys())
-    train_set, val_set = build_datasets(config, config.img_size)
+    config = dataclasses.replace(config, epochs=plan.epochs, **chosen.finetune_keys())
     _log.info("base settings for %s: %s", settings.model, "; ".join(chosen.reasons))
-    device = torch.device(settings.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    if announce is not None:
+        announce(f"training {settings.model} from random initialisation for {plan.reason}")
     result = fit(model.to(device), train_set, val_set, config, folder,
-                 run_args={"source": settings.model, "base_rule": asdict(chosen)})
+                 run_args={"source": settings.model, "base_rule": asdict(chosen), "base_epochs": plan.to_dict()})
     best, last = dict(result.best), dict(result.rows[-1]) if result.rows else {}
     gate = base_gate(best.get("val_top1", 0.0) / 100.0, train_set.num_classes, len(val_set))
     record = {"model": settings.model, "traits": asdict(traits), "settings": asdict(chosen),
-              "config": config.to_dict(), "best": best, "last": last, "gate": gate.to_dict(),
-              "weights": str(folder / "model.safetensors")}
+              "epochs": plan.to_dict(), "config": config.to_dict(), "best": best, "last": last,
+              "gate": gate.to_dict(), "weights": str(folder / "model.safetensors")}
     write_settings(folder, record)
     return record

@@ -37,7 +37,8 @@ class PipelineSettings:
         data: ``builtin:clutter`` or an ImageFolder directory.
         output: the run folder (base/, injected/, ersm/, baseline/, eval/, export/).
         epochs: fine-tuning epochs for ERSM and for the baseline (the same budget).
-        base_epochs: epochs of base training when no pretrained weights are given.
+        base_epochs: epochs of base training when no pretrained weights are given (None: as many as fit
+            the base's time budget on this machine, 4 to 8; see ``base_budget``).
         img_size: image side.
         batch_size: images per step.
         lr: fine-tuning learning rate.
@@ -74,7 +75,7 @@ class PipelineSettings:
     data: str = "builtin:clutter"
     output: str | Path = "ersm-run"
     epochs: int = 2
-    base_epochs: int = 4
+    base_epochs: int | None = None
     img_size: int = 64
     batch_size: int = 64
     lr: float = 5e-4
@@ -257,19 +258,19 @@ def _base(settings: PipelineSettings, out: Path, num_classes: int,
         return settings.pretrained_path, {"source": settings.pretrained_path}
     if settings.pretrained:
         return None, {"source": "timm pretrained weights"}
-    progress("base", f"training {settings.model} from random initialisation for {settings.base_epochs} epoch(s)")
-    # the lr here is a placeholder: the rule (or base_lr) sets it with the optimizer, warm-up and augmentation
-    config = _config(settings, settings.base_epochs, settings.base_lr or 1e-3, no_masks=True,
+    # the lr (and without base_epochs the epochs) here are placeholders: the rule sets them with the optimizer,
+    # warm-up and augmentation
+    config = _config(settings, settings.base_epochs or 1, settings.base_lr or 1e-3, no_masks=True,
                      data_options=settings.base_data_options, base=True)
-    record = train_base(settings, config, out / "base", num_classes)
+    record = train_base(settings, config, out / "base", num_classes, lambda line: progress("base", line))
     gate = record["gate"]
     progress("base", f"base top-1 {100 * gate['top1']:.1f}% (chance {100 * gate['chance']:.1f}%, gate "
                      f"{100 * gate['threshold']:.1f}%)")
     info = {"source": "trained here", "folder": str(out / "base"), "best": record["best"], "last": record["last"],
             "top1": gate["top1"], "chance": gate["chance"], "gate": gate, "settings": record["settings"],
-            "untrained": not gate["passed"]}
+            "epochs": record["epochs"], "untrained": not gate["passed"]}
     if not gate["passed"]:
-        error = refuse(GateResult(**gate), settings.model, settings.base_epochs, settings.img_size)
+        error = refuse(GateResult(**gate), settings.model, record["epochs"]["epochs"], settings.img_size)
         if not settings.force_base:
             raise error
         _log.warning("--force-base: %s; continuing on an untrained base",
