@@ -4,7 +4,9 @@ For each family, `ersm-surgery run MODEL --stages 2,3 --dataset builtin:clutter 
 process exactly as a user types it; printed per family: the base's best validation top-1 (and whether it
 passed the gate), the ERSM and baseline top-1 on the evaluated images, the mean hard-mask density of each
 mask layer, wall time and the child's CPU time (user + sys, getrusage). Goal: every base >= 60% on the
-4-class default (chance 25%) within the main job's 5-minute bound, or the one-line stop of the gate.
+4-class default (chance 25%) within the main job's 5-minute bound, or the one-line stop of the gate. Each
+line also says what the base's time budget bought (pipeline/base_budget.py): epochs, unique pictures, the
+measured seconds per epoch and the base's actual time.
 
 The 5-minute bound is for an idle 2-core CPU; on a shared machine wall time is inflated, so the CPU
 minutes are printed beside it. ``--base-only`` trains only the bases (the library's ``train_base`` with
@@ -48,7 +50,7 @@ from ersm_surgery.pipeline.base_training import train_base
 s = PipelineSettings(model=sys.argv[1], stages=[2, 3], output=sys.argv[2], batch_size=32,
                      base_epochs=RUN_EPOCHS["base_epochs"], data_options={"num_classes": 4},
                      base_data_options={"train_size": RUN_BASE_IMAGES})
-config = _config(s, s.base_epochs, 1e-3, no_masks=True, data_options=s.base_data_options, base=True)
+config = _config(s, s.base_epochs or 1, 1e-3, no_masks=True, data_options=s.base_data_options, base=True)
 print(json.dumps(train_base(s, config, Path(sys.argv[2]) / "base", _num_classes(s))))
 """
 
@@ -89,14 +91,20 @@ def main() -> None:
             summary = json.loads(done.stdout[done.stdout.index("{"):])  # run --json prints indented JSON
             if args.base_only:
                 gate = summary["gate"]
-                print(f"{model}: base top-1 {100 * gate['top1']:.1f}% (gate {100 * gate['threshold']:.1f}%, "
+                plan = summary.get("epochs") or {}
+                print(f"{model}: [{plan.get('reason', '')}] base top-1 {100 * gate['top1']:.1f}% "
+                      f"(gate {100 * gate['threshold']:.1f}%, "
                       f"{'pass' if gate['passed'] else 'FAIL'}; last epoch {summary['last'].get('val_top1', 0):.1f}%); "
                       f"{'; '.join(summary['settings']['reasons'][:2])}; {timing}", flush=True)
                 continue
             s = summary["summary"]
             rule = summary["base"].get("settings") or {}
+            plan = summary["base"].get("epochs") or {}
+            pictures = f" x {plan['train_images']} pictures" if plan.get("train_images") else ""
             chosen = (f"[rule: lr {rule.get('lr', 0):.2g}, warm-up {rule.get('warmup_epochs', 0):g} ep"
-                      f"{', head zeroed' if rule.get('zero_head') else ''}] ")
+                      f"{', head zeroed' if rule.get('zero_head') else ''}; budget: {plan.get('epochs')} ep{pictures}, "
+                      f"~{plan.get('seconds_per_epoch') or 0:.0f} s/epoch measured, base took "
+                      f"{summary['timings'].get('base', 0):.0f} s] ")
             print(f"{model}: {chosen}base top-1 {100 * s['base.top1']:.1f}% (chance {100 * s['base.chance']:.1f}%)"
                   f"{' UNTRAINED' if s.get('base.untrained') else ''}; ERSM {100 * s['top1.model']:.1f}% vs baseline "
                   f"{100 * s['top1.baseline']:.1f}%; density {_densities(summary)}; {timing} "

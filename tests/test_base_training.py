@@ -14,6 +14,7 @@ from ersm_surgery.pipeline.base_training import (
     choose_base_settings,
     gate_threshold,
     model_traits,
+    refuse,
     zero_head_if_loud,
 )
 from tests.conftest import run
@@ -56,6 +57,9 @@ def test_gate_threshold_is_clearly_above_chance_and_beyond_the_noise():
     assert gate_threshold(2, 10_000) == pytest.approx(0.625)
     assert gate_threshold(2, 16) == pytest.approx(0.5 + 3 * 0.125)  # 16 images: three standard errors
     assert not base_gate(0.308, 4, 500).passed and base_gate(0.85, 4, 500).passed
+    # the stop names what the budget bought when it chose the pictures
+    line = str(refuse(base_gate(0.256, 4, 500), "convnext_atto", 4, 64, pictures=12000))
+    assert "after 4 epoch(s) of 12000 pictures" in line and "needs 43.8%" in line and "\n" not in line
 
 
 def _noise_folder(root, classes=("a", "b"), per_class=(24, 16), size=32):

@@ -261,10 +261,13 @@ def base_gate(top1: float, num_classes: int, images: int) -> GateResult:
                       passed=float(top1) >= threshold, rule=rule)
 
 
-def refuse(gate: GateResult, model: str, epochs: int, img_size: int) -> BaseNotLearnedError:
-    """The one-line stop of ``run``/``reproduce`` when the gate fails."""
+def refuse(gate: GateResult, model: str, epochs: int, img_size: int,
+           pictures: int | None = None) -> BaseNotLearnedError:
+    """The one-line stop of ``run``/``reproduce`` when the gate fails (``pictures``: unique train pictures
+    when the time budget chose them)."""
+    of = f" of {pictures} pictures" if pictures else ""
     return BaseNotLearnedError(
-        f"the base {model} did not learn: best validation top-1 {100 * gate.top1:.1f}% after {epochs} epoch(s) "
+        f"the base {model} did not learn: best validation top-1 {100 * gate.top1:.1f}% after {epochs} epoch(s){of} "
         f"(chance {100 * gate.chance:.1f}%, needs {100 * gate.threshold:.1f}%); nothing was injected",
         f"try more --base-epochs (now {epochs}), a larger --img-size (now {img_size}) or trained weights with "
         "--pretrained-path; --force-base continues anyway and marks every figure",

@@ -37,8 +37,9 @@ class PipelineSettings:
         data: ``builtin:clutter`` or an ImageFolder directory.
         output: the run folder (base/, injected/, ersm/, baseline/, eval/, export/).
         epochs: fine-tuning epochs for ERSM and for the baseline (the same budget).
-        base_epochs: epochs of base training when no pretrained weights are given (None: as many as fit
-            the base's time budget on this machine, 4 to 8; see ``base_budget``).
+        base_epochs: epochs of base training when no pretrained weights are given (None: what the base's
+            time budget affords on this machine, 4 to 12 epochs' worth, spent on more unique pictures where
+            ``base_data_options`` has a ``train_size``; see ``base_budget``).
         img_size: image side.
         batch_size: images per step.
         lr: fine-tuning learning rate.
@@ -270,7 +271,8 @@ def _base(settings: PipelineSettings, out: Path, num_classes: int,
             "top1": gate["top1"], "chance": gate["chance"], "gate": gate, "settings": record["settings"],
             "epochs": record["epochs"], "untrained": not gate["passed"]}
     if not gate["passed"]:
-        error = refuse(GateResult(**gate), settings.model, record["epochs"]["epochs"], settings.img_size)
+        plan = record["epochs"]
+        error = refuse(GateResult(**gate), settings.model, plan["epochs"], settings.img_size, plan.get("train_images"))
         if not settings.force_base:
             raise error
         _log.warning("--force-base: %s; continuing on an untrained base",
