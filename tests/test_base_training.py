@@ -107,6 +107,8 @@ def test_force_base_continues_and_marks_every_figure(tmp_path):
     assert results["summary"]["base.untrained"] is True and "UNTRAINED BASE" in results["notes"][0]
     report = (out / "eval" / "report.html").read_text()
     assert "UNTRAINED BASE" in report and "chance 50.0%" in report
+    assert "after 2 epoch(s) (given)" in report  # how long the base trained, and who said so
+    assert summary["base"]["epochs"]["chosen_by"] == "caller"
     assert all(r["untrained_base"] and r["verdict"].endswith("(untrained base)") for r in judge_claims(results))
     # the summary the run command prints carries the mark too
     console = Console(record=True, width=200)

@@ -70,8 +70,14 @@ def _about(results: dict[str, Any]) -> str:
     base = results.get("base") or {}
     if base.get("top1") is not None:
         mark = "; UNTRAINED (failed the gate, --force-base)" if base.get("untrained") else ""
+        plan = base.get("epochs") or {}
+        trained = ""
+        if plan.get("epochs"):
+            pictures = f" of {plan['train_images']} pictures" if plan.get("train_images") else ""
+            how = "the time budget" if plan.get("chosen_by") == "budget" else "given"
+            trained = f", after {plan['epochs']} epoch(s){pictures} ({how})"
         rows.append(("base", f"{base.get('source', '')}: validation top-1 {100 * base['top1']:.1f}% "
-                             f"(chance {100 * base['chance']:.1f}%){mark}"))
+                             f"(chance {100 * base['chance']:.1f}%){trained}{mark}"))
     data = results.get("data") or {}
     rows.append(("data", ", ".join(f"{k}={v}" for k, v in data.items() if k not in ("classes",))))
     settings = results.get("settings") or {}
