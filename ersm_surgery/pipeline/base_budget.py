@@ -152,17 +152,16 @@ def plan_epochs(given: int | None, seconds_per_epoch: float | None = None, train
     data on more epochs.
     """
     if given is not None:
-        return EpochPlan(int(given), "caller", reason=f"{int(given)} epoch(s) given by the caller (base_epochs)")
+        return EpochPlan(int(given), "caller", reason=f"{int(given)} epoch(s), as given (--base-epochs)")
     if seconds_per_epoch is None or not seconds_per_epoch > 0:
         raise ValueError("seconds_per_epoch is needed when the caller gives no epoch count")
     fits = math.floor(budget / seconds_per_epoch)
     worth = min(MAX_EPOCHS, max(MIN_EPOCHS, fits))
-    bound = " (the most)" if fits > MAX_EPOCHS else " (the least)" if fits < MIN_EPOCHS else ""
-    why = (f"one epoch measured at ~{seconds_per_epoch:.1f} s here; the base gets {budget:.0f} s, {MIN_EPOCHS} to "
-           f"{MAX_EPOCHS} epochs' worth{bound}; --base-epochs fixes the count")
-    if train_images:
+    bound = ", the least" if fits < MIN_EPOCHS else ", the most" if fits > MAX_EPOCHS else ""
+    why = (f"one epoch measured at ~{seconds_per_epoch:.0f} s here, and the base gets {budget:.0f} s "
+           f"({worth} epochs' worth{bound}); --base-epochs fixes the count")
+    if train_images:  # more unique pictures rather than more epochs (module docstring)
         images = int(train_images) * worth // MIN_EPOCHS
         return EpochPlan(MIN_EPOCHS, "budget", round(seconds_per_epoch, 2), budget, images,
-                         f"{MIN_EPOCHS} epoch(s) of {images} unique pictures (the built-in data draw more rather "
-                         f"than repeat them: mobilenetv3 82.0% on 8000 x 4 against 70.4% on 4000 x 8): {why}")
+                         f"{MIN_EPOCHS} epoch(s) of {images} unique pictures: {why}")
     return EpochPlan(worth, "budget", round(seconds_per_epoch, 2), budget, None, f"{worth} epoch(s): {why}")
