@@ -94,6 +94,23 @@ def test_gate_stops_a_base_at_chance_in_one_line_and_injects_nothing(tmp_path):
     assert record["settings"]["opt"] == "adamw" and record["traits"]["norm"] == "batch"
 
 
+def test_without_base_epochs_a_folder_gets_the_epochs_its_budget_affords(tmp_path):
+    from ersm_surgery.pipeline.base_budget import MAX_EPOCHS
+
+    data = _noise_folder(tmp_path / "noise")
+    out = tmp_path / "run"
+    args = [a for a in ARGS if a not in ("--base-epochs", "2")]
+    result = run("run", "test_resnet", *args, "--data-dir", str(data), "-o", str(out))
+    # a tiny model's epoch of 48 pictures costs milliseconds: the most epochs (a folder cannot draw more pictures)
+    record = json.loads((out / "base" / "base_settings.json").read_text())
+    plan = record["epochs"]
+    assert plan["chosen_by"] == "budget" and plan["epochs"] == MAX_EPOCHS and plan["train_images"] is None
+    assert record["last"]["epoch"] == MAX_EPOCHS
+    # noise labels still stop at the gate, and the line says how long the base trained
+    line = result.output.strip().splitlines()[-1]
+    assert result.exit_code != 0 and f"after {MAX_EPOCHS} epoch(s) (chance" in line, result.output
+
+
 def test_force_base_continues_and_marks_every_figure(tmp_path):
     data = _noise_folder(tmp_path / "noise")
     out = tmp_path / "run"
