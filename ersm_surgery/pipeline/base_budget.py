@@ -1,4 +1,4 @@
-"""How many epochs the base of ``run``/``reproduce`` trains: as many as fit a time budget on this machine.
+"""How long the base of ``run`` trains: what a time budget affords on this machine.
 
 Families differ in what a training step costs and in how many updates they need from scratch: on the
 built-in data at 64 px, 4 epochs leave mobilenetv3_large_100 at 49.6% where 8 reach 70.4%, and its 8
@@ -10,14 +10,16 @@ and every random generator, are left as they were), and the base gets
 ``clamp(floor(budget / seconds per epoch), MIN_EPOCHS, MAX_EPOCHS)`` epochs' worth of updates. The
 built-in data spend them on more unique pictures (their renderer draws new ones for free): from
 scratch, unique pictures beat repeated ones (mobilenetv3_large_100 82.0% after 4 epochs of 8000
-against 70.4% after 8 of 4000; regnetx_002 58.2% against 53.0%); an image folder gets more epochs.
+against 70.4% after 8 of 4000; regnetx_002 80.8% after 4 of 12000 against 53.0% after 8 of 4000); an
+image folder gets more epochs.
 
 Restarting the schedule instead (a second cosine cycle from the first one's weights, only when the
 base is below target) was measured and rejected: mobilenetv3 51.6%, regnetx_002 49.6% after 4 + 4
 epochs, against 70.4% / 53.0% for one 8-epoch schedule.
 
 The count depends on the machine; ``base_epochs`` fixes it (and with it the run's figures across
-machines). The count, the measured seconds and the reason are recorded in ``base_settings.json``.
+machines), as ``reproduce`` does. The plan, the measured seconds and the reason are recorded in
+``base_settings.json``.
 """
 from __future__ import annotations
 
@@ -36,7 +38,7 @@ __all__ = ["BUDGET_SECONDS", "MIN_EPOCHS", "MAX_EPOCHS", "EpochPlan", "measure_e
            "plan_epochs"]
 
 # resnet18, the README's main job: ~38 s per epoch of 4000 + 500 images at batch 32 on the idle 2-core CPU,
-# so 4 epochs, as before the budget; cheaper models get up to twice that
+# so 4 epochs, as before the budget; cheaper models get up to three times that
 BUDGET_SECONDS = 160.0
 MIN_EPOCHS = 4
 # from scratch on the built-in data, 3x the pictures still pays: regnetx_002 58.2% on 8000 x 4 epochs, 80.8% on
@@ -91,8 +93,8 @@ def measure_epoch_seconds(model: nn.Module, batch_size: int, img_size: int, trai
 
     The steps run on a deep copy of ``model`` with AdamW (whose update costs what the base's does), random
     inputs and labels; the random generators are put back afterwards, so the training that follows draws
-    exactly what it would have drawn without the measurement. Data loading is not included (the built-in
-    data keep their rendered pictures after the first read).
+    exactly what it would have drawn without the measurement. Reading the data is measured apart
+    (:func:`measure_read_seconds`).
     """
     from ..train.checkpoint import capture_rng, restore_rng
 
