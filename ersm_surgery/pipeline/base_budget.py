@@ -75,7 +75,8 @@ class EpochPlan:
 
 
 def _timed(fn, steps: int, device: torch.device) -> float:
-    """Median seconds of ``fn()`` over ``steps`` calls, after the warm-up calls."""
+    """Median seconds of ``fn()`` over ``steps`` calls, after the warm-up calls (a training step: with grad,
+    which ``eval.compute.measure_latency``, used for the validation forwards, turns off)."""
     times = []
     for i in range(_WARMUP_STEPS + steps):
         start = time.perf_counter()
@@ -96,6 +97,7 @@ def measure_epoch_seconds(model: nn.Module, batch_size: int, img_size: int, trai
     exactly what it would have drawn without the measurement. Reading the data is measured apart
     (:func:`measure_read_seconds`).
     """
+    from ..eval.compute import measure_latency
     from ..train.checkpoint import capture_rng, restore_rng
 
     device = torch.device(device)
@@ -115,9 +117,8 @@ def measure_epoch_seconds(model: nn.Module, batch_size: int, img_size: int, trai
             optimizer.step()
 
         train_step = _timed(step, _TIMED_STEPS, device)
-        probe.eval()
-        with torch.no_grad():
-            val_step = _timed(lambda: probe(x), _TIMED_STEPS, device)
+        timed = measure_latency(probe.eval(), x, repeats=_TIMED_STEPS, warmup=_WARMUP_STEPS)
+        val_step = timed["batch_ms"] / 1000.0
     finally:
         restore_rng(state)
     return math.ceil(train_images / batch_size) * train_step + math.ceil(val_images / batch_size) * val_step
