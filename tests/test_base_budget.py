@@ -27,13 +27,14 @@ def test_plan_fits_the_budget_between_the_bounds():
         plan_epochs(None, None)
 
 
-def test_measuring_an_epoch_leaves_the_model_and_the_random_generators_as_they_were():
+@pytest.mark.parametrize("opt", ["adamw", "lamb"])
+def test_measuring_an_epoch_leaves_the_model_and_the_random_generators_as_they_were(opt):
     model = timm.create_model("test_resnet", num_classes=4)
     before = {k: v.clone() for k, v in model.state_dict().items()}
     torch.manual_seed(123)
     expected = torch.rand(3)
     torch.manual_seed(123)
-    seconds = measure_epoch_seconds(model, 8, 32, train_images=64, val_images=16)
+    seconds = measure_epoch_seconds(model, 8, 32, train_images=64, val_images=16, opt=opt)
     assert torch.equal(torch.rand(3), expected)  # the training after it draws what it would have drawn
     assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
     assert model.training and seconds > 0

@@ -28,7 +28,9 @@ def test_rule_gives_a_batchnorm_cnn_and_a_layernorm_model_different_settings():
     s_bn, s_ln = choose_base_settings(bn, 32, 4), choose_base_settings(ln, 32, 4)
     # LayerNorm: warm-up over a tenth of the updates; BatchNorm starts at full rate
     assert s_bn.warmup_epochs == 0 and s_ln.warmup_epochs == pytest.approx(0.4)
-    assert s_bn.opt == s_ln.opt == "adamw" and s_ln.lr == pytest.approx(s_bn.lr / 4)
+    # BatchNorm CNNs train with LAMB (layer-wise trust ratio), LayerNorm models with AdamW an order lower
+    assert (s_bn.opt, s_ln.opt) == ("lamb", "adamw") and s_ln.lr == pytest.approx(s_bn.lr / 10)
+    assert s_bn.finetune_keys()["opt"] == "lamb" and s_bn.weight_decay < s_ln.weight_decay
     # square-root scaling of an adaptive optimizer's lr with the batch size
     assert choose_base_settings(bn, 128, 4).lr == pytest.approx(2 * s_bn.lr)
     assert all(isinstance(r, str) and r for r in s_bn.reasons + s_ln.reasons)
@@ -91,7 +93,7 @@ def test_gate_stops_a_base_at_chance_in_one_line_and_injects_nothing(tmp_path):
     assert not (out / "injected").exists() and not (out / "ersm").exists()
     record = json.loads((out / "base" / "base_settings.json").read_text())
     assert record["gate"]["passed"] is False and record["gate"]["chance"] == 0.5
-    assert record["settings"]["opt"] == "adamw" and record["traits"]["norm"] == "batch"
+    assert record["settings"]["opt"] == "lamb" and record["traits"]["norm"] == "batch"
 
 
 def test_without_base_epochs_a_folder_gets_the_epochs_its_budget_affords(tmp_path):

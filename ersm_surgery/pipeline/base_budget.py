@@ -89,10 +89,10 @@ def _timed(fn, steps: int, device: torch.device) -> float:
 
 
 def measure_epoch_seconds(model: nn.Module, batch_size: int, img_size: int, train_images: int, val_images: int,
-                          channels_last: bool = False, device: torch.device | str = "cpu") -> float:
+                          channels_last: bool = False, device: torch.device | str = "cpu", opt: str = "adamw") -> float:
     """Estimated seconds of one epoch: ``train_images`` trained and ``val_images`` validated at ``batch_size``.
 
-    The steps run on a deep copy of ``model`` with AdamW (whose update costs what the base's does), random
+    The steps run on a deep copy of ``model`` with the base's optimizer ``opt`` (a timm name), random
     inputs and labels; the random generators are put back afterwards, so the training that follows draws
     exactly what it would have drawn without the measurement. Reading the data is measured apart
     (:func:`measure_read_seconds`).
@@ -109,7 +109,9 @@ def measure_epoch_seconds(model: nn.Module, batch_size: int, img_size: int, trai
         x = torch.randn(batch_size, 3, img_size, img_size, device=device).contiguous(memory_format=fmt)
         out = probe(x)
         y = torch.randint(0, out.shape[-1], (batch_size,), device=device)
-        optimizer = torch.optim.AdamW(probe.parameters(), lr=1e-6)  # its cost, not its effect, is measured
+        from timm.optim import create_optimizer_v2
+
+        optimizer = create_optimizer_v2(probe, opt=opt, lr=1e-6)  # its cost, not its effect, is measured
 
         def step() -> None:
             optimizer.zero_grad(set_to_none=True)
