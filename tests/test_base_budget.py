@@ -5,7 +5,13 @@ import pytest
 import timm
 import torch
 
-from ersm_surgery.pipeline.base_budget import MAX_EPOCHS, MIN_EPOCHS, measure_epoch_seconds, plan_epochs
+from ersm_surgery.pipeline.base_budget import (
+    MAX_EPOCHS,
+    MIN_EPOCHS,
+    MIN_PICTURE_SHARE,
+    measure_epoch_seconds,
+    plan_epochs,
+)
 
 
 def test_plan_fits_the_budget_between_the_bounds():
@@ -21,6 +27,12 @@ def test_plan_fits_the_budget_between_the_bounds():
     most = plan_epochs(None, 0.01, train_images=4000, budget=160)
     assert (most.epochs, most.train_images) == (MIN_EPOCHS, 4000 * MAX_EPOCHS // MIN_EPOCHS)
     assert plan_epochs(None, 40.0, train_images=4000, budget=160).train_images == 4000
+    # a slower machine: fewer pictures (never fewer epochs), in proportion, down to MIN_PICTURE_SHARE of them
+    slower = plan_epochs(None, 55.0, train_images=4000, budget=160)
+    assert (slower.epochs, slower.train_images) == (MIN_EPOCHS, int(4000 * 160 / (55.0 * MIN_EPOCHS)))
+    assert "fewer pictures" in slower.reason
+    crawling = plan_epochs(None, 500.0, train_images=4000, budget=160)
+    assert (crawling.epochs, crawling.train_images) == (MIN_EPOCHS, int(4000 * MIN_PICTURE_SHARE))
     given = plan_epochs(7)
     assert given.epochs == 7 and given.chosen_by == "caller" and given.seconds_per_epoch is None
     with pytest.raises(ValueError):

@@ -17,7 +17,7 @@ def pipeline_options(func):
         click.option("--epochs", type=click.IntRange(min=1),
                      help="Fine-tuning epochs, ERSM and baseline alike (run: 2, reproduce: 3)."),
         click.option("--base-epochs", type=click.IntRange(min=1),
-                     help="Base-training epochs without pretrained weights (reproduce: 4; run: what ~160 s affords "
+                     help="Base-training epochs without pretrained weights (reproduce: 4; run: what ~130 s affords "
                           "on this machine, measured: built-in data get more unique pictures, a folder more "
                           "epochs; recorded in base/base_settings.json)."),
         click.option("--img-size", type=click.IntRange(min=16), default=64, show_default=True),
