@@ -40,7 +40,7 @@ import torch
 
 import ersm_surgery
 from ersm_surgery.data import create_dataset
-from ersm_surgery.sparse.measure import interleaved, measure_batch, plain_model
+from ersm_surgery.sparse.measure import interleaved, measure_batch, plain_model, region_inputs
 from ersm_surgery.sparse.model import sparse, sparse_regions
 
 HERE = Path(__file__).resolve().parent
@@ -151,12 +151,8 @@ def dense_gated_stages(model: torch.nn.Module, x: torch.Tensor, repeat: int) -> 
     """Median time of the gated stages computed densely with their gates (the break-even's reference)."""
     fast = sparse(model, break_even=0.0)  # 0.0: every batch runs the dense gated graph
     regions = sparse_regions(fast)
-    inputs: dict[str, torch.Tensor] = {}
-    hooks = [reg.register_forward_pre_hook(lambda m, a, p=p: inputs.__setitem__(p, a[0])) for p, reg in regions.items()]
     with torch.no_grad():
-        fast(x)
-        for h in hooks:
-            h.remove()
+        inputs = region_inputs(fast, x)
         return interleaved({"gated": lambda: [regions[p](i) for p, i in inputs.items()]}, repeat)["gated"]
 
 

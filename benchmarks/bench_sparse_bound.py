@@ -30,7 +30,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_sparse import images, prepared, shift_price  # noqa: E402
 
 from ersm_surgery.layers.gate import kept_tokens  # noqa: E402
-from ersm_surgery.sparse.measure import interleaved, plain_model  # noqa: E402
+from ersm_surgery.sparse.measure import interleaved, plain_model, region_inputs  # noqa: E402
 from ersm_surgery.sparse.model import sparse, sparse_regions  # noqa: E402
 
 
@@ -96,12 +96,8 @@ def main() -> int:
     base = plain_model(model)
     fast = sparse(model, break_even=1.0)
     regions = sparse_regions(fast)
-    inputs: dict[str, torch.Tensor] = {}
-    hooks = [r.register_forward_pre_hook(lambda m, a, p=p: inputs.__setitem__(p, a[0])) for p, r in regions.items()]
     with torch.no_grad():
-        fast(x)
-        for h in hooks:
-            h.remove()
+        inputs = region_inputs(fast, x)
         for path, inp in inputs.items():
             print(f"  {path}: input {tuple(inp.shape)}, kept fraction {float(kept_tokens(inp).mean()):.3f}")
         calls = {

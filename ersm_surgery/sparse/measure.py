@@ -20,7 +20,7 @@ from ..mask_set import masks
 from ..surgery.placement import is_mask_key
 from .model import DEFAULT_BREAK_EVEN, SparseRegion, sparse, sparse_regions
 
-__all__ = ["plain_model", "interleaved", "measure_batch"]
+__all__ = ["plain_model", "interleaved", "region_inputs", "measure_batch"]
 
 
 def plain_model(model: nn.Module) -> nn.Module:
@@ -50,7 +50,8 @@ def interleaved(calls: dict[str, Callable[[], Any]], repeat: int, warmup: int = 
     return {k: {"wall_s": statistics.median(wall[k]), "cpu_s": statistics.median(cpu[k])} for k in calls}
 
 
-def _region_inputs(fast: nn.Module, x: torch.Tensor) -> dict[str, torch.Tensor]:
+def region_inputs(fast: nn.Module, x: torch.Tensor) -> dict[str, torch.Tensor]:
+    """The input each sparse region of ``fast`` (a ``sparse(model)``) sees on ``x``, by region path."""
     captured: dict[str, torch.Tensor] = {}
     hooks = [region.register_forward_pre_hook(lambda mod, args, path=path: captured.__setitem__(path, args[0]))
              for path, region in sparse_regions(fast).items()]
@@ -91,7 +92,7 @@ def measure_batch(model: nn.Module, x: torch.Tensor, repeat: int = 10, warmup: i
         reference = model(x)
         density = {name: float(d.mean()) for name, d in masks(model).density().items()}
         out = fast(x)
-        inputs = _region_inputs(fast, x)
+        inputs = region_inputs(fast, x)
         whole = interleaved({"dense": lambda: base(x), "sparse": lambda: fast(x)}, repeat, warmup)
 
         def dense_stages():
