@@ -22,10 +22,11 @@ def test_run_end_to_end(tmp_path):
     workers = {f: yaml.safe_load((out / f / "args.yaml").read_text())["config"]["workers"]
                for f in ("ersm", "baseline")}
     assert workers == {"ersm": 1, "baseline": 1} and summary["settings"]["device"] == "cpu"
-    # finetune.* settings change the two fine-tunings, not the base training (its lr is the rule's: 2e-3 at batch 32)
-    lr = {f: yaml.safe_load((out / f / "args.yaml").read_text())["config"]["lr"] for f in ("base", "ersm", "baseline")}
-    assert lr == {"base": 2e-3, "ersm": 1e-4, "baseline": 1e-4}
-    assert json.loads((out / "base" / "base_settings.json").read_text())["settings"]["lr"] == 2e-3
+    # finetune.* settings change the two fine-tunings, not the base training (the rule's: LAMB at 5e-3, batch 32)
+    config = {f: yaml.safe_load((out / f / "args.yaml").read_text())["config"] for f in ("base", "ersm", "baseline")}
+    assert {f: c["lr"] for f, c in config.items()} == {"base": 5e-3, "ersm": 1e-4, "baseline": 1e-4}
+    assert config["base"]["opt"] == "lamb"
+    assert json.loads((out / "base" / "base_settings.json").read_text())["settings"]["lr"] == 5e-3
     for folder in ("base", "injected", "ersm", "baseline", "eval", "export"):
         assert (out / folder).is_dir(), folder
     assert (out / "eval" / "report.html").is_file() and (out / "export" / "model.onnx").is_file()
