@@ -173,8 +173,9 @@ def plan_epochs(given: int | None, seconds_per_epoch: float | None = None, train
     why = (f"one epoch measured at ~{seconds_per_epoch:.0f} s here, and the base gets {budget:.0f} s "
            f"({worth} epochs' worth{bound}); --base-epochs fixes the count")
     if train_images:  # more unique pictures rather than more epochs (module docstring)
-        images = int(train_images) * worth // MIN_EPOCHS
-        if fits < MIN_EPOCHS:
+        if fits >= MIN_EPOCHS:
+            images = int(train_images) * worth // MIN_EPOCHS
+        else:
             # a machine too slow for MIN_EPOCHS epochs of the data's pictures in the budget: fewer pictures,
             # not fewer epochs, so the main job keeps its time bound; never under half the pictures
             share = max(MIN_PICTURE_SHARE, budget / (seconds_per_epoch * MIN_EPOCHS))

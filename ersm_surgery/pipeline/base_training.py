@@ -56,13 +56,11 @@ REFERENCE_BATCH = 32
 # batch 2048; the trust ratio makes the step relative to each layer's norm, so the rate carries over). From
 # scratch on the built-in data, 4 epochs at 64 px, three seeds, one thread (docs/pipeline.md): mobilenetv3_large_100
 # 98.8-99.8% where AdamW 2e-3 gave 47.0-89.2%; resnet18 and efficientnet_b0 no worse
-_REFERENCE_LR = 5e-3
-_BATCHNORM_OPT, _BATCHNORM_WEIGHT_DECAY = "lamb", 0.02
+_BATCHNORM_RECIPE = ("lamb", 5e-3, 0.02)  # optimizer, reference lr at REFERENCE_BATCH, weight decay
 # LayerNorm/attention models: AdamW at 5e-4, as timm's own recipes put them an order below BatchNorm CNNs
 # (convnext 4e-3 at batch 4096, deit 5e-4 x batch / 512). convnext_atto stays at chance in 4 epochs at 64 px
 # (27.0% at 2e-3, 25.6% at 5e-4; bench_run_families.py): the gate stops it
-_REFERENCE_LR_LAYERNORM = 5e-4
-_LAYERNORM_OPT, _LAYERNORM_WEIGHT_DECAY = "adamw", 0.05
+_LAYERNORM_RECIPE = ("adamw", 5e-4, 0.05)
 _LAYERNORM_WARMUP = 0.1  # fraction of the base's updates spent warming up LayerNorm/attention models
 _LOUD_HEAD_GAIN = 1.0
 # one training step at batch 32, 64 px, 2 CPU threads, channels-last over contiguous
@@ -183,9 +181,7 @@ def choose_base_settings(traits: ModelTraits, batch_size: int, epochs: int) -> B
     """
     reasons = []
     layer_norm = traits.norm != "batch" or traits.attention > 0
-    reference = _REFERENCE_LR_LAYERNORM if layer_norm else _REFERENCE_LR
-    opt, weight_decay = (_LAYERNORM_OPT, _LAYERNORM_WEIGHT_DECAY) if layer_norm else (_BATCHNORM_OPT,
-                                                                                       _BATCHNORM_WEIGHT_DECAY)
+    opt, reference, weight_decay = _LAYERNORM_RECIPE if layer_norm else _BATCHNORM_RECIPE
     lr = reference * math.sqrt(batch_size / REFERENCE_BATCH)
     reasons.append(f"opt {opt}, lr {lr:.3g}: {reference:g} at batch {REFERENCE_BATCH} for a "
                    f"{'LayerNorm/attention model' if layer_norm else 'BatchNorm CNN'}, scaled by "
