@@ -6,6 +6,7 @@ from torch import nn
 import ersm_surgery
 from ersm_surgery.errors import SparseError
 from ersm_surgery.layers import pool_mask
+from ersm_surgery.sparse import conv as sparse_conv
 from ersm_surgery.sparse import sparse_regions
 from ersm_surgery.sparse.conv import RowConv, avg_pool_rows, out_size
 from ersm_surgery.sparse.fold import fold_bn
@@ -38,6 +39,17 @@ def test_conv_on_rows_equals_dense_conv(kernel, stride, padding, dilation, group
     assert out.grid.height == dense.shape[2] and out.grid.width == dense.shape[3]
     keep = pool_mask(mask, dense.shape[-2:])
     torch.testing.assert_close(out.dense(), dense * keep, atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("path", ["taps", "dense"])
+@pytest.mark.parametrize("kernel,stride,padding,dilation", [(3, 1, 1, 1), (7, 1, 3, 1), (5, 2, 2, 1), (3, 1, 2, 2)])
+def test_depthwise_conv_on_rows_either_path_equals_dense_conv(kernel, stride, padding, dilation, path, monkeypatch):
+    monkeypatch.setattr(sparse_conv, "DEPTHWISE_DENSE_ABOVE", 0.0 if path == "dense" else float("inf"))
+    x, mask, grids, rows = _rows(batch=3, channels=6, height=10, width=7, seed=1)
+    conv = nn.Conv2d(6, 6, kernel, stride, padding, dilation, groups=6)
+    out = RowConv.from_module(conv)(rows, grids)
+    dense = conv(x)
+    torch.testing.assert_close(out.dense(), dense * pool_mask(mask, dense.shape[-2:]), atol=1e-5, rtol=1e-5)
 
 
 def test_folded_batchnorm_equals_conv_then_bn():

@@ -10,11 +10,19 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from .grid import Grid, GridSet, Rows
 
-__all__ = ["RowConv", "conv_supported", "out_size", "avg_pool_rows", "avg_pool_supported"]
+__all__ = ["RowConv", "conv_supported", "out_size", "avg_pool_rows", "avg_pool_supported", "DEPTHWISE_DENSE_ABOVE"]
+
+# Gathered taps (kept outputs x kernel taps) per position of the input map above which a depthwise
+# convolution runs densely on the scattered map. benchmarks/bench_sparse_depthwise.py, 2-core x86 CPU: a
+# gathered tap costs 0.2-0.5 ns per channel, the scatter + dense kernel + gather 1-4 ns per channel and
+# input position (more on maps that leave the cache), so the two cross between about 3 and 10: 7x7 kernels
+# go dense from density ~0.12, 5x5 from ~0.25, 3x3 stay on taps until ~0.7.
+DEPTHWISE_DENSE_ABOVE = 6.0
 
 
 def _pair(v) -> tuple[int, int]:
@@ -76,6 +84,8 @@ class RowConv:
             out = x @ self.matrix if self.bias is None else torch.addmm(self.bias, x, self.matrix)
             return Rows(out, rows.grid)
         grid = self.out_grid(rows.grid, grids)
+        if self.depthwise and self._dense_is_cheaper(grid, rows.grid):
+            return Rows(self._depthwise_dense(rows, grid), grid)
         taps = grid.taps(rows.grid, self.kernel, self.stride, self.padding, self.dilation)
         table = torch.cat([x, x.new_zeros(1, x.shape[1])])
         n = grid.count
@@ -94,6 +104,15 @@ class RowConv:
             if self.bias is not None:
                 out = out + self.bias
         return Rows(out, grid)
+
+    def _dense_is_cheaper(self, out: Grid, src: Grid) -> bool:
+        positions = src.batch * src.height * src.width
+        return out.count * self.kernel[0] * self.kernel[1] > DEPTHWISE_DENSE_ABOVE * positions
+
+    def _depthwise_dense(self, rows: Rows, grid: Grid) -> torch.Tensor:
+        dense = rows.grid.scatter(rows.data)  # NCHW view of a channels-last zero map
+        out = F.conv2d(dense, self.weight, self.bias, self.stride, self.padding, self.dilation, self.groups)
+        return grid.gather(out.permute(0, 2, 3, 1), channels_last=True)
 
 
 def _depthwise(table: torch.Tensor, taps: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:

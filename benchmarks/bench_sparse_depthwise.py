@@ -1,0 +1,146 @@
+"""Depthwise convolutions on rows: gathered taps against scatter -> dense kernel -> gather (issue 14).
+
+    flock /tmp/ersm-cpu.lock python benchmarks/bench_sparse_depthwise.py     # ~6 min on 2 cores
+
+1. Per op: a depthwise convolution of the shapes the gated stages of convnext_atto, efficientnet_b0 and
+   mobilenetv3_large_100 see at 224 px (batch 1 and 16, random masks of density 0.2 / 0.4 / 0.6), run
+   both ways on the same rows, interleaved, median of ``--repeat``. ``work`` is gathered taps (kept output
+   tokens x kernel taps) per position of the input map, the quantity ``DEPTHWISE_DENSE_ABOVE`` thresholds.
+2. Whole models: the same masked model (bench_sparse.py's protocol: masks after stages 2 and 3 with
+   ``mask.gate=stage``, heads trained 60 steps, price shifted to density 0.4 at 224 px) with every depthwise
+   convolution on gathered taps (the runtime before the rule) and with the rule, against timm's model,
+   interleaved; each speed-up is the median of the paired per-repetition ratios with a 95% bootstrap
+   interval; the max |logit difference| of the two sparse runs against the dense gated model.
+"""
+from __future__ import annotations
+
+import argparse
+import random
+import statistics
+import sys
+import time
+from functools import partial
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from ersm_surgery.sparse import conv as sparse_conv
+from ersm_surgery.sparse.conv import RowConv
+from ersm_surgery.sparse.grid import GridSet, Rows
+from ersm_surgery.sparse.measure import interleaved, plain_model
+from ersm_surgery.sparse.model import sparse
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from bench_sparse import images, prepared, shift_price  # noqa: E402
+
+# (batch, channels, side, kernel, stride): convnext_atto stages 2-3 (7x7), efficientnet_b0 / mobilenetv3
+# stages 3-5 (5x5 and 3x3, stride 1 and 2)
+SHAPES = [(16, 160, 28, 7, 1), (16, 320, 14, 7, 1), (1, 320, 14, 7, 1), (16, 672, 14, 5, 1), (1, 672, 14, 5, 1),
+          (16, 240, 28, 5, 2), (16, 240, 28, 3, 1), (16, 480, 14, 3, 1), (1, 480, 14, 3, 1)]
+
+
+def with_rule(threshold: float, fn):
+    def call():
+        saved = sparse_conv.DEPTHWISE_DENSE_ABOVE
+        sparse_conv.DEPTHWISE_DENSE_ABOVE = threshold
+        try:
+            return fn()
+        finally:
+            sparse_conv.DEPTHWISE_DENSE_ABOVE = saved
+    return call
+
+
+def per_op(repeat: int) -> None:
+    gen = torch.Generator().manual_seed(0)
+    print("per op: median ms, taps = gathered taps, dense = scatter + dense kernel + gather")
+    for batch, channels, side, kernel, stride in SHAPES:
+        conv = nn.Conv2d(channels, channels, kernel, stride, kernel // 2, groups=channels).eval()
+        row_conv = RowConv.from_module(conv)
+        for density in (0.2, 0.4, 0.6):
+            mask = (torch.rand(batch, 1, side, side, generator=gen) < density).float()
+            grids = GridSet(mask)
+            grid = grids.at(side, side)
+            x = torch.randn(batch, side, side, channels, generator=gen)
+            rows = Rows(grid.gather(x, channels_last=True), grid, channels_last=True)
+            out_grid = row_conv.out_grid(grid, grids)
+            work = out_grid.count * kernel * kernel / (batch * side * side)
+            with torch.no_grad():
+                times = interleaved({"taps": with_rule(float("inf"), partial(row_conv, rows, grids)),
+                                     "dense": with_rule(0.0, partial(row_conv, rows, grids))}, repeat)
+            taps, dense = times["taps"]["wall_s"] * 1e3, times["dense"]["wall_s"] * 1e3
+            print(f"  b{batch:>2} c{channels:>4} {side}x{side} k{kernel} s{stride} density {density:.1f} work "
+                  f"{work:5.2f}: taps {taps:6.2f} dense {dense:6.2f} -> {'dense' if dense < taps else 'taps '} "
+                  f"faster ({max(taps, dense) / min(taps, dense):.2f}x)", flush=True)
+
+
+def paired_times(calls: dict, repeat: int, warmup: int = 2) -> dict[str, list[float]]:
+    """Wall seconds of every repetition, the calls alternating within each (pairs share the machine's state)."""
+    for _ in range(warmup):
+        for fn in calls.values():
+            fn()
+    times: dict[str, list[float]] = {k: [] for k in calls}
+    for _ in range(repeat):
+        for name, fn in calls.items():
+            t0 = time.perf_counter()
+            fn()
+            times[name].append(time.perf_counter() - t0)
+    return times
+
+
+def ratio_interval(slow: list[float], fast: list[float], draws: int = 2000) -> tuple[float, float, float]:
+    """Median of the paired ratios slow_i / fast_i and a 95% bootstrap interval of that median."""
+    ratios = [a / b for a, b in zip(slow, fast, strict=True)]
+    gen = random.Random(0)
+    meds = sorted(statistics.median(gen.choices(ratios, k=len(ratios))) for _ in range(draws))
+    return statistics.median(ratios), meds[int(0.025 * draws)], meds[int(0.975 * draws) - 1]
+
+
+def whole(models: list[str], steps: int, repeat: int) -> None:
+    rule = sparse_conv.DEPTHWISE_DENSE_ABOVE
+    print(f"whole models at density 0.4, 224 px (rule: dense above work {rule}); speed-ups are medians of "
+          f"{repeat} paired ratios [95% bootstrap interval]")
+    x_all, _ = images("validation", 224, 16)
+    for name in models:
+        model = prepared(name, steps)
+        density = shift_price(model, x_all, 0.4)
+        base = plain_model(model)
+        fast = sparse(model, break_even=1.0)  # sparse at any density: the comparison is of the two row paths
+        for batch in (1, 16):
+            x = x_all[:batch]
+            with torch.no_grad():
+                reference = model(x)
+                diffs = {k: float((with_rule(t, partial(fast, x))() - reference).abs().max())
+                         for k, t in (("taps", float("inf")), ("rule", rule))}
+                t = paired_times({"timm": partial(base, x), "taps": with_rule(float("inf"), partial(fast, x)),
+                                  "rule": with_rule(rule, partial(fast, x))}, repeat)
+            ms = {k: statistics.median(v) * 1e3 for k, v in t.items()}
+            parts = [f"{label} {m:.2f}x [{lo:.2f}, {hi:.2f}]" for label, (m, lo, hi) in (
+                ("taps vs timm", ratio_interval(t["timm"], t["taps"])),
+                ("rule vs timm", ratio_interval(t["timm"], t["rule"])),
+                ("rule vs taps", ratio_interval(t["taps"], t["rule"])))]
+            dens = " / ".join(f"{v:.2f}" for v in density.values())
+            print(f"  {name:<22} batch {batch:>2} density {dens}: timm {ms['timm']:.1f} ms, taps {ms['taps']:.1f} ms, "
+                  f"rule {ms['rule']:.1f} ms | {' | '.join(parts)} | max|dlogit| taps {diffs['taps']:.1e} rule "
+                  f"{diffs['rule']:.1e}", flush=True)
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--repeat", type=int, default=15)
+    ap.add_argument("--steps", type=int, default=60)
+    ap.add_argument("--models", default="convnext_atto,efficientnet_b0,mobilenetv3_large_100")
+    ap.add_argument("--skip-ops", action="store_true")
+    args = ap.parse_args()
+    torch.set_num_threads(args.threads)
+    print(f"torch {torch.__version__}, {args.threads} threads, fp32")
+    if not args.skip_ops:
+        per_op(args.repeat)
+    if args.models:
+        whole([m for m in args.models.split(",") if m], args.steps, args.repeat)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
