@@ -7,7 +7,9 @@ Masks come from trained mask heads, not random draws (no pretrained weights are 
 every backbone is timm's random initialisation, the same in the dense and the sparse model, with its
 identity-at-init residual branches (zero last BatchNorm weight, 1e-6 layer scale) set to weight 1 so
 that the gated blocks compute something and the exactness figure is not trivially 0):
-1. Inject masks after stages 2 and 3 with ``mask.gate=stage`` (each gates the next stage).
+1. Inject masks after the two ``feature_info`` stages before the last with ``mask.gate=stage`` (each gates
+   the next stage): resnet50's layer2 and layer3 (stages 2, 3) gating layer3 and layer4, convnext's stages.1
+   and stages.2 (its feature_info has no stride-2 entry) gating stages.2 and stages.3.
 2. Train the mask heads and the classifier, backbone frozen, for ``--steps`` steps of Adam (lr 1e-3,
    batch 16) on builtin:clutter at 64 px with loss = cross-entropy + 1.0 * the energy regularizer.
 3. Shift the price: at 224 px on the 16 validation images of builtin:clutter that are timed, bisect each
@@ -129,16 +131,24 @@ def not_identity(model: torch.nn.Module) -> None:
                 p.fill_(1.0)
 
 
+def late_stages(name: str) -> list[int]:
+    """The two ``feature_info`` stages before the last (resnet50, efficientnet_b0: 2, 3; convnext: 1, 2)."""
+    import timm
+
+    n = len(timm.create_model(name, pretrained=False, features_only=True).feature_info)
+    return [n - 3, n - 2]
+
+
 def prepared(name: str, steps: int) -> torch.nn.Module:
     torch.manual_seed(0)
-    model = ersm_surgery.inject(name, stages=[2, 3], config={"gate": "stage"}, num_classes=10)
+    model = ersm_surgery.inject(name, stages=late_stages(name), config={"gate": "stage"}, num_classes=10)
     not_identity(model)
     train_heads(model, steps, 10)
     return model.eval()
 
 
 def fmt(r: dict) -> str:
-    dens = " ".join(f"{k.split('.')[0]}={v:.3f}" for k, v in r["density"].items())
+    dens = " ".join(f"{k.rsplit('.', 1)[0]}={v:.3f}" for k, v in r["density"].items())
     return (f"  batch {r['batch']:>2}: density {dens} | dense {r['dense']['wall_s'] * 1e3:8.1f} ms (cpu "
             f"{r['dense']['cpu_s'] * 1e3:7.1f}) sparse {r['sparse']['wall_s'] * 1e3:8.1f} ms (cpu "
             f"{r['sparse']['cpu_s'] * 1e3:7.1f}) -> whole {r['speedup']:.2f}x | gated stages "
