@@ -111,14 +111,15 @@ def _render(out, report: dict) -> None:
     t = Table(title=escape(f"{report['model']} at {report['img_size']} px, {report['threads']} threads, "
                            f"{report['inputs']} inputs, median of {report['repeat']}"))
     for col in ("batch", "density", "dense ms", "sparse ms", "speed-up", "gated stages", "max |dlogit|",
-                "sparse FLOPs"):
+                "dense fp32 error", "sparse FLOPs"):
         t.add_column(col, justify="right" if col != "density" else "left")
     for r in report["results"]:
         dens = ", ".join(f"{k.rsplit('.', 1)[0]} {v:.2f}" for k, v in r["density"].items())
         share = "-" if r["sparse_flop_share"] is None else f"{100 * r['sparse_flop_share']:.0f}%"
         t.add_row(str(r["batch"]), escape(dens), f"{r['dense']['wall_s'] * 1e3:.1f}",
                   f"{r['sparse']['wall_s'] * 1e3:.1f}", f"{r['speedup']:.2f}x",
-                  f"{r['stages']['speedup']:.2f}x", f"{r['max_abs_logit_diff']:.1e}", share)
+                  f"{r['stages']['speedup']:.2f}x", f"{r['max_abs_logit_diff']:.1e}",
+                  f"{r['dense_float32_error']:.1e}", share)
     out.print(t)
     for r in report["results"]:
         dense_regions = [p for p, ran in r["ran_sparse"].items() if not ran]

@@ -2,11 +2,14 @@
 
 The dense reference is the original timm model without masks (the model a user would deploy
 otherwise), with the masked model's weights; exactness is measured against the masked model computed
-densely. Timings interleave dense and sparse calls on the same input after a warm-up and report the
-median wall time and the median process CPU time of each.
+densely, beside that dense model's own float32 error (its logits against the same model in float64): a
+difference is only small or large relative to the rounding the dense computation already has. Timings
+interleave dense and sparse calls on the same input after a warm-up and report the median wall time
+and the median process CPU time of each.
 """
 from __future__ import annotations
 
+import copy
 import statistics
 import time
 from collections.abc import Callable
@@ -75,13 +78,22 @@ def _sparse_flop_share(model: nn.Module, regions: dict[str, SparseRegion], x: to
     return 1.0 - dense / total
 
 
+def float32_error(model: nn.Module, x: torch.Tensor, reference: torch.Tensor) -> float:
+    """Max |logit| difference of ``model``'s float32 output ``reference`` against the model in float64."""
+    if reference.dtype != torch.float32:
+        return float("nan")
+    wide = copy.deepcopy(model).double().eval()
+    with torch.no_grad():
+        return float((wide(x.double()) - reference.double()).abs().max())
+
+
 def measure_batch(model: nn.Module, x: torch.Tensor, repeat: int = 10, warmup: int = 2,
                   break_even: float = DEFAULT_BREAK_EVEN, base: nn.Module | None = None) -> dict[str, Any]:
     """Whole-model and gated-stage latency, dense timm model against ``sparse(model)``, on one batch.
 
     Returns:
         ``{"batch", "density": {mask: mean kept fraction}, "dense"/"sparse": {"wall_s", "cpu_s"},
-        "speedup", "stages": {"dense"/"sparse", "speedup"}, "max_abs_logit_diff", "ran_sparse":
+        "speedup", "stages": {"dense"/"sparse", "speedup"}, "max_abs_logit_diff", "dense_float32_error", "ran_sparse":
         {region: bool}, "dense_ops", "sparse_flop_share"}``.
     """
     model = model.eval()
@@ -112,6 +124,7 @@ def measure_batch(model: nn.Module, x: torch.Tensor, repeat: int = 10, warmup: i
         "speedup": whole["dense"]["wall_s"] / whole["sparse"]["wall_s"],
         "stages": {**stages, "speedup": stages["dense"]["wall_s"] / stages["sparse"]["wall_s"]},
         "max_abs_logit_diff": float((out - reference).abs().max()),
+        "dense_float32_error": float32_error(model, x, reference),
         "ran_sparse": {path: r.stats.ran_sparse for path, r in regions.items()},
         "dense_ops": sorted({op for r in regions.values() for op in r.dense_ops()}),
         "sparse_flop_share": share,
