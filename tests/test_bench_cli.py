@@ -30,12 +30,15 @@ def test_bench_json_reports_both_batches(folders):
         assert set(r["density"]) == {"layer2.ersm_mask", "layer3.ersm_mask"}
         assert r["max_abs_logit_diff"] <= 1e-4 and r["dense_ops"] == [] and r["sparse_flop_share"] == 1.0
         assert 0.0 <= r["dense_float32_error"] <= 1e-3  # the dense model's own rounding, against float64
+        assert set(r["computed_density"]) == {"layer3", "layer4"}
+        assert all(0.0 <= v <= 1.0 for v in r["computed_density"].values())
         assert r["speedup"] > 0 and r["stages"]["speedup"] > 0 and all(r["ran_sparse"].values())
 
 
 def test_bench_table(folders):
     result = run("bench", folders / "gated", "-b", "2", "--repeat", "1", "--warmup", "0")
     assert result.exit_code == 0 and "ops that ran densely: none" in result.output, result.output
+    assert "kept tokens the gated stages compute: layer3" in result.output
 
 
 def test_bench_refuses_models_it_cannot_speed_up(folders):

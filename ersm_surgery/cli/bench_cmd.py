@@ -122,6 +122,9 @@ def _render(out, report: dict) -> None:
                   f"{r['dense_float32_error']:.1e}", share)
     out.print(t)
     for r in report["results"]:
+        # a gated stage computes the tokens its input carries: the overlap of every mask before it
+        computed = ", ".join(f"{p} {v:.2f}" for p, v in r["computed_density"].items())
+        out.print(f"batch {r['batch']}: kept tokens the gated stages compute: {escape(computed)}")
         dense_regions = [p for p, ran in r["ran_sparse"].items() if not ran]
         if dense_regions:
             out.print(f"batch {r['batch']}: above the break-even, ran densely: {escape(', '.join(dense_regions))}")

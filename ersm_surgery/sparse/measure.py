@@ -19,6 +19,7 @@ import torch
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
+from ..layers.gate import kept_tokens
 from ..mask_set import masks
 from ..surgery.placement import is_mask_key
 from .model import DEFAULT_BREAK_EVEN, SparseRegion, sparse, sparse_regions
@@ -92,7 +93,8 @@ def measure_batch(model: nn.Module, x: torch.Tensor, repeat: int = 10, warmup: i
     """Whole-model and gated-stage latency, dense timm model against ``sparse(model)``, on one batch.
 
     Returns:
-        ``{"batch", "density": {mask: mean kept fraction}, "dense"/"sparse": {"wall_s", "cpu_s"},
+        ``{"batch", "density": {mask: mean kept fraction}, "computed_density": {gated region: kept fraction
+        of its input, what it computes}, "dense"/"sparse": {"wall_s", "cpu_s"},
         "speedup", "stages": {"dense"/"sparse", "speedup"}, "max_abs_logit_diff", "dense_float32_error", "ran_sparse":
         {region: bool}, "dense_ops", "sparse_flop_share"}``.
     """
@@ -105,6 +107,7 @@ def measure_batch(model: nn.Module, x: torch.Tensor, repeat: int = 10, warmup: i
         density = {name: float(d.mean()) for name, d in masks(model).density().items()}
         out = fast(x)
         inputs = region_inputs(fast, x)
+        computed = {path: float(kept_tokens(inp).mean()) for path, inp in inputs.items()}
         whole = interleaved({"dense": lambda: base(x), "sparse": lambda: fast(x)}, repeat, warmup)
 
         def dense_stages():
@@ -119,6 +122,7 @@ def measure_batch(model: nn.Module, x: torch.Tensor, repeat: int = 10, warmup: i
     return {
         "batch": int(x.shape[0]),
         "density": density,
+        "computed_density": computed,
         "dense": whole["dense"],
         "sparse": whole["sparse"],
         "speedup": whole["dense"]["wall_s"] / whole["sparse"]["wall_s"],
