@@ -197,7 +197,8 @@ def curve(model: torch.nn.Module, x_price: torch.Tensor, x: torch.Tensor, repeat
         rows.append(r)
         print(f"  target {target:.1f}: whole {r['speedup']:.2f}x  gated stages vs timm {r['stages']['speedup']:.2f}x"
               f"  vs dense gated {r['stages']['vs_dense_gated']:.2f}x  density "
-              f"{statistics_mean(r['density'].values()):.3f}", flush=True)
+              f"{statistics_mean(r['density'].values()):.3f} computed "
+              f"{statistics_mean(r['computed_density'].values()):.3f}", flush=True)
     return rows
 
 
@@ -212,7 +213,7 @@ def plot(rows: list[dict], path: Path, title: str) -> float | None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    dens = [statistics_mean(r["density"].values()) for r in rows]
+    dens = [statistics_mean(r["computed_density"].values()) for r in rows]  # what the gated stages compute
     whole = [r["speedup"] for r in rows]
     stages = [r["stages"]["speedup"] for r in rows]
     vs_gated = [r["stages"]["vs_dense_gated"] for r in rows]
@@ -229,7 +230,7 @@ def plot(rows: list[dict], path: Path, title: str) -> float | None:
     ax.axhline(1.0, color="grey", lw=0.8)
     if even is not None:
         ax.axvline(even, color="red", ls=":", label=f"break-even {even:.2f}")
-    ax.set_xlabel("mean kept density")
+    ax.set_xlabel("mean fraction of tokens the gated stages compute")
     ax.set_ylabel("speed-up (median wall time)")
     ax.set_title(f"{title} 224 px, batch 4, sparse forced")
     ax.legend()
