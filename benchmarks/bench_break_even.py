@@ -22,12 +22,12 @@ from pathlib import Path
 import torch
 
 from ersm_surgery.layers.gate import kept_tokens
-from ersm_surgery.sparse.measure import region_inputs
+from ersm_surgery.sparse.measure import interleaved_samples, region_inputs
 from ersm_surgery.sparse.model import DEFAULT_BREAK_EVEN, sparse, sparse_regions
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _timing import ratio_interval  # noqa: E402
 from bench_sparse import images, prepared, shift_price  # noqa: E402
-from bench_sparse_depthwise import paired_times, ratio_interval  # noqa: E402
 
 TARGETS = (0.5, 0.6, 0.7, 0.8, 0.9)
 
@@ -55,9 +55,9 @@ def main() -> int:
                 inputs = region_inputs(on_rows, x)
                 parts = []
                 for path, inp in inputs.items():
-                    t = paired_times({"gated": partial(gated_regions[path], inp),
-                                      "rows": partial(rows_regions[path], inp)}, args.repeat)
-                    med, lo, hi = ratio_interval(t["gated"], t["rows"])
+                    t = interleaved_samples({"gated": partial(gated_regions[path], inp),
+                                             "rows": partial(rows_regions[path], inp)}, args.repeat)
+                    med, lo, hi = ratio_interval(t["gated"]["wall_s"], t["rows"]["wall_s"])
                     faster[target] &= lo > 1.0
                     share = float(kept_tokens(inp).mean())
                     parts.append(f"{path} computes {share:.2f}: {med:.2f}x [{lo:.2f}, {hi:.2f}]")

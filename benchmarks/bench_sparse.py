@@ -43,6 +43,7 @@ import sys
 from pathlib import Path
 
 import torch
+from bench_price_robustness import placements  # the two stages before the last
 
 import ersm_surgery
 from ersm_surgery.data import create_dataset
@@ -108,30 +109,32 @@ def shift_price(model: torch.nn.Module, x: torch.Tensor, target: float, tol: flo
         model(x)
         return float(kept_tokens(outputs[id(layer)]).mean())
 
-    with torch.no_grad():
-        for _, layer in layers:
-            if target >= 1.0:
-                lo = -20.0
-                while kept(layer, lo) < 1.0 and lo > -1e6:  # lower the price until every token is kept
+    try:
+        with torch.no_grad():
+            for _, layer in layers:
+                if target >= 1.0:
+                    lo = -20.0
+                    while kept(layer, lo) < 1.0 and lo > -1e6:  # lower the price until every token is kept
+                        lo *= 2
+                    continue
+                lo, hi = -20.0, 20.0  # a low alpha keeps every token, a high one none
+                while kept(layer, lo) <= target and lo > -1e6:
                     lo *= 2
-                continue
-            lo, hi = -20.0, 20.0  # a low alpha keeps every token, a high one none
-            while kept(layer, lo) <= target and lo > -1e6:
-                lo *= 2
-            while kept(layer, hi) > target and hi < 1e6:
-                hi *= 2
-            for _ in range(steps):
-                density = kept(layer, (lo + hi) / 2)
-                if abs(density - target) <= tol:
-                    break
-                if density > target:
-                    lo = layer.config.alpha
-                else:
-                    hi = layer.config.alpha
-        model(x)
+                while kept(layer, hi) > target and hi < 1e6:
+                    hi *= 2
+                for _ in range(steps):
+                    density = kept(layer, (lo + hi) / 2)
+                    if abs(density - target) <= tol:
+                        break
+                    if density > target:
+                        lo = layer.config.alpha
+                    else:
+                        hi = layer.config.alpha
+            model(x)
+            return {name: float(kept_tokens(outputs[id(layer)]).mean()) for name, layer in layers}
+    finally:
         for h in hooks:
             h.remove()
-        return {name: float(kept_tokens(outputs[id(layer)]).mean()) for name, layer in layers}
 
 
 def not_identity(model: torch.nn.Module) -> None:
@@ -147,17 +150,9 @@ def not_identity(model: torch.nn.Module) -> None:
                 p.fill_(1.0)
 
 
-def late_stages(name: str) -> list[int]:
-    """The two ``feature_info`` stages before the last (resnet50, efficientnet_b0: 2, 3; convnext: 1, 2)."""
-    import timm
-
-    n = len(timm.create_model(name, pretrained=False, features_only=True).feature_info)
-    return [n - 3, n - 2]
-
-
 def prepared(name: str, steps: int) -> torch.nn.Module:
     torch.manual_seed(0)
-    model = ersm_surgery.inject(name, stages=late_stages(name), config={"gate": "stage"}, num_classes=10)
+    model = ersm_surgery.inject(name, stages=placements(name)["late"], config={"gate": "stage"}, num_classes=10)
     not_identity(model)
     train_heads(model, steps, 10)
     return model.eval()

@@ -6,8 +6,9 @@
    mobilenetv3_large_100 see at 224 px (batch 1 and 16, random masks of density 0.2 / 0.4 / 0.6), run
    both ways on the same rows, interleaved, median of ``--repeat``. ``work`` is gathered taps (kept output
    tokens x kernel taps) per position of the input map, the quantity ``DEPTHWISE_DENSE_ABOVE`` thresholds.
-2. Whole models: the same masked model (bench_sparse.py's protocol: masks after stages 2 and 3 with
-   ``mask.gate=stage``, heads trained 60 steps, price shifted to density 0.4 at 224 px) with every depthwise
+2. Whole models: the same masked model (bench_sparse.py's protocol: masks after the two stages before the
+   last with ``mask.gate=stage``, heads trained 60 steps, the price shifted at 224 px until each gated stage
+   computes 0.4 of its tokens; the printed densities are those fractions) with every depthwise
    convolution on gathered taps (the runtime before the rule) and with the rule, against timm's model,
    interleaved; each speed-up is the median of the paired per-repetition ratios with a 95% bootstrap
    interval; the max |logit difference| of the two sparse runs against the dense gated model.
@@ -15,10 +16,8 @@
 from __future__ import annotations
 
 import argparse
-import random
 import statistics
 import sys
-import time
 from functools import partial
 from pathlib import Path
 
@@ -28,10 +27,11 @@ from torch import nn
 from ersm_surgery.sparse import conv as sparse_conv
 from ersm_surgery.sparse.conv import RowConv
 from ersm_surgery.sparse.grid import GridSet, Rows
-from ersm_surgery.sparse.measure import interleaved, plain_model
+from ersm_surgery.sparse.measure import interleaved, interleaved_samples, plain_model
 from ersm_surgery.sparse.model import sparse
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _timing import ratio_interval  # noqa: E402
 from bench_sparse import images, prepared, shift_price  # noqa: E402
 
 # (batch, channels, side, kernel, stride): convnext_atto stages 2-3 (7x7), efficientnet_b0 / mobilenetv3
@@ -74,28 +74,6 @@ def per_op(repeat: int) -> None:
                   f"faster ({max(taps, dense) / min(taps, dense):.2f}x)", flush=True)
 
 
-def paired_times(calls: dict, repeat: int, warmup: int = 2) -> dict[str, list[float]]:
-    """Wall seconds of every repetition, the calls alternating within each (pairs share the machine's state)."""
-    for _ in range(warmup):
-        for fn in calls.values():
-            fn()
-    times: dict[str, list[float]] = {k: [] for k in calls}
-    for _ in range(repeat):
-        for name, fn in calls.items():
-            t0 = time.perf_counter()
-            fn()
-            times[name].append(time.perf_counter() - t0)
-    return times
-
-
-def ratio_interval(slow: list[float], fast: list[float], draws: int = 2000) -> tuple[float, float, float]:
-    """Median of the paired ratios slow_i / fast_i and a 95% bootstrap interval of that median."""
-    ratios = [a / b for a, b in zip(slow, fast, strict=True)]
-    gen = random.Random(0)
-    meds = sorted(statistics.median(gen.choices(ratios, k=len(ratios))) for _ in range(draws))
-    return statistics.median(ratios), meds[int(0.025 * draws)], meds[int(0.975 * draws) - 1]
-
-
 def whole(models: list[str], steps: int, repeat: int) -> None:
     rule = sparse_conv.DEPTHWISE_DENSE_ABOVE
     print(f"whole models at density 0.4, 224 px (rule: dense above work {rule}); speed-ups are medians of "
@@ -112,8 +90,10 @@ def whole(models: list[str], steps: int, repeat: int) -> None:
                 reference = model(x)
                 diffs = {k: float((with_rule(t, partial(fast, x))() - reference).abs().max())
                          for k, t in (("taps", float("inf")), ("rule", rule))}
-                t = paired_times({"timm": partial(base, x), "taps": with_rule(float("inf"), partial(fast, x)),
-                                  "rule": with_rule(rule, partial(fast, x))}, repeat)
+                samples = interleaved_samples({"timm": partial(base, x),
+                                               "taps": with_rule(float("inf"), partial(fast, x)),
+                                               "rule": with_rule(rule, partial(fast, x))}, repeat)
+            t = {k: v["wall_s"] for k, v in samples.items()}
             ms = {k: statistics.median(v) * 1e3 for k, v in t.items()}
             parts = [f"{label} {m:.2f}x [{lo:.2f}, {hi:.2f}]" for label, (m, lo, hi) in (
                 ("taps vs timm", ratio_interval(t["timm"], t["taps"])),

@@ -24,7 +24,7 @@ from ..mask_set import masks
 from ..surgery.placement import is_mask_key
 from .model import DEFAULT_BREAK_EVEN, SparseRegion, sparse, sparse_regions
 
-__all__ = ["plain_model", "interleaved", "region_inputs", "measure_batch"]
+__all__ = ["plain_model", "interleaved", "interleaved_samples", "region_inputs", "measure_batch"]
 
 
 def plain_model(model: nn.Module) -> nn.Module:
@@ -38,20 +38,27 @@ def plain_model(model: nn.Module) -> nn.Module:
     return base.eval()
 
 
-def interleaved(calls: dict[str, Callable[[], Any]], repeat: int, warmup: int = 2) -> dict[str, dict[str, float]]:
-    """Median wall and CPU seconds of each call, the calls alternating within every repetition."""
+def interleaved_samples(calls: dict[str, Callable[[], Any]], repeat: int,
+                        warmup: int = 2) -> dict[str, dict[str, list[float]]]:
+    """Wall and CPU seconds of every repetition of each call, the calls alternating within every repetition
+    (the i-th samples of two calls share the machine's state: pair them for ratios)."""
     for _ in range(warmup):
         for fn in calls.values():
             fn()
-    wall: dict[str, list[float]] = {k: [] for k in calls}
-    cpu: dict[str, list[float]] = {k: [] for k in calls}
+    samples: dict[str, dict[str, list[float]]] = {k: {"wall_s": [], "cpu_s": []} for k in calls}
     for _ in range(repeat):
         for name, fn in calls.items():
             c0, t0 = time.process_time(), time.perf_counter()
             fn()
-            wall[name].append(time.perf_counter() - t0)
-            cpu[name].append(time.process_time() - c0)
-    return {k: {"wall_s": statistics.median(wall[k]), "cpu_s": statistics.median(cpu[k])} for k in calls}
+            samples[name]["wall_s"].append(time.perf_counter() - t0)
+            samples[name]["cpu_s"].append(time.process_time() - c0)
+    return samples
+
+
+def interleaved(calls: dict[str, Callable[[], Any]], repeat: int, warmup: int = 2) -> dict[str, dict[str, float]]:
+    """Median wall and CPU seconds of each call, the calls alternating within every repetition."""
+    samples = interleaved_samples(calls, repeat, warmup)
+    return {k: {key: statistics.median(v) for key, v in s.items()} for k, s in samples.items()}
 
 
 def region_inputs(fast: nn.Module, x: torch.Tensor) -> dict[str, torch.Tensor]:
