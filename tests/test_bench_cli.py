@@ -33,12 +33,15 @@ def test_bench_json_reports_both_batches(folders):
         assert set(r["computed_density"]) == {"layer3", "layer4"}
         assert all(0.0 <= v <= 1.0 for v in r["computed_density"].values())
         assert r["speedup"] > 0 and r["stages"]["speedup"] > 0 and all(r["ran_sparse"].values())
+        assert r["dense_folded"]["wall_s"] > 0  # the timm model with its norms folded, timed beside the others
+        assert r["speedup_over_folded"] == r["dense_folded"]["wall_s"] / r["sparse"]["wall_s"]
 
 
 def test_bench_table(folders):
     result = run("bench", folders / "gated", "-b", "2", "--repeat", "1", "--warmup", "0")
     assert result.exit_code == 0 and "ops that ran densely: none" in result.output, result.output
     assert "kept tokens the gated stages compute: layer3" in result.output
+    assert "vs folded" in result.output
 
 
 def test_bench_refuses_models_it_cannot_speed_up(folders):

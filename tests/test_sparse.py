@@ -61,6 +61,65 @@ def test_folded_batchnorm_equals_conv_then_bn():
     torch.testing.assert_close(out.dense(), dense, atol=1e-5, rtol=1e-5)
 
 
+@pytest.mark.parametrize("name", ["test_resnet", "test_efficientnet", "regnety_002"])
+def test_fold_model_folds_every_conv_norm_pair_and_keeps_both_modes(name):
+    import copy
+
+    import timm
+
+    from ersm_surgery.sparse import fold_model
+    from ersm_surgery.sparse.fold import FoldedConv
+
+    torch.manual_seed(0)
+    model = timm.create_model(name).eval()
+    randomise_norms(model)
+    folded = copy.deepcopy(model)
+    pairs = fold_model(folded)
+    assert pairs == sum(isinstance(m, FoldedConv) for m in folded.modules())
+    assert pairs == sum(isinstance(m, nn.BatchNorm2d) for m in model.modules())  # every norm follows a conv here
+    x = torch.randn(2, *SIZE)
+    with torch.no_grad():
+        torch.testing.assert_close(folded(x), model(x), atol=1e-4, rtol=1e-4)
+        assert not torch.equal(folded(x), model(x))  # the folded convolutions ran, not conv + norm
+    model.train()
+    folded.train()
+    torch.manual_seed(1)
+    a = model(x)
+    torch.manual_seed(1)
+    torch.testing.assert_close(folded(x), a)  # train mode: batch statistics, as before the fold
+
+
+def test_fold_model_leaves_a_conv_whose_output_has_another_user():
+    from ersm_surgery.sparse import fold_model
+
+    class TwoUsers(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.conv, self.bn = nn.Conv2d(3, 4, 3, padding=1), nn.BatchNorm2d(4)
+            self.conv2, self.bn2 = nn.Conv2d(4, 4, 1), nn.BatchNorm2d(4)
+
+        def forward(self, x):
+            y = self.conv(x)
+            return self.bn(y) + y + self.bn2(self.conv2(y))
+
+    model = TwoUsers().eval()
+    randomise_norms(model)
+    x = torch.randn(2, 3, 8, 8)
+    expected = model(x)
+    assert fold_model(model) == 1  # conv2 -> bn2 only
+    assert isinstance(model.bn, nn.BatchNorm2d) and type(model.conv) is nn.Conv2d
+    torch.testing.assert_close(model(x), expected, atol=1e-5, rtol=1e-5)
+
+
+def test_sparse_without_fold_keeps_the_dense_modules():
+    from ersm_surgery.sparse.fold import FoldedConv
+
+    model = ersm_surgery.inject("test_resnet", stages=[2], config={"gate": "stage"}, input_size=SIZE).eval()
+    assert any(isinstance(m, FoldedConv) for m in ersm_surgery.sparse(model).modules())
+    assert not any(isinstance(m, FoldedConv) for m in ersm_surgery.sparse(model, fold=False).modules())
+    assert not any(isinstance(m, FoldedConv) for m in model.modules())  # the user's model is untouched
+
+
 @pytest.mark.parametrize("ceil_mode,include_pad,padding", [(True, False, 0), (False, True, 0), (True, True, 1),
                                                             (False, False, 1)])
 def test_avg_pool_on_rows_equals_dense_pool(ceil_mode, include_pad, padding):

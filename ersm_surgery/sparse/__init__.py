@@ -4,17 +4,18 @@
     fast = ersm_surgery.sparse(model)            # same outputs, gated stages on kept tokens
 
 One concept per module: :mod:`.grid` (kept tokens as rows, gather/scatter, neighbourhood index),
-:mod:`.conv` (convolutions and average pooling on rows), :mod:`.fold` (BatchNorm folding),
-:mod:`.rowops` (element-wise ops, norms, per-image pooling), :mod:`.executor` (a gated graph run node by
-node with a dense fallback per unknown op), :mod:`.model` (the wrapper and the break-even rule).
+:mod:`.conv` (convolutions and average pooling on rows), :mod:`.fold` (BatchNorm folding, on rows and
+in the dense modules), :mod:`.rowops` (element-wise ops, norms, per-image pooling), :mod:`.executor` (a
+gated graph run node by node with a dense fallback per unknown op), :mod:`.model` (the wrapper and the
+break-even rule).
 See docs/sparse.md.
 """
 import sys
 import types
 
-from .model import DEFAULT_BREAK_EVEN, SparseRegion, sparse, sparse_regions
+from .model import DEFAULT_BREAK_EVEN, SparseRegion, fold_model, sparse, sparse_regions
 
-__all__ = ["sparse", "sparse_regions", "SparseRegion", "DEFAULT_BREAK_EVEN"]
+__all__ = ["sparse", "sparse_regions", "SparseRegion", "fold_model", "DEFAULT_BREAK_EVEN"]
 
 
 class _CallablePackage(types.ModuleType):

@@ -1,14 +1,16 @@
-"""BatchNorm in evaluation mode as a per-channel affine map, folded into the convolution before it."""
+"""BatchNorm in evaluation mode as a per-channel affine map, folded into the convolution before it: on rows
+(:func:`fold_bn`, the gated stages) and in the dense modules around them (:func:`fold_batchnorms`)."""
 from __future__ import annotations
 
 import dataclasses
+from collections import Counter
 
 import torch
-from torch import nn
+from torch import fx, nn
 
 from .conv import RowConv
 
-__all__ = ["bn_affine", "fold_bn", "is_batchnorm"]
+__all__ = ["bn_affine", "fold_bn", "is_batchnorm", "fold_batchnorms", "FoldedConv", "AfterFold"]
 
 
 def is_batchnorm(module: nn.Module) -> bool:
@@ -32,3 +34,74 @@ def fold_bn(conv: RowConv, bn: nn.BatchNorm2d) -> RowConv:
     scale, shift = bn_affine(bn)
     bias = shift if conv.bias is None else conv.bias * scale + shift
     return dataclasses.replace(conv, weight=conv.weight * scale.reshape(-1, 1, 1, 1), bias=bias)
+
+
+class FoldedConv(nn.Module):
+    """A convolution and the BatchNorm after it: in eval mode one convolution with the norm folded in (weights
+    and bias a snapshot taken at construction); in train mode the convolution, then the norm's own
+    normalisation (batch statistics, running-stat updates), as before the fold."""
+
+    def __init__(self, conv: nn.Conv2d, bn: nn.BatchNorm2d) -> None:
+        super().__init__()
+        self.conv = conv
+        self.bn = bn
+        scale, shift = bn_affine(bn)
+        bias = shift if conv.bias is None else conv.bias.detach() * scale + shift
+        self.register_buffer("folded_weight", conv.weight.detach() * scale.reshape(-1, 1, 1, 1), persistent=False)
+        self.register_buffer("folded_bias", bias, persistent=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.training:
+            # the plain BatchNorm2d forward: timm's BatchNormAct2d applies its activation at its own node
+            return nn.BatchNorm2d.forward(self.bn, self.conv(x))
+        return self.conv._conv_forward(x, self.folded_weight, self.folded_bias)
+
+
+class AfterFold(nn.Module):
+    """What a folded BatchNorm's node still does: timm's BatchNormAct2d drop and activation (nothing for a
+    plain ``BatchNorm2d``)."""
+
+    def __init__(self, bn: nn.BatchNorm2d) -> None:
+        super().__init__()
+        self.drop = getattr(bn, "drop", None) or nn.Identity()
+        self.act = getattr(bn, "act", None) or nn.Identity()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.act(self.drop(x))
+
+
+def _foldable_pairs(owner: nn.Module, graphs: list[fx.Graph]) -> list[tuple[str, str]]:
+    """(conv path, norm path) in ``owner`` where, in every graph, the convolution's only user is the norm and
+    each of the two modules is called exactly once."""
+    found: set[tuple[str, str]] | None = None
+    for graph in graphs:
+        calls = Counter(n.target for n in graph.nodes if n.op == "call_module")
+        pairs = set()
+        for node in graph.nodes:
+            if node.op != "call_module" or calls[node.target] != 1:
+                continue
+            conv = owner.get_submodule(node.target)
+            if type(conv) is not nn.Conv2d or len(node.users) != 1:
+                continue
+            user = next(iter(node.users))
+            if user.op != "call_module" or calls[user.target] != 1 or user.args[:1] != (node,) or len(user.args) > 1 \
+                    or user.kwargs:
+                continue
+            if is_batchnorm(owner.get_submodule(user.target)):
+                pairs.add((node.target, user.target))
+        found = pairs if found is None else found & pairs
+    return sorted(found or ())
+
+
+def fold_batchnorms(owner: nn.Module, graphs: list[fx.Graph]) -> int:
+    """Fold every BatchNorm that follows a convolution in ``graphs`` (``owner``'s forward in each mode) into
+    it, in place: the convolution becomes a :class:`FoldedConv`, the norm an :class:`AfterFold`. Returns the
+    number of pairs folded. Exact up to float rounding in eval mode; train mode computes as before."""
+    from ..surgery.insert import set_submodule
+
+    pairs = _foldable_pairs(owner, graphs)
+    for conv_path, bn_path in pairs:
+        conv, bn = owner.get_submodule(conv_path), owner.get_submodule(bn_path)
+        set_submodule(owner, conv_path, FoldedConv(conv, bn).train(conv.training))
+        set_submodule(owner, bn_path, AfterFold(bn).train(bn.training))
+    return len(pairs)

@@ -1,9 +1,12 @@
 """Dense against sparse, measured side by side: what ``ersm-surgery bench`` and benchmarks/bench_sparse.py report.
 
 The dense reference is the original timm model without masks (the model a user would deploy
-otherwise), with the masked model's weights; exactness is measured against the masked model computed
-densely, beside that dense model's own float32 error (its logits against the same model in float64): a
-difference is only small or large relative to the rounding the dense computation already has. Timings
+otherwise), with the masked model's weights; beside it the same timm model with its BatchNorms folded
+(:func:`~.model.fold_model`, what ``sparse`` also does to the dense parts), so the share of the speed-up
+that the mask buys is shown apart from the share that folding alone would give; exactness is measured
+against the masked model computed densely, beside that dense model's own float32 error (its logits against
+the same model in float64): a difference is only small or large relative to the rounding the dense
+computation already has. Timings
 interleave dense and sparse calls on the same input after a warm-up and report the median wall time
 and the median process CPU time of each.
 """
@@ -22,7 +25,7 @@ from torch.utils.flop_counter import FlopCounterMode
 from ..layers.gate import kept_tokens
 from ..mask_set import masks
 from ..surgery.placement import is_mask_key
-from .model import DEFAULT_BREAK_EVEN, SparseRegion, sparse, sparse_regions
+from .model import DEFAULT_BREAK_EVEN, SparseRegion, fold_model, sparse, sparse_regions
 
 __all__ = ["plain_model", "interleaved", "interleaved_samples", "region_inputs", "measure_batch"]
 
@@ -101,12 +104,15 @@ def measure_batch(model: nn.Module, x: torch.Tensor, repeat: int = 10, warmup: i
 
     Returns:
         ``{"batch", "density": {mask: mean kept fraction}, "computed_density": {gated region: kept fraction
-        of its input, what it computes}, "dense"/"sparse": {"wall_s", "cpu_s"},
-        "speedup", "stages": {"dense"/"sparse", "speedup"}, "max_abs_logit_diff", "dense_float32_error", "ran_sparse":
+        of its input, what it computes}, "dense"/"dense_folded"/"sparse": {"wall_s", "cpu_s"},
+        "speedup" (over timm), "speedup_over_folded" (over timm with its BatchNorms folded),
+        "stages": {"dense"/"sparse", "speedup"}, "max_abs_logit_diff", "dense_float32_error", "ran_sparse":
         {region: bool}, "dense_ops", "sparse_flop_share"}``.
     """
     model = model.eval()
     base = base if base is not None else plain_model(model)
+    folded = copy.deepcopy(base)
+    fold_model(folded)
     fast = sparse(model, break_even=break_even)
     regions = sparse_regions(fast)
     with torch.no_grad():
@@ -115,7 +121,8 @@ def measure_batch(model: nn.Module, x: torch.Tensor, repeat: int = 10, warmup: i
         out = fast(x)
         inputs = region_inputs(fast, x)
         computed = {path: float(kept_tokens(inp).mean()) for path, inp in inputs.items()}
-        whole = interleaved({"dense": lambda: base(x), "sparse": lambda: fast(x)}, repeat, warmup)
+        whole = interleaved({"dense": lambda: base(x), "dense_folded": lambda: folded(x), "sparse": lambda: fast(x)},
+                            repeat, warmup)
 
         def dense_stages():
             for path, inp in inputs.items():
@@ -131,8 +138,10 @@ def measure_batch(model: nn.Module, x: torch.Tensor, repeat: int = 10, warmup: i
         "density": density,
         "computed_density": computed,
         "dense": whole["dense"],
+        "dense_folded": whole["dense_folded"],
         "sparse": whole["sparse"],
         "speedup": whole["dense"]["wall_s"] / whole["sparse"]["wall_s"],
+        "speedup_over_folded": whole["dense_folded"]["wall_s"] / whole["sparse"]["wall_s"],
         "stages": {**stages, "speedup": stages["dense"]["wall_s"] / stages["sparse"]["wall_s"]},
         "max_abs_logit_diff": float((out - reference).abs().max()),
         "dense_float32_error": float32_error(model, x, reference),

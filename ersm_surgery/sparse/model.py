@@ -17,11 +17,14 @@ from torch import fx, nn
 from ..errors import SparseError
 from ..layers import StageGate
 from ..layers.gate import kept_tokens
+from ..surgery._tracer import register_leaf_module, trace
 from ..surgery.gating import GATE_ATTR
+from ..surgery.graph_module import DualGraphModule
 from .executor import StageProgram
+from .fold import fold_batchnorms
 from .grid import GridSet, Rows
 
-__all__ = ["sparse", "SparseRegion", "sparse_regions", "DEFAULT_BREAK_EVEN"]
+__all__ = ["sparse", "SparseRegion", "sparse_regions", "fold_model", "DEFAULT_BREAK_EVEN"]
 
 # above this kept fraction a gated stage runs densely. benchmarks/bench_break_even.py (resnet50 batch 4,
 # convnext_atto batch 16, 224 px, 2 threads): every gated stage's sparse path is faster than the same stage
@@ -43,6 +46,7 @@ class RegionStats:
     sparse_calls: int = 0
 
 
+@register_leaf_module  # its forward branches on the batch's density: one node when a model around it is traced
 class SparseRegion(nn.Module):
     """A gated module run on the kept tokens of its input.
 
@@ -50,11 +54,13 @@ class SparseRegion(nn.Module):
         module: the gated DualGraphModule.
         path: its name in the model.
         break_even: kept fraction above which it runs densely.
+        fold: fold the BatchNorms into the convolutions of the graph it runs when every token is kept.
     """
 
-    def __init__(self, module: nn.Module, path: str, break_even: float) -> None:
+    def __init__(self, module: nn.Module, path: str, break_even: float, fold: bool = True) -> None:
         super().__init__()
         self.path = path
+        self.fold = fold
         self.gated = module
         self.source = getattr(module, GATE_ATTR).source
         self.break_even = float(break_even)
@@ -74,6 +80,8 @@ class SparseRegion(nn.Module):
         """The module's eval graph with its gate nodes taken out (sharing the module's weights)."""
         if self._without_gates is None:
             self._without_gates = _drop_gates(self.gated)
+            if self.fold:  # the gated module's own convolutions are not touched: the graph module holds references
+                fold_batchnorms(self._without_gates, [self._without_gates.graph])
         return self._without_gates
 
     def dense_ops(self) -> list[str]:
@@ -130,16 +138,21 @@ def check_sparsable(model: nn.Module) -> None:
                           "set mask.eval_mode=hard")
 
 
-def sparse(model: nn.Module, break_even: float = DEFAULT_BREAK_EVEN) -> nn.Module:
+def sparse(model: nn.Module, break_even: float = DEFAULT_BREAK_EVEN, fold: bool = True) -> nn.Module:
     """A copy of a ``mask.gate=stage`` model whose gated stages run on the kept tokens only.
 
     The copy computes the same outputs as ``model`` in eval mode (to float rounding: a gathered GEMM
-    sums in another order than the dense convolution) and runs its dense gated graph in train mode.
+    sums in another order than the dense convolution, a folded BatchNorm rounds its product once) and
+    computes as ``model`` does in train mode (its gated stages on the dense gated graph).
     Its weights are a snapshot: call ``sparse`` again after changing ``model``'s weights.
 
     Args:
         model: a model from ``inject(..., config={"gate": "stage"})``, ``build_model`` or ``load``.
         break_even: kept fraction of a batch above which a gated stage runs densely (1.0: never).
+        fold: fold every BatchNorm that follows a convolution into it in the dense parts of the model too
+            (the stages before the masks, the graph a region runs when every token is kept); the gated
+            stages' row programs always fold. :func:`fold_model` does the same to any model, e.g. the timm
+            model you compare against.
 
     Raises:
         SparseError: the model has no masks, its masks do not gate (``mask.gate=features``) or are soft.
@@ -153,8 +166,30 @@ def sparse(model: nn.Module, break_even: float = DEFAULT_BREAK_EVEN) -> nn.Modul
     from ..surgery.insert import set_submodule
 
     for path, module in gated:
-        set_submodule(out, path, SparseRegion(module, path, break_even))
+        set_submodule(out, path, SparseRegion(module, path, break_even, fold=fold))
+    if fold:
+        fold_model(out)
     return out.eval()
+
+
+def fold_model(model: nn.Module) -> int:
+    """Fold, in place, every BatchNorm that is the only user of a convolution's output into that convolution
+    (in eval mode; train mode computes as before, see :class:`~.fold.FoldedConv`), outside sparse regions.
+
+    The model's own forward keeps running (its in-place adds and activations stay); fx traces it in both modes
+    only to find the pairs. A model fx cannot trace is folded inside its surgery-made graph modules only.
+    Returns the number of pairs folded."""
+    folded = 0
+    try:
+        graphs = [trace(model, train=False)[0], trace(model, train=True)[0]]
+    except Exception:  # noqa: BLE001 - a model fx cannot trace whole runs unfolded outside its graph modules
+        graphs = []
+    if graphs:
+        folded += fold_batchnorms(model, graphs)
+    inside_regions = {id(m) for region in sparse_regions(model).values() for m in region.modules()}
+    for module in [m for m in model.modules() if isinstance(m, DualGraphModule) and id(m) not in inside_regions]:
+        folded += fold_batchnorms(module, [module.eval_graph, module.train_graph])
+    return folded
 
 
 def sparse_regions(model: nn.Module) -> dict[str, SparseRegion]:
