@@ -1,7 +1,6 @@
 """Timing helper shared by the benchmark scripts (imported as ``_timing``: the scripts' own folder is on sys.path)."""
 from __future__ import annotations
 
-import random
 import statistics
 import time
 from collections.abc import Callable
@@ -19,7 +18,6 @@ def median_seconds(fn: Callable[[], object], repeat: int) -> float:
 
 def ratio_interval(slow: list[float], fast: list[float], draws: int = 2000) -> tuple[float, float, float]:
     """Median of the paired ratios slow_i / fast_i and a 95% bootstrap interval of that median."""
-    ratios = [a / b for a, b in zip(slow, fast, strict=True)]
-    gen = random.Random(0)
-    meds = sorted(statistics.median(gen.choices(ratios, k=len(ratios))) for _ in range(draws))
-    return statistics.median(ratios), meds[int(0.025 * draws)], meds[int(0.975 * draws) - 1]
+    from ersm_surgery.sparse.measure import paired_ratio  # imported late: the header benchmarks need no torch
+
+    return paired_ratio(slow, fast, draws)

@@ -22,9 +22,11 @@ that the gated blocks compute something and the exactness figure is not triviall
    Where even an open second mask cannot reach the target, it stays at the most it can keep. Batch 1 times
    the first of the 16 images, whose own densities are printed.
 4. Time at 224 px, batch 1 and 16 (fp32, ``torch.set_num_threads(--threads)``): the original timm model
-   without masks (same weights) against ``ersm_surgery.sparse(model)``, interleaved, median of
-   ``--repeat`` after 2 warm-ups; the gated stages alone likewise on the inputs they see; max |logit
-   difference| of the sparse model against the same masked model computed densely.
+   without masks (same weights), the same with its BatchNorms folded (``fold_model``: what sparse does to
+   the dense parts, so the last ratio is what the masks buy) and ``ersm_surgery.sparse(model)``,
+   interleaved, median of ``--repeat`` after 2 warm-ups, whole-model speed-ups also as the median of the
+   per-repetition ratios with a 95% bootstrap interval; the gated stages alone likewise on the inputs they
+   see; max |logit difference| of the sparse model against the same masked model computed densely.
 
 Goals (the issue's, written before the run): resnet50 at density 0.4: whole model >= 1.35x at batch 1
 and 16, gated stages >= 2.0x, max |logit diff| <= 1e-4; resnet50 at density 1.0 >= 0.95x; resnet18,
@@ -158,11 +160,16 @@ def prepared(name: str, steps: int) -> torch.nn.Module:
     return model.eval()
 
 
+def _iv(interval: list[float]) -> str:
+    return f"{interval[0]:.2f}x [{interval[1]:.2f}, {interval[2]:.2f}]"
+
+
 def fmt(r: dict) -> str:
     dens = " ".join(f"{k.rsplit('.', 1)[0]}={v:.3f}" for k, v in r["density"].items())
     return (f"  batch {r['batch']:>2}: density {dens} | dense {r['dense']['wall_s'] * 1e3:8.1f} ms (cpu "
             f"{r['dense']['cpu_s'] * 1e3:7.1f}) sparse {r['sparse']['wall_s'] * 1e3:8.1f} ms (cpu "
-            f"{r['sparse']['cpu_s'] * 1e3:7.1f}) -> whole {r['speedup']:.2f}x | gated stages "
+            f"{r['sparse']['cpu_s'] * 1e3:7.1f}) -> whole {r['speedup']:.2f}x (paired {_iv(r['speedup_interval'])}; "
+            f"over timm with folded norms {_iv(r['speedup_over_folded_interval'])}) | gated stages "
             f"{r['stages']['dense']['wall_s'] * 1e3:7.1f} -> {r['stages']['sparse']['wall_s'] * 1e3:7.1f} ms "
             f"{r['stages']['speedup']:.2f}x | max|dlogit| {r['max_abs_logit_diff']:.2e} (dense fp32 error "
             f"{r['dense_float32_error']:.1e}) | sparse FLOP share "

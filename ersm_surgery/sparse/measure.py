@@ -13,6 +13,7 @@ and the median process CPU time of each.
 from __future__ import annotations
 
 import copy
+import random
 import statistics
 import time
 from collections.abc import Callable
@@ -27,7 +28,7 @@ from ..mask_set import masks
 from ..surgery.placement import is_mask_key
 from .model import DEFAULT_BREAK_EVEN, SparseRegion, fold_model, sparse, sparse_regions
 
-__all__ = ["plain_model", "interleaved", "interleaved_samples", "region_inputs", "measure_batch"]
+__all__ = ["plain_model", "interleaved", "interleaved_samples", "paired_ratio", "region_inputs", "measure_batch"]
 
 
 def plain_model(model: nn.Module) -> nn.Module:
@@ -62,6 +63,15 @@ def interleaved(calls: dict[str, Callable[[], Any]], repeat: int, warmup: int = 
     """Median wall and CPU seconds of each call, the calls alternating within every repetition."""
     samples = interleaved_samples(calls, repeat, warmup)
     return {k: {key: statistics.median(v) for key, v in s.items()} for k, s in samples.items()}
+
+
+def paired_ratio(slow: list[float], fast: list[float], draws: int = 2000) -> tuple[float, float, float]:
+    """Median of the paired ratios ``slow[i] / fast[i]`` and a 95% bootstrap interval of that median (seeded:
+    the same samples give the same interval)."""
+    ratios = [a / b for a, b in zip(slow, fast, strict=True)]
+    gen = random.Random(0)
+    meds = sorted(statistics.median(gen.choices(ratios, k=len(ratios))) for _ in range(draws))
+    return statistics.median(ratios), meds[int(0.025 * draws)], meds[int(0.975 * draws) - 1]
 
 
 def region_inputs(fast: nn.Module, x: torch.Tensor) -> dict[str, torch.Tensor]:
@@ -105,7 +115,8 @@ def measure_batch(model: nn.Module, x: torch.Tensor, repeat: int = 10, warmup: i
     Returns:
         ``{"batch", "density": {mask: mean kept fraction}, "computed_density": {gated region: kept fraction
         of its input, what it computes}, "dense"/"dense_folded"/"sparse": {"wall_s", "cpu_s"},
-        "speedup" (over timm), "speedup_over_folded" (over timm with its BatchNorms folded),
+        "speedup" (over timm), "speedup_over_folded" (over timm with its BatchNorms folded), each also as
+        "..._interval": [median paired ratio, 95% low, 95% high],
         "stages": {"dense"/"sparse", "speedup"}, "max_abs_logit_diff", "dense_float32_error", "ran_sparse":
         {region: bool}, "dense_ops", "sparse_flop_share"}``.
     """
@@ -121,8 +132,10 @@ def measure_batch(model: nn.Module, x: torch.Tensor, repeat: int = 10, warmup: i
         out = fast(x)
         inputs = region_inputs(fast, x)
         computed = {path: float(kept_tokens(inp).mean()) for path, inp in inputs.items()}
-        whole = interleaved({"dense": lambda: base(x), "dense_folded": lambda: folded(x), "sparse": lambda: fast(x)},
-                            repeat, warmup)
+        samples = interleaved_samples({"dense": lambda: base(x), "dense_folded": lambda: folded(x),
+                                       "sparse": lambda: fast(x)}, repeat, warmup)
+        whole = {k: {key: statistics.median(v) for key, v in s.items()} for k, s in samples.items()}
+        walls = {k: s["wall_s"] for k, s in samples.items()}
 
         def dense_stages():
             for path, inp in inputs.items():
@@ -142,6 +155,9 @@ def measure_batch(model: nn.Module, x: torch.Tensor, repeat: int = 10, warmup: i
         "sparse": whole["sparse"],
         "speedup": whole["dense"]["wall_s"] / whole["sparse"]["wall_s"],
         "speedup_over_folded": whole["dense_folded"]["wall_s"] / whole["sparse"]["wall_s"],
+        # median and 95% interval of the per-repetition ratios (each repetition times the three side by side)
+        "speedup_interval": list(paired_ratio(walls["dense"], walls["sparse"])),
+        "speedup_over_folded_interval": list(paired_ratio(walls["dense_folded"], walls["sparse"])),
         "stages": {**stages, "speedup": stages["dense"]["wall_s"] / stages["sparse"]["wall_s"]},
         "max_abs_logit_diff": float((out - reference).abs().max()),
         "dense_float32_error": float32_error(model, x, reference),
