@@ -194,7 +194,8 @@ def fmt(r: dict) -> str:
             f"{r['sparse']['cpu_s'] * 1e3:7.1f}) -> whole {r['speedup']:.2f}x (paired {_iv(r['speedup_interval'])}; "
             f"over timm with folded norms {_iv(r['speedup_over_folded_interval'])}) | gated stages "
             f"{r['stages']['dense']['wall_s'] * 1e3:7.1f} -> {r['stages']['sparse']['wall_s'] * 1e3:7.1f} ms "
-            f"{r['stages']['speedup']:.2f}x | max|dlogit| {r['max_abs_logit_diff']:.2e} (dense fp32 error "
+            f"{r['stages']['speedup']:.2f}x (paired {_iv(r['stages']['speedup_interval'])}) | max|dlogit| "
+            f"{r['max_abs_logit_diff']:.2e} (dense fp32 error "
             f"{r['dense_float32_error']:.1e}) | sparse FLOP share "
             f"{r['sparse_flop_share']:.3f} | ran sparse {all(r['ran_sparse'].values())} | dense ops {r['dense_ops']}"
             f" | computed {' '.join(f'{k}={v:.3f}' for k, v in r['computed_density'].items())}")

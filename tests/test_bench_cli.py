@@ -35,6 +35,8 @@ def test_bench_json_reports_both_batches(folders):
         assert r["speedup"] > 0 and r["stages"]["speedup"] > 0 and all(r["ran_sparse"].values())
         assert r["dense_folded"]["wall_s"] > 0  # the timm model with its norms folded, timed beside the others
         assert r["speedup_over_folded"] == r["dense_folded"]["wall_s"] / r["sparse"]["wall_s"]
+        for med, lo, hi in (r["speedup_interval"], r["speedup_over_folded_interval"], r["stages"]["speedup_interval"]):
+            assert 0 < lo <= med <= hi
 
 
 def test_bench_table(folders):

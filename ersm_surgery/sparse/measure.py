@@ -117,8 +117,8 @@ def measure_batch(model: nn.Module, x: torch.Tensor, repeat: int = 10, warmup: i
         of its input, what it computes}, "dense"/"dense_folded"/"sparse": {"wall_s", "cpu_s"},
         "speedup" (over timm), "speedup_over_folded" (over timm with its BatchNorms folded), each also as
         "..._interval": [median paired ratio, 95% low, 95% high],
-        "stages": {"dense"/"sparse", "speedup"}, "max_abs_logit_diff", "dense_float32_error", "ran_sparse":
-        {region: bool}, "dense_ops", "sparse_flop_share"}``.
+        "stages": {"dense"/"sparse", "speedup", "speedup_interval"}, "max_abs_logit_diff",
+        "dense_float32_error", "ran_sparse": {region: bool}, "dense_ops", "sparse_flop_share"}``.
     """
     model = model.eval()
     base = base if base is not None else plain_model(model)
@@ -144,7 +144,8 @@ def measure_batch(model: nn.Module, x: torch.Tensor, repeat: int = 10, warmup: i
         def sparse_stages():
             for path, inp in inputs.items():
                 regions[path](inp)
-        stages = interleaved({"dense": dense_stages, "sparse": sparse_stages}, repeat, warmup)
+        stage_samples = interleaved_samples({"dense": dense_stages, "sparse": sparse_stages}, repeat, warmup)
+        stages = {k: {key: statistics.median(v) for key, v in s.items()} for k, s in stage_samples.items()}
         share = _sparse_flop_share(model, regions, x)
     return {
         "batch": int(x.shape[0]),
@@ -158,7 +159,9 @@ def measure_batch(model: nn.Module, x: torch.Tensor, repeat: int = 10, warmup: i
         # median and 95% interval of the per-repetition ratios (each repetition times the three side by side)
         "speedup_interval": list(paired_ratio(walls["dense"], walls["sparse"])),
         "speedup_over_folded_interval": list(paired_ratio(walls["dense_folded"], walls["sparse"])),
-        "stages": {**stages, "speedup": stages["dense"]["wall_s"] / stages["sparse"]["wall_s"]},
+        "stages": {**stages, "speedup": stages["dense"]["wall_s"] / stages["sparse"]["wall_s"],
+                   "speedup_interval": list(paired_ratio(stage_samples["dense"]["wall_s"],
+                                                         stage_samples["sparse"]["wall_s"]))},
         "max_abs_logit_diff": float((out - reference).abs().max()),
         "dense_float32_error": float32_error(model, x, reference),
         "ran_sparse": {path: r.stats.ran_sparse for path, r in regions.items()},
