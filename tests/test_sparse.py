@@ -184,6 +184,23 @@ def test_above_break_even_runs_dense_and_matches():
     assert not sparse_regions(fast)["layer3"].stats.ran_sparse
 
 
+@pytest.mark.parametrize("name,stages", [("test_resnet", (2,)), ("test_efficientnet", (2, 3))])
+def test_dense_gated_path_runs_folded_and_matches(name, stages):
+    from ersm_surgery.sparse.fold import FoldedConv
+
+    model = ersm_surgery.inject(name, stages=list(stages), config={"gate": "stage"}, input_size=SIZE).eval()
+    randomise_norms(model)
+    fix_masks(model)  # some tokens off: the gated graph, not the graph without gates
+    fast = ersm_surgery.sparse(model, break_even=0.0)
+    x = torch.randn(4, *SIZE)
+    with torch.no_grad():
+        torch.testing.assert_close(fast(x), model(x), atol=1e-4, rtol=1e-4)
+    for region in sparse_regions(fast).values():
+        assert not region.stats.ran_sparse
+        assert any(isinstance(m, FoldedConv) for m in region._dense().modules())
+        assert not any(isinstance(m, FoldedConv) for m in region.gated.modules())  # the row programs' source
+
+
 def test_unknown_op_runs_dense_is_listed_and_changes_nothing():
     import timm
 

@@ -54,7 +54,8 @@ class SparseRegion(nn.Module):
         module: the gated DualGraphModule.
         path: its name in the model.
         break_even: kept fraction above which it runs densely.
-        fold: fold the BatchNorms into the convolutions of the graph it runs when every token is kept.
+        fold: fold the BatchNorms into the convolutions of the graphs it runs densely (above the break-even,
+            and without gates when every token is kept).
     """
 
     def __init__(self, module: nn.Module, path: str, break_even: float, fold: bool = True) -> None:
@@ -68,6 +69,7 @@ class SparseRegion(nn.Module):
         self.ungated_when_full = True
         self._programs: dict[tuple, StageProgram] = {}
         self._without_gates: nn.Module | None = None
+        self._dense_gated: nn.Module | None = None
 
     def program(self, x: torch.Tensor) -> StageProgram:
         """The row program for ``x``'s device and dtype (planned on first use: folded weights are copies)."""
@@ -84,6 +86,18 @@ class SparseRegion(nn.Module):
                 fold_batchnorms(self._without_gates, [self._without_gates.graph])
         return self._without_gates
 
+    def _dense(self) -> nn.Module:
+        """The eval graph with its gates, run densely above the break-even; with ``fold``, a copy whose norms are
+        folded (the gated module itself stays as it is: the row programs plan from it)."""
+        if self._dense_gated is None:
+            self._dense_gated = self.gated
+            if self.fold:
+                graph_module = fx.GraphModule(self.gated, copy.deepcopy(self.gated.eval_graph),
+                                              class_name=f"Folded{type(self.gated).__name__}")
+                if fold_batchnorms(graph_module, [graph_module.graph]):
+                    self._dense_gated = graph_module
+        return self._dense_gated
+
     def dense_ops(self) -> list[str]:
         """Ops that had a spatial operand and ran densely (no row form, or operands it does not fit)."""
         return sorted({name for prog in self._programs.values() for name in prog.ran_dense})
@@ -94,11 +108,14 @@ class SparseRegion(nn.Module):
         mask = kept_tokens(x) if usable else None
         density = float(mask.mean()) if usable else None
         self.stats.density = density
-        if not usable or density > self.break_even:
+        if not usable:
+            self.stats.ran_sparse = False
+            return self.gated(x)
+        if density > self.break_even:
             self.stats.ran_sparse = False
             # every token kept: each gate would multiply by one, so the graph without gates gives the same
             full = density == 1.0 and self.ungated_when_full
-            return (self._ungated() if full else self.gated)(x)
+            return (self._ungated() if full else self._dense())(x)
         self.stats.ran_sparse = True
         self.stats.sparse_calls += 1
         value = self.program(x).run(x, GridSet(mask))
