@@ -10,6 +10,7 @@ again -- and is listed in :attr:`StageProgram.ran_dense`.
 """
 from __future__ import annotations
 
+import operator
 from collections.abc import Callable
 from typing import Any
 
@@ -143,6 +144,15 @@ class StageProgram:
         name = target if node.op == "call_method" else getattr(target, "__name__", "")
         if name == "mean" or target is F.adaptive_avg_pool2d:
             return self._plan_mean(node)
+        if target is torch.cat:
+            return self._plan_cat(node)
+        if (node.op == "call_method" and target in ("split", "chunk")) or target in (torch.split, torch.chunk):
+            return self._plan_split(node)
+        if target is operator.getitem:
+            generic = self._generic(node)
+            # an item of a tuple of rows (a split's parts) is those rows; anything else indexes densely
+            return lambda args, kwargs, grids: (args[0][args[1]] if isinstance(args[0], (tuple, list)) and not kwargs
+                                                else generic(args, kwargs, grids))
         if target is F.layer_norm:
             return self._rowwise(node, lambda x, shape, *rest, **kw: F.layer_norm(x.data, shape, *rest, **kw),
                                  channels_last=True)
@@ -169,6 +179,37 @@ class StageProgram:
                 return segment_mean(x, keepdim=keepdim)
             return generic(args, kwargs, grids)
         return mean
+
+    def _plan_cat(self, node: fx.Node) -> Handler:
+        """``torch.cat`` of maps on one grid along their channels (dla's roots, densenet): the rows side by side."""
+        generic = self._generic(node)
+
+        def cat(args, kwargs, grids):
+            parts = args[0]
+            dim = kwargs.get("dim", args[1] if len(args) > 1 else 0)
+            if not parts or not all(isinstance(p, Rows) for p in parts):
+                return generic(args, kwargs, grids)
+            first = parts[0]
+            channel_dim = 3 if first.channels_last else 1
+            if dim % 4 != channel_dim or any(p.grid is not first.grid or p.channels_last != first.channels_last
+                                             for p in parts):
+                return generic(args, kwargs, grids)
+            return first.like(torch.cat([p.data for p in parts], 1))
+        return cat
+
+    def _plan_split(self, node: fx.Node) -> Handler:
+        """``split`` / ``chunk`` of a map along its channels (cspnet's halves): a tuple of rows."""
+        generic = self._generic(node)
+        name = node.target if node.op == "call_method" else node.target.__name__
+
+        def split(args, kwargs, grids):
+            x = args[0]
+            dim = kwargs.get("dim", args[2] if len(args) > 2 else 0)
+            if not isinstance(x, Rows) or len(args) < 2 or dim % 4 != (3 if x.channels_last else 1):
+                return generic(args, kwargs, grids)
+            parts = getattr(x.data, name)(args[1], dim=1)
+            return tuple(x.like(p) for p in parts)
+        return split
 
     # handlers --------------------------------------------------------------------------------------
     def _rowwise(self, node: fx.Node, fn: Callable, channels_last: bool | None = None) -> Handler:
@@ -229,9 +270,13 @@ class StageProgram:
     def run(self, value, grids: GridSet):
         """Run the graph on ``value`` (rows, or the dense input map); returns rows or a dense tensor."""
         env: dict[fx.Node, Any] = {}
+        first = True
         for node, handler in self.steps:
             if node.op == "placeholder":
-                env[node] = _to_rows(value, grids, False)
+                # the module is called with its input alone: any other argument takes its default (the value
+                # the tracer fixed, e.g. dla's Tree(x, shortcut=None, children=None))
+                env[node] = _to_rows(value, grids, False) if first else (node.args[0] if node.args else None)
+                first = False
             elif node.op == "output":
                 return fx.node.map_arg(node.args[0], env.__getitem__)
             else:
