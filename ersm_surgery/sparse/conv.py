@@ -15,7 +15,8 @@ from torch import nn
 
 from .grid import Grid, GridSet, Rows
 
-__all__ = ["RowConv", "conv_supported", "out_size", "avg_pool_rows", "avg_pool_supported", "DEPTHWISE_DENSE_ABOVE"]
+__all__ = ["RowConv", "conv_supported", "out_size", "avg_pool_rows", "avg_pool_supported", "max_pool_rows",
+           "max_pool_supported", "DEPTHWISE_DENSE_ABOVE"]
 
 # Gathered taps (kept outputs x kernel taps) per position of the input map above which a depthwise
 # convolution runs densely on the scattered map. benchmarks/bench_sparse_depthwise.py, 2-core x86 CPU: a
@@ -127,18 +128,40 @@ def avg_pool_supported(pool: nn.Module) -> bool:
     return type(pool) is nn.AvgPool2d and pool.divisor_override is None
 
 
+def _pool_grid(src: Grid, grids: GridSet, kernel, stride, padding, dilation, ceil_mode: bool) -> Grid:
+    h = out_size(src.height, kernel[0], stride[0], padding[0], dilation[0], ceil_mode)
+    w = out_size(src.width, kernel[1], stride[1], padding[1], dilation[1], ceil_mode)
+    # like torch: a last window that would start in the right padding is dropped
+    if ceil_mode and (h - 1) * stride[0] >= src.height + padding[0]:
+        h -= 1
+    if ceil_mode and (w - 1) * stride[1] >= src.width + padding[1]:
+        w -= 1
+    return grids.at(h, w)
+
+
+def max_pool_supported(pool: nn.Module) -> bool:
+    return type(pool) is nn.MaxPool2d and not pool.return_indices
+
+
+def max_pool_rows(pool: nn.MaxPool2d, rows: Rows, grids: GridSet) -> Rows:
+    """``nn.MaxPool2d`` on rows: the max over taps, a switched-off token reading the zero row (its value in the
+    gated map) and a tap outside the map a row of minus infinity (what max pooling pads with)."""
+    kernel, stride = _pair(pool.kernel_size), _pair(pool.stride or pool.kernel_size)
+    padding, dilation = _pair(pool.padding), _pair(pool.dilation)
+    src = rows.grid
+    grid = _pool_grid(src, grids, kernel, stride, padding, dilation, pool.ceil_mode)
+    taps = grid.taps(src, kernel, stride, padding, dilation, outside_row=src.count + 1)
+    x = rows.data
+    table = torch.cat([x, x.new_zeros(1, x.shape[1]), x.new_full((1, x.shape[1]), float("-inf"))])
+    out = table.index_select(0, taps.reshape(-1)).reshape(grid.count, taps.shape[1], -1).amax(1)
+    return Rows(out, grid)
+
+
 def avg_pool_rows(pool: nn.AvgPool2d, rows: Rows, grids: GridSet) -> Rows:
     """``nn.AvgPool2d`` on rows: the sum over taps (zero rows included) over the divisor dense pooling uses."""
     kernel, stride, padding = _pair(pool.kernel_size), _pair(pool.stride or pool.kernel_size), _pair(pool.padding)
     src = rows.grid
-    h = out_size(src.height, kernel[0], stride[0], padding[0], 1, pool.ceil_mode)
-    w = out_size(src.width, kernel[1], stride[1], padding[1], 1, pool.ceil_mode)
-    # like torch: a last window that would start in the right padding is dropped
-    if pool.ceil_mode and (h - 1) * stride[0] >= src.height + padding[0]:
-        h -= 1
-    if pool.ceil_mode and (w - 1) * stride[1] >= src.width + padding[1]:
-        w -= 1
-    grid = grids.at(h, w)
+    grid = _pool_grid(src, grids, kernel, stride, padding, (1, 1), pool.ceil_mode)
     taps = grid.taps(src, kernel, stride, padding, (1, 1))
     table = torch.cat([rows.data, rows.data.new_zeros(1, rows.data.shape[1])])
     total = table.index_select(0, taps.reshape(-1)).reshape(grid.count, taps.shape[1], -1).sum(1)

@@ -21,7 +21,7 @@ from torch import fx, nn
 from ..layers import AdaptedMask, EnergyMask
 from ..layers.gate import kept_tokens
 from ..surgery.gating import GATE_ATTR, NCHW, NHWC, node_kinds
-from .conv import RowConv, avg_pool_rows, avg_pool_supported, conv_supported
+from .conv import RowConv, avg_pool_rows, avg_pool_supported, conv_supported, max_pool_rows, max_pool_supported
 from .fold import bn_affine, fold_bn, is_batchnorm
 from .grid import GridSet, Rows
 from .rowops import (
@@ -99,6 +99,8 @@ class StageProgram:
                                                                      module.bias, module.eps), channels_last=last)
         if avg_pool_supported(module):
             return self._on_rows(node, lambda x, grids: avg_pool_rows(module, x, grids), channels_last=False)
+        if max_pool_supported(module):
+            return self._on_rows(node, lambda x, grids: max_pool_rows(module, x, grids), channels_last=False)
         if isinstance(module, nn.AdaptiveAvgPool2d) and module.output_size in (1, (1, 1)):
             return self._on_rows(node, lambda x, grids: segment_mean(x, keepdim=True), channels_last=False)
         return self._generic(node)

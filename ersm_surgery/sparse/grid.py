@@ -66,15 +66,16 @@ class Grid:
         return out if channels_last else out.permute(0, 3, 1, 2)
 
     def taps(self, source: Grid, kernel: tuple[int, int], stride: tuple[int, int], padding: tuple[int, int],
-             dilation: tuple[int, int]) -> torch.Tensor:
-        """(N, kh * kw) rows of ``source`` each kept token of this (output) grid reads; ``source.count`` = zero row."""
-        key = (id(source), kernel, stride, padding, dilation)
+             dilation: tuple[int, int], outside_row: int | None = None) -> torch.Tensor:
+        """(N, kh * kw) rows of ``source`` each kept token of this (output) grid reads; ``source.count`` = zero row
+        (a switched-off token, and a tap outside the map unless ``outside_row`` names another row for it)."""
+        key = (id(source), kernel, stride, padding, dilation, outside_row)
         if key not in self._taps:
-            self._taps[key] = _neighbourhood(self, source, kernel, stride, padding, dilation)
+            self._taps[key] = _neighbourhood(self, source, kernel, stride, padding, dilation, outside_row)
         return self._taps[key]
 
 
-def _neighbourhood(out: Grid, src: Grid, kernel, stride, padding, dilation) -> torch.Tensor:
+def _neighbourhood(out: Grid, src: Grid, kernel, stride, padding, dilation, outside_row: int | None) -> torch.Tensor:
     device = out.index.device
     within = out.index - out.image * (out.height * out.width)
     oi, oj = torch.div(within, out.width, rounding_mode="floor"), within % out.width
@@ -85,7 +86,8 @@ def _neighbourhood(out: Grid, src: Grid, kernel, stride, padding, dilation) -> t
     inside = (ii >= 0) & (ii < src.height) & (jj >= 0) & (jj < src.width)
     pos = (out.image[:, None, None] * src.height + ii) * src.width + jj
     rows = src.row_of[pos.clamp_(0, src.row_of.numel() - 1)]
-    return torch.where(inside, rows, torch.full_like(rows, src.count)).reshape(out.count, kernel[0] * kernel[1])
+    outside = src.count if outside_row is None else outside_row
+    return torch.where(inside, rows, torch.full_like(rows, outside)).reshape(out.count, kernel[0] * kernel[1])
 
 
 @dataclass(eq=False)
