@@ -174,6 +174,8 @@ FAMILIES = [
     ("regnety_002", (2, 3)),  # grouped 3x3, SE
     ("resnext26ts", (1, 2)),  # grouped 3x3 bottleneck (byobnet)
     ("cspresnet50", (2, 3)),  # channel split into halves, cat
+    ("ghostnet_100", (2, 3)),  # channel slices x[:, :c], cat
+    ("densenet121", (2, 3)),  # dense blocks' channel cat, a traced BatchNormAct2d (F.batch_norm, x.shape)
 ]
 
 

@@ -151,10 +151,14 @@ class StageProgram:
         if (node.op == "call_method" and target in ("split", "chunk")) or target in (torch.split, torch.chunk):
             return self._plan_split(node)
         if target is operator.getitem:
+            return self._plan_getitem(node)
+        if target is F.batch_norm:
+            return self._plan_functional_bn(node)
+        if target is getattr:
             generic = self._generic(node)
-            # an item of a tuple of rows (a split's parts) is those rows; anything else indexes densely
-            return lambda args, kwargs, grids: (args[0][args[1]] if isinstance(args[0], (tuple, list)) and not kwargs
-                                                else generic(args, kwargs, grids))
+            # shape, ndim, dtype, device of a map in rows, read without making the map (traced norms assert on them)
+            return lambda args, kwargs, grids: (_dense_attribute(args[0], args[1]) if isinstance(args[0], Rows)
+                                                and args[1] in _DENSE_ATTRIBUTES else generic(args, kwargs, grids))
         if target is F.layer_norm:
             return self._rowwise(node, lambda x, shape, *rest, **kw: F.layer_norm(x.data, shape, *rest, **kw),
                                  channels_last=True)
@@ -198,6 +202,38 @@ class StageProgram:
                 return generic(args, kwargs, grids)
             return first.like(torch.cat([p.data for p in parts], 1))
         return cat
+
+    def _plan_getitem(self, node: fx.Node) -> Handler:
+        """An item of a tuple of rows (a split's parts), or a slice of the channels (ghostnet's ``x[:, :c]``)."""
+        generic = self._generic(node)
+
+        def getitem(args, kwargs, grids):
+            x, index = args[0], args[1]
+            if isinstance(x, (tuple, list)) and not kwargs:
+                return x[index]
+            channels = _channel_slice(x, index) if isinstance(x, Rows) else None
+            return generic(args, kwargs, grids) if channels is None else x.like(x.data[:, channels])
+        return getitem
+
+    def _plan_functional_bn(self, node: fx.Node) -> Handler:
+        """``F.batch_norm`` with running statistics in eval mode (a traced BatchNormAct2d): the affine map per row."""
+        generic = self._generic(node)
+        names = ("input", "running_mean", "running_var", "weight", "bias", "training", "momentum", "eps")
+
+        def batch_norm(args, kwargs, grids):
+            a = {**dict(zip(names, args, strict=False)), **kwargs}
+            x = a["input"]
+            if (not isinstance(x, Rows) or x.channels_last or a.get("training", False)
+                    or a.get("running_mean") is None or a.get("running_var") is None):
+                return generic(args, kwargs, grids)
+            scale = torch.rsqrt(a["running_var"] + a.get("eps", 1e-5))
+            if a.get("weight") is not None:
+                scale = scale * a["weight"]
+            shift = -a["running_mean"] * scale
+            if a.get("bias") is not None:
+                shift = shift + a["bias"]
+            return x.like(torch.addcmul(shift, x.data, scale))
+        return batch_norm
 
     def _plan_split(self, node: fx.Node) -> Handler:
         """``split`` / ``chunk`` of a map along its channels (cspnet's halves): a tuple of rows."""
@@ -286,6 +322,35 @@ class StageProgram:
                 kwargs = fx.node.map_arg(node.kwargs, env.__getitem__)
                 env[node] = handler(list(args), dict(kwargs), grids)
         raise RuntimeError("the graph has no output node")
+
+
+_DENSE_ATTRIBUTES = ("shape", "ndim", "dtype", "device", "is_cuda")
+
+
+def _dense_attribute(x: Rows, name: str):
+    """An attribute of the dense map ``x`` stands for."""
+    if name in ("shape", "ndim"):
+        g, c = x.grid, x.data.shape[1]
+        shape = torch.Size((g.batch, g.height, g.width, c) if x.channels_last else (g.batch, c, g.height, g.width))
+        return shape if name == "shape" else 4
+    return getattr(x.data, name)
+
+
+def _channel_slice(x: Rows, index) -> slice | None:
+    """The channel slice of ``index`` when it takes every image and every token and a slice of the channels."""
+    if not isinstance(index, tuple):
+        index = (index,)
+    if Ellipsis in index:
+        at = index.index(Ellipsis)
+        index = index[:at] + (slice(None),) * (4 - len(index) + 1) + index[at + 1:]
+    index = index + (slice(None),) * (4 - len(index))
+    if len(index) != 4 or not all(isinstance(i, slice) for i in index):
+        return None
+    channel = 3 if x.channels_last else 1
+    full = slice(None)
+    if any(i != full for pos, i in enumerate(index) if pos != channel):
+        return None
+    return index[channel]
 
 
 def _bn_activation(bn: nn.Module) -> Callable:
