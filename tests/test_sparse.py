@@ -176,6 +176,7 @@ FAMILIES = [
     ("cspresnet50", (2, 3)),  # channel split into halves, cat
     ("ghostnet_100", (2, 3)),  # channel slices x[:, :c], cat
     ("densenet121", (2, 3)),  # dense blocks' channel cat, a traced BatchNormAct2d (F.batch_norm, x.shape)
+    ("dla34", (2, 3)),  # Tree traced with shortcut=None, children=None fixed; roots' cat; max-pool downsample
 ]
 
 
@@ -191,23 +192,8 @@ def test_sparse_model_equals_dense_gated_model(name, stages):
     regions = sparse_regions(fast)
     assert regions and all(r.stats.ran_sparse for r in regions.values())
     assert all(r.dense_ops() == [] for r in regions.values()), {k: r.dense_ops() for k, r in regions.items()}
-    torch.testing.assert_close(out, dense, atol=1e-4, rtol=1e-4)
-
-
-def test_dla_tree_with_default_arguments_channel_cat_and_max_pool_run_on_rows():
-    # dla's Tree is traced with shortcut=None, children=None fixed: the executor must give those placeholders
-    # their defaults, not the input; its roots cat their children along the channels
-    model = ersm_surgery.inject("dla34", stages=[2, 3], config={"gate": "stage"}, input_size=SIZE).eval()
-    randomise_norms(model)
-    fix_masks(model)
-    fast = ersm_surgery.sparse(model, break_even=1.0)
-    x = torch.randn(4, *SIZE)
-    with torch.no_grad():
-        out, expected = fast(x), model(x)
-    # random norm statistics grow dla's logits to ~250: float rounding relative to that
-    assert (out - expected).abs().max() <= 1e-5 * expected.abs().max()
-    dense = {op for r in sparse_regions(fast).values() for op in r.dense_ops()}
-    assert dense == set(), dense  # max-pool downsamples and channel cats on rows too
+    # float rounding, relative to the logits' size (random norm statistics grow dla's to ~250)
+    torch.testing.assert_close(out, dense, atol=max(1e-4, 1e-5 * float(dense.abs().max())), rtol=1e-4)
 
 
 def test_above_break_even_runs_dense_and_matches():
