@@ -89,7 +89,7 @@ def test_fold_model_folds_every_conv_norm_pair_and_keeps_both_modes(name):
     torch.testing.assert_close(folded(x), a)  # train mode: batch statistics, as before the fold
 
 
-def test_fold_model_leaves_a_conv_whose_output_has_another_user():
+def test_fold_model_leaves_a_conv_with_another_user_and_a_norm_the_forward_reads():
     from ersm_surgery.sparse import fold_model
 
     class TwoUsers(nn.Module):
@@ -98,9 +98,12 @@ def test_fold_model_leaves_a_conv_whose_output_has_another_user():
             self.conv, self.bn = nn.Conv2d(3, 4, 3, padding=1), nn.BatchNorm2d(4)
             self.conv2, self.bn2 = nn.Conv2d(4, 4, 1), nn.BatchNorm2d(4)
 
+            self.conv3, self.bn3 = nn.Conv2d(4, 4, 1), nn.BatchNorm2d(4)
+
         def forward(self, x):
             y = self.conv(x)
-            return self.bn(y) + y + self.bn2(self.conv2(y))
+            z = self.bn3(self.conv3(y)) * self.bn3.weight.mean()  # the forward reads bn3's weight itself
+            return self.bn(y) + y + self.bn2(self.conv2(y)) + z
 
     model = TwoUsers().eval()
     randomise_norms(model)

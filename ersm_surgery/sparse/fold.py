@@ -71,11 +71,13 @@ class AfterFold(nn.Module):
 
 
 def _foldable_pairs(owner: nn.Module, graphs: list[fx.Graph]) -> list[tuple[str, str]]:
-    """(conv path, norm path) in ``owner`` where, in every graph, the convolution's only user is the norm and
-    each of the two modules is called exactly once."""
+    """(conv path, norm path) in ``owner`` where, in every graph, the convolution's only user is the norm, each
+    of the two modules is called exactly once and neither has a tensor read by the forward itself."""
     found: set[tuple[str, str]] | None = None
     for graph in graphs:
         calls = Counter(n.target for n in graph.nodes if n.op == "call_module")
+        # a forward that reads a module's tensors itself (``self.conv.weight``) needs the module where it was
+        read = {n.target.rpartition(".")[0] for n in graph.nodes if n.op == "get_attr"}
         pairs = set()
         for node in graph.nodes:
             if node.op != "call_module" or calls[node.target] != 1:
@@ -87,7 +89,7 @@ def _foldable_pairs(owner: nn.Module, graphs: list[fx.Graph]) -> list[tuple[str,
             if user.op != "call_module" or calls[user.target] != 1 or user.args[:1] != (node,) or len(user.args) > 1 \
                     or user.kwargs:
                 continue
-            if is_batchnorm(owner.get_submodule(user.target)):
+            if is_batchnorm(owner.get_submodule(user.target)) and not read & {node.target, user.target}:
                 pairs.add((node.target, user.target))
         found = pairs if found is None else found & pairs
     return sorted(found or ())
