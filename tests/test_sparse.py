@@ -199,6 +199,20 @@ def test_sparse_model_equals_dense_gated_model(name, stages):
     torch.testing.assert_close(out, dense, atol=max(1e-4, 1e-5 * float(dense.abs().max())), rtol=1e-4)
 
 
+def test_functional_pools_run_on_rows():
+    # inception's branches pool with F.avg_pool2d / F.max_pool2d, not modules (and need more than 64 px)
+    size = (3, 96, 96)
+    model = ersm_surgery.inject("inception_v3", stages=[2, 3], config={"gate": "stage"}, input_size=size).eval()
+    randomise_norms(model)
+    fix_masks(model)
+    fast = ersm_surgery.sparse(model, break_even=1.0)
+    x = torch.randn(2, *size)
+    with torch.no_grad():
+        out, expected = fast(x), model(x)
+    torch.testing.assert_close(out, expected, atol=max(1e-4, 1e-5 * float(expected.abs().max())), rtol=1e-4)
+    assert all(r.stats.ran_sparse and r.dense_ops() == [] for r in sparse_regions(fast).values())
+
+
 def test_above_break_even_runs_dense_and_matches():
     model = ersm_surgery.inject("test_resnet", stages=[2], config={"gate": "stage"}, input_size=SIZE).eval()
     fast = ersm_surgery.sparse(model)  # a fresh mask keeps ~every token: above the break-even

@@ -154,6 +154,8 @@ class StageProgram:
             return self._plan_getitem(node)
         if target is F.batch_norm:
             return self._plan_functional_bn(node)
+        if target is F.avg_pool2d or target is F.max_pool2d:
+            return self._plan_functional_pool(node)
         if target is getattr:
             generic = self._generic(node)
             # shape, ndim, dtype, device of a map in rows, read without making the map (traced norms assert on them)
@@ -234,6 +236,24 @@ class StageProgram:
                 shift = shift + a["bias"]
             return x.like(torch.addcmul(shift, x.data, scale))
         return batch_norm
+
+    def _plan_functional_pool(self, node: fx.Node) -> Handler:
+        """``F.avg_pool2d`` / ``F.max_pool2d`` (inception's branches): as their modules on rows."""
+        generic = self._generic(node)
+        if node.target is F.avg_pool2d:
+            names = ("kernel_size", "stride", "padding", "ceil_mode", "count_include_pad", "divisor_override")
+            make, supported, on_rows = nn.AvgPool2d, avg_pool_supported, avg_pool_rows
+        else:
+            names = ("kernel_size", "stride", "padding", "dilation", "ceil_mode", "return_indices")
+            make, supported, on_rows = nn.MaxPool2d, max_pool_supported, max_pool_rows
+
+        def pool(args, kwargs, grids):
+            x = args[0]
+            if not isinstance(x, Rows) or x.channels_last:
+                return generic(args, kwargs, grids)
+            module = make(**{**dict(zip(names, args[1:], strict=False)), **kwargs})
+            return on_rows(module, x, grids) if supported(module) else generic(args, kwargs, grids)
+        return pool
 
     def _plan_split(self, node: fx.Node) -> Handler:
         """``split`` / ``chunk`` of a map along its channels (cspnet's halves): a tuple of rows."""
