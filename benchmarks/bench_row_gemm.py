@@ -4,7 +4,8 @@
 
 A gated stage's convolutions are GEMMs of the kept rows (kept tokens, times the kernel's taps for a k x k
 convolution) by the weight. At density 0.4 resnet50's layer3 keeps ~78 rows at batch 1 and ~1254 at batch 16,
-layer4 ~20 and ~313. For each shape of those stages this times, interleaved, median of ``--repeat``:
+layer4 ~20 and ~313. For each shape of those stages this times, one variant after the other, median of
+``--repeat`` after 5 warm-ups:
 ``torch.addmm`` (what the runtime uses), ``F.linear`` on a transposed weight, and oneDNN's prepacked linear
 (``torch.ops.mkldnn._linear_pointwise``, an internal op; skipped where this torch build lacks it), and prints
 GFLOP/s. Small-M GEMMs are bound by reading the weight, which the dense convolution of timm reads too.
@@ -12,25 +13,19 @@ GFLOP/s. Small-M GEMMs are bound by reading the weight, which the dense convolut
 from __future__ import annotations
 
 import argparse
-import statistics
-import time
 
 import torch
 import torch.nn.functional as F
+from _timing import median_seconds
 
 LAYER3 = [(1024, 256), (2304, 256), (256, 1024)]  # (K, N): 1x1 in, 3x3 (9 x 256 taps), 1x1 out
 LAYER4 = [(2304, 512), (1024, 512), (4608, 512), (512, 2048), (2048, 512), (1024, 2048)]
 
 
 def _median_us(fn, repeat: int) -> float:
-    for _ in range(5):
+    for _ in range(5):  # warm-up
         fn()
-    times = []
-    for _ in range(repeat):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times) * 1e6
+    return median_seconds(fn, repeat) * 1e6
 
 
 def main() -> None:

@@ -22,7 +22,7 @@ from ..layers import AdaptedMask, EnergyMask
 from ..layers.gate import kept_tokens
 from ..surgery.gating import GATE_ATTR, NCHW, NHWC, node_kinds
 from .conv import RowConv, avg_pool_rows, avg_pool_supported, conv_supported, max_pool_rows, max_pool_supported
-from .fold import bn_affine, fold_bn, is_batchnorm
+from .fold import AfterFold, bn_affine, fold_bn, is_batchnorm, norm_affine
 from .grid import GridSet, Rows
 from .rowops import (
     ELEMENTWISE_FUNCTIONS,
@@ -85,7 +85,7 @@ class StageProgram:
             return self._plan_conv(node, module)
         if is_batchnorm(module):
             scale, shift = bn_affine(module)
-            after = _bn_activation(module)
+            after = AfterFold(module).forward
             return self._rowwise(node, lambda x, *_: after(torch.addcmul(shift, x.data, scale)), channels_last=False)
         if is_elementwise_module(module):
             return self._rowwise(node, lambda x, *_: x.data if isinstance(module, nn.Identity) else module(x.data))
@@ -123,7 +123,7 @@ class StageProgram:
         return self._on_rows(node, lambda x, grids: row_conv(x, grids), channels_last=False, fallback=fallback)
 
     def _plan_folded(self, node: fx.Node) -> Handler:
-        after = _bn_activation(self.module.get_submodule(node.target))
+        after = AfterFold(self.module.get_submodule(node.target)).forward
 
         def activation(args, kwargs, grids):
             x = args[0]
@@ -228,12 +228,8 @@ class StageProgram:
             if (not isinstance(x, Rows) or x.channels_last or a.get("training", False)
                     or a.get("running_mean") is None or a.get("running_var") is None):
                 return generic(args, kwargs, grids)
-            scale = torch.rsqrt(a["running_var"] + a.get("eps", 1e-5))
-            if a.get("weight") is not None:
-                scale = scale * a["weight"]
-            shift = -a["running_mean"] * scale
-            if a.get("bias") is not None:
-                shift = shift + a["bias"]
+            scale, shift = norm_affine(a["running_mean"], a["running_var"], a.get("weight"), a.get("bias"),
+                                       a.get("eps", 1e-5))
             return x.like(torch.addcmul(shift, x.data, scale))
         return batch_norm
 
@@ -371,15 +367,6 @@ def _channel_slice(x: Rows, index) -> slice | None:
     if any(i != full for pos, i in enumerate(index) if pos != channel):
         return None
     return index[channel]
-
-
-def _bn_activation(bn: nn.Module) -> Callable:
-    """timm's BatchNormAct2d applies its drop and act after the norm; a plain BatchNorm2d nothing."""
-    drop, act = getattr(bn, "drop", None), getattr(bn, "act", None)
-    mods = [m for m in (drop, act) if m is not None and not isinstance(m, nn.Identity)]
-    if not mods:
-        return lambda x: x
-    return lambda x: act(drop(x)) if drop is not None else act(x)
 
 
 def _caller(node: fx.Node, owner: nn.Module | None = None) -> Callable:

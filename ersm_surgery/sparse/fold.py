@@ -10,7 +10,8 @@ from torch import fx, nn
 
 from .conv import RowConv
 
-__all__ = ["bn_affine", "fold_bn", "is_batchnorm", "fold_batchnorms", "FoldedConv", "AfterFold"]
+__all__ = ["bn_affine", "norm_affine", "folded_weights", "fold_bn", "is_batchnorm", "fold_batchnorms", "FoldedConv",
+           "AfterFold"]
 
 
 def is_batchnorm(module: nn.Module) -> bool:
@@ -18,22 +19,37 @@ def is_batchnorm(module: nn.Module) -> bool:
     return isinstance(module, nn.BatchNorm2d) and module.track_running_stats and module.running_var is not None
 
 
-def bn_affine(bn: nn.BatchNorm2d) -> tuple[torch.Tensor, torch.Tensor]:
-    """(scale, shift) with ``bn(x) == x * scale + shift`` per channel in eval mode."""
-    scale = torch.rsqrt(bn.running_var.detach() + bn.eps)
-    if bn.weight is not None:
-        scale = scale * bn.weight.detach()
-    shift = -bn.running_mean.detach() * scale
-    if bn.bias is not None:
-        shift = shift + bn.bias.detach()
+def norm_affine(running_mean: torch.Tensor, running_var: torch.Tensor, weight: torch.Tensor | None,
+                bias: torch.Tensor | None, eps: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """(scale, shift) of a batch norm with these statistics and affine terms, in eval mode."""
+    scale = torch.rsqrt(running_var + eps)
+    if weight is not None:
+        scale = scale * weight
+    shift = -running_mean * scale
+    if bias is not None:
+        shift = shift + bias
     return scale, shift
 
 
-def fold_bn(conv: RowConv, bn: nn.BatchNorm2d) -> RowConv:
-    """``bn(conv(x))`` as one convolution: weights scaled per output channel, the shift as the bias."""
+def bn_affine(bn: nn.BatchNorm2d) -> tuple[torch.Tensor, torch.Tensor]:
+    """(scale, shift) with ``bn(x) == x * scale + shift`` per channel in eval mode."""
+    weight = bn.weight.detach() if bn.weight is not None else None
+    bias = bn.bias.detach() if bn.bias is not None else None
+    return norm_affine(bn.running_mean.detach(), bn.running_var.detach(), weight, bias, bn.eps)
+
+
+def folded_weights(weight: torch.Tensor, bias: torch.Tensor | None,
+                   bn: nn.BatchNorm2d) -> tuple[torch.Tensor, torch.Tensor]:
+    """(weight, bias) of one convolution computing ``bn(conv(x))``: weights scaled per output channel, the
+    shift as the bias."""
     scale, shift = bn_affine(bn)
-    bias = shift if conv.bias is None else conv.bias * scale + shift
-    return dataclasses.replace(conv, weight=conv.weight * scale.reshape(-1, 1, 1, 1), bias=bias)
+    return weight * scale.reshape(-1, 1, 1, 1), shift if bias is None else bias * scale + shift
+
+
+def fold_bn(conv: RowConv, bn: nn.BatchNorm2d) -> RowConv:
+    """``bn(conv(x))`` as one convolution on rows."""
+    weight, bias = folded_weights(conv.weight, conv.bias, bn)
+    return dataclasses.replace(conv, weight=weight, bias=bias)
 
 
 class FoldedConv(nn.Module):
@@ -45,9 +61,8 @@ class FoldedConv(nn.Module):
         super().__init__()
         self.conv = conv
         self.bn = bn
-        scale, shift = bn_affine(bn)
-        bias = shift if conv.bias is None else conv.bias.detach() * scale + shift
-        self.register_buffer("folded_weight", conv.weight.detach() * scale.reshape(-1, 1, 1, 1), persistent=False)
+        weight, bias = folded_weights(conv.weight.detach(), conv.bias.detach() if conv.bias is not None else None, bn)
+        self.register_buffer("folded_weight", weight, persistent=False)
         self.register_buffer("folded_bias", bias, persistent=False)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -58,16 +73,20 @@ class FoldedConv(nn.Module):
 
 
 class AfterFold(nn.Module):
-    """What a folded BatchNorm's node still does: timm's BatchNormAct2d drop and activation (nothing for a
-    plain ``BatchNorm2d``)."""
+    """What a BatchNorm does after its affine map, which is folded elsewhere: timm's BatchNormAct2d drop and
+    activation (nothing for a plain ``BatchNorm2d``). Used where a folded norm's node was, and by the row
+    programs after the affine map on rows."""
 
     def __init__(self, bn: nn.BatchNorm2d) -> None:
         super().__init__()
-        self.drop = getattr(bn, "drop", None) or nn.Identity()
-        self.act = getattr(bn, "act", None) or nn.Identity()
+        drop, act = getattr(bn, "drop", None), getattr(bn, "act", None)
+        self.drop = None if drop is None or isinstance(drop, nn.Identity) else drop
+        self.act = None if act is None or isinstance(act, nn.Identity) else act
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.act(self.drop(x))
+        if self.drop is not None:
+            x = self.drop(x)
+        return x if self.act is None else self.act(x)
 
 
 def _foldable_pairs(owner: nn.Module, graphs: list[fx.Graph]) -> list[tuple[str, str]]:

@@ -61,7 +61,10 @@ def interleaved_samples(calls: dict[str, Callable[[], Any]], repeat: int,
 
 def interleaved(calls: dict[str, Callable[[], Any]], repeat: int, warmup: int = 2) -> dict[str, dict[str, float]]:
     """Median wall and CPU seconds of each call, the calls alternating within every repetition."""
-    samples = interleaved_samples(calls, repeat, warmup)
+    return _medians(interleaved_samples(calls, repeat, warmup))
+
+
+def _medians(samples: dict[str, dict[str, list[float]]]) -> dict[str, dict[str, float]]:
     return {k: {key: statistics.median(v) for key, v in s.items()} for k, s in samples.items()}
 
 
@@ -134,7 +137,7 @@ def measure_batch(model: nn.Module, x: torch.Tensor, repeat: int = 10, warmup: i
         computed = {path: float(kept_tokens(inp).mean()) for path, inp in inputs.items()}
         samples = interleaved_samples({"dense": lambda: base(x), "dense_folded": lambda: folded(x),
                                        "sparse": lambda: fast(x)}, repeat, warmup)
-        whole = {k: {key: statistics.median(v) for key, v in s.items()} for k, s in samples.items()}
+        whole = _medians(samples)
         walls = {k: s["wall_s"] for k, s in samples.items()}
 
         def dense_stages():
@@ -145,7 +148,7 @@ def measure_batch(model: nn.Module, x: torch.Tensor, repeat: int = 10, warmup: i
             for path, inp in inputs.items():
                 regions[path](inp)
         stage_samples = interleaved_samples({"dense": dense_stages, "sparse": sparse_stages}, repeat, warmup)
-        stages = {k: {key: statistics.median(v) for key, v in s.items()} for k, s in stage_samples.items()}
+        stages = _medians(stage_samples)
         share = _sparse_flop_share(model, regions, x)
     return {
         "batch": int(x.shape[0]),

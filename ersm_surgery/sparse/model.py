@@ -196,13 +196,11 @@ def fold_model(model: nn.Module) -> int:
     The model's own forward keeps running (its in-place adds and activations stay); fx traces it in both modes
     only to find the pairs. A model fx cannot trace is folded inside its surgery-made graph modules only.
     Returns the number of pairs folded."""
-    folded = 0
     try:
         graphs = [trace(model, train=False)[0], trace(model, train=True)[0]]
     except Exception:  # noqa: BLE001 - a model fx cannot trace whole runs unfolded outside its graph modules
         graphs = []
-    if graphs:
-        folded += fold_batchnorms(model, graphs)
+    folded = fold_batchnorms(model, graphs)  # no pairs without graphs
     inside_regions = {id(m) for region in sparse_regions(model).values() for m in region.modules()}
     for module in [m for m in model.modules() if isinstance(m, DualGraphModule) and id(m) not in inside_regions]:
         folded += fold_batchnorms(module, [module.eval_graph, module.train_graph])
