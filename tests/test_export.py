@@ -231,6 +231,16 @@ def test_onnx_parity_hard_and_soft(tmp_path: Path, name: str, stages) -> None:
             assert len(parity["outputs"]) == 1 + len(stages) and not any(parity["mask_flips"].values())
 
 
+def test_onnx_parity_with_the_magnitude_prior(tmp_path: Path) -> None:
+    # run's masks: the prior's log, standardisation and clamp export
+    model = ersm_surgery.inject("test_resnet", stages=[2, 3], input_size=SIZE,
+                                config={"norm_prior": 1.0, "init_logit": 1.0}).eval()
+    path = tmp_path / "prior.onnx"
+    export_onnx(model, path, SIZE, with_masks=True)
+    parity = validate_onnx(model, path, _x(3), SIZE, with_masks=True)
+    assert parity["max_abs_diff"] <= 1e-4 and not any(parity["mask_flips"].values()), parity
+
+
 def test_onnx_export_is_deterministic(tmp_path: Path) -> None:
     model = ersm_surgery.inject("test_resnet", stages=[2, 3], input_size=SIZE).eval()
     export_onnx(model, tmp_path / "a.onnx", SIZE)

@@ -57,6 +57,11 @@ class MaskConfig:
             multiplies every intermediate map of the next stage, so that stage can be computed on the
             kept tokens alone; see ``layers.gate`` and ``ersm_surgery.sparse``). Left out of a
             recipe when "features", so recipes written before the setting existed keep their meaning.
+        norm_prior: start weight of the magnitude prior of the built-in head: its score gains ``norm_prior``
+            times each token's log feature norm, standardised over the image (clamped to +-3), so the tokens
+            a mask gives up first are the weakest of their image (``heads.relative_log_norm``). The weight is
+            learned with the head. 0 (the default; recipes written before it existed): no prior and no
+            parameter. Left out of a recipe when 0.
         price: "absolute" (alpha is in units of the loss; the only price before recipe version 3, so a
             recipe of version 1 or 2 reads as "absolute") or "relative" (alpha is a fraction of the task
             gradient's scale).
@@ -78,6 +83,7 @@ class MaskConfig:
     pairwise_args: dict[str, Any] = field(default_factory=dict)
     gate: str = "features"
     price: str = "absolute"
+    norm_prior: float = 0.0
 
     def __post_init__(self) -> None:
         if self.pairwise_args is None:  # "pairwise_args: null" in a recipe
@@ -107,6 +113,7 @@ class MaskConfig:
             need(_is_num(v) and (v > low if strict else v >= low), key,
                  f"must be {'>' if strict else '>='} {low} (a finite number)")
         need(_is_num(self.init_logit), "init_logit", "must be a finite number")
+        need(_is_num(self.norm_prior), "norm_prior", "must be a finite number (0: no prior)")
         need(_is_int(self.steps) and 0 <= self.steps <= MAX_STEPS, "steps", f"must be an integer in [0, {MAX_STEPS}]")
         need(_is_int(self.neighbourhood) and self.neighbourhood in (4, 8), "neighbourhood", "must be 4 or 8")
         for key, choices in (("border", BORDERS), ("train_mode", TRAIN_MODES), ("eval_mode", EVAL_MODES),
@@ -124,6 +131,8 @@ class MaskConfig:
         d = asdict(self)
         if self.gate == "features":  # the default is left out: older readers understand the recipe
             del d["gate"]
+        if self.norm_prior == 0:
+            del d["norm_prior"]
         return d
 
     @classmethod

@@ -26,6 +26,7 @@ __all__ = [
     "create_unary_head",
     "create_pairwise",
     "auto_hidden",
+    "relative_log_norm",
 ]
 
 UnaryHeadFactory = Callable[[int, int, MaskConfig], nn.Module]
@@ -102,13 +103,35 @@ def auto_hidden(channels: int, param_budget: int | None = None) -> int:
     return max(1, int(hidden))
 
 
+# a token's standardised log norm is clamped: one outlier token must not decide a whole mask at injection
+PRIOR_CLAMP = 3.0
+
+
+def relative_log_norm(x: torch.Tensor) -> torch.Tensor:
+    """(B, 1, H, W): each token's log feature norm, standardised over its image's tokens, clamped to +-3.
+
+    Scale-free (multiplying the features changes nothing) and per image: it ranks a token against the others
+    of the same picture. A token whose features are all zero (switched off by an earlier gate) sits at the
+    floor: log of a millionth of the image's mean squared norm.
+    """
+    n2 = x.float().pow(2).sum(dim=1, keepdim=True)
+    floor = 1e-6 * n2.mean(dim=(2, 3), keepdim=True) + torch.finfo(torch.float32).tiny
+    log_norm = 0.5 * torch.log(n2 + floor)
+    mean = log_norm.mean(dim=(2, 3), keepdim=True)
+    std = log_norm.std(dim=(2, 3), keepdim=True, correction=0)
+    return ((log_norm - mean) / (std + 1e-3)).clamp(-PRIOR_CLAMP, PRIOR_CLAMP)
+
+
 class ConvUnaryHead(nn.Module):
     """Per-token channel normalisation, two 1x1 convolutions with a GELU, optional global context.
 
     The last layer starts with tiny weights and a bias of ``alpha + init_logit * tau``, so that
     u = alpha - s ~ -init_logit * tau and q0 = sigmoid(init_logit): the mask starts open. The
     normalisation makes that hold whatever the scale of the features (an untrained timm model's
-    activations can reach 1e8), so injection preserves the function on any model.
+    activations can reach 1e8), so injection preserves the function on any model. It also hides each token's
+    magnitude from the convolutions; with ``config.norm_prior`` a learned weight (starting there) adds the
+    token's standardised log norm (:func:`relative_log_norm`) back to the score: on trained bases, zeroing the
+    weakest tokens of a map costs a fraction of what zeroing as many random ones does (docs/finetune.md).
     """
 
     def __init__(self, channels: int, hidden: int, config: MaskConfig) -> None:
@@ -118,6 +141,8 @@ class ConvUnaryHead(nn.Module):
         self.act = nn.GELU()
         self.score = nn.Conv2d(hidden, 1, 1)
         self.context = nn.Linear(channels, 1, bias=False) if config.global_context else None
+        # only with a prior: a model without one keeps the state dict it always had
+        self.norm_weight = nn.Parameter(torch.tensor(float(config.norm_prior))) if config.norm_prior else None
         nn.init.normal_(self.score.weight, std=1e-3)
         nn.init.constant_(self.score.bias, config.alpha + config.init_logit * config.tau)
         if self.context is not None:
@@ -130,6 +155,8 @@ class ConvUnaryHead(nn.Module):
         s = s.view(b, 1, h, w)
         if self.context is not None:
             s = s + self.context(self.norm(x.mean(dim=(2, 3))))[:, :, None, None]
+        if self.norm_weight is not None:
+            s = s + self.norm_weight.to(s.dtype) * relative_log_norm(x).to(s.dtype)
         return s
 
     def _reduce_normalised(self, x: torch.Tensor) -> torch.Tensor:

@@ -1,0 +1,56 @@
+"""The magnitude prior of the built-in head (``mask.norm_prior``) and the recipes that carry it."""
+import pytest
+import torch
+
+from ersm_surgery.layers import EnergyMask, MaskConfig
+from ersm_surgery.layers.heads import relative_log_norm
+
+
+def test_the_relative_log_norm_is_scale_free_ranks_tokens_and_stays_finite():
+    x = torch.randn(2, 8, 5, 5)
+    z = relative_log_norm(x)
+    assert z.shape == (2, 1, 5, 5)
+    assert torch.allclose(relative_log_norm(1e6 * x), z, atol=1e-4)  # the features' scale does not matter
+    norms = x.norm(dim=1, keepdim=True)
+    order = norms.flatten(1).argsort(1)
+    assert torch.equal(z.flatten(1).argsort(1), order)  # a stronger token ranks higher, per image
+    assert torch.allclose(z.mean(dim=(2, 3)), torch.zeros(2, 1), atol=1e-4)
+    x[0, :, 0, 0] = 0.0  # a token switched off earlier: at the floor, finite, clamped
+    z = relative_log_norm(x)
+    assert torch.isfinite(z).all() and z[0, 0, 0, 0] == z[0].min() and z.min() >= -3.0
+    assert torch.equal(relative_log_norm(torch.ones(1, 3, 4, 4)), torch.zeros(1, 1, 4, 4))  # nothing to rank
+
+
+def test_without_a_prior_the_head_and_its_state_dict_are_what_they_were():
+    plain = EnergyMask(8, MaskConfig(), hidden=4)
+    assert not any("norm_weight" in k for k in plain.state_dict())
+    assert "norm_prior" not in MaskConfig().to_dict()
+
+
+def test_with_a_prior_the_weakest_tokens_of_each_image_score_lowest_and_the_weight_learns():
+    torch.manual_seed(0)
+    layer = EnergyMask(8, MaskConfig(norm_prior=1.0, init_logit=1.0), hidden=4).train()
+    x = torch.randn(2, 8, 6, 6)
+    x[:, :, :3] *= 0.1  # the upper half of every image is weak
+    s = layer.head(x)
+    assert s[:, :, :3].max() < s[:, :, 3:].min()
+    layer(x).sum().backward()
+    assert layer.head.norm_weight.grad is not None
+    assert MaskConfig(norm_prior=1.0).to_dict()["norm_prior"] == 1.0
+    with pytest.raises(ValueError, match="norm_prior"):
+        MaskConfig(norm_prior=float("nan"))
+
+
+def test_a_recipe_without_the_key_has_no_prior_and_a_saved_prior_comes_back(tmp_path):
+    import ersm_surgery
+    from ersm_surgery.recipe import Recipe
+
+    old = Recipe.from_dict({"model": "test_resnet", "version": 3, "mask": {"alpha": 0.2, "price": "absolute"}})
+    assert old.mask.norm_prior == 0.0
+    model = ersm_surgery.inject("test_resnet", stages=[2], input_size=(3, 32, 32), num_classes=3,
+                                config=MaskConfig(norm_prior=1.5, init_logit=1.0))
+    ersm_surgery.save(model, tmp_path / "m")
+    loaded = ersm_surgery.load(tmp_path / "m").eval()
+    assert loaded.ersm_recipe.mask.norm_prior == 1.5
+    x = torch.randn(2, 3, 32, 32)
+    assert torch.equal(loaded(x), model.eval()(x))
