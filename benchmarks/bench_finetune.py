@@ -88,6 +88,8 @@ def mask_settings(args) -> tuple[dict, dict]:
     mask = {k: getattr(args, k) if getattr(args, k) is not None else v for k, v in MASK.items()}
     if args.init_logit is not None:
         mask["init_logit"] = args.init_logit
+    if args.norm_prior is not None:
+        mask["norm_prior"] = args.norm_prior
     if args.mask_mode is not None:
         mask["train_mode"] = args.mask_mode
     if args.border is not None:
@@ -189,7 +191,8 @@ def main() -> None:
     p.add_argument("--price", choices=["relative", "absolute"], default="absolute",
                    help="mask.price (absolute: the alpha-0.2 results of docs/finetune.md's first table)")
     p.add_argument("--save", help="folder to save the two fine-tuned models in (ersm/, baseline/) for `evaluate`")
-    for name in ("alpha", "beta", "tau", "tau_end", "init_logit", "gamma", "gamma_warmup", "mask_lr_scale"):
+    for name in ("alpha", "beta", "tau", "tau_end", "init_logit", "norm_prior", "gamma", "gamma_warmup",
+                 "mask_lr_scale"):
         p.add_argument(f"--{name.replace('_', '-')}", type=float)
     args = p.parse_args()
     torch.set_num_threads(args.threads)

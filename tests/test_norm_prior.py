@@ -41,6 +41,17 @@ def test_with_a_prior_the_weakest_tokens_of_each_image_score_lowest_and_the_weig
         MaskConfig(norm_prior=float("nan"))
 
 
+def test_run_injects_with_the_prior_and_the_settings_of_before_stay_reachable():
+    from ersm_surgery.pipeline.run import _mask_config
+    from ersm_surgery.pipeline.settings import RUN_BASE_IMAGES, RUN_EPOCHS, build_settings, protocol_defaults
+
+    defaults = protocol_defaults(None, RUN_EPOCHS, RUN_BASE_IMAGES, "out")
+    config = _mask_config(build_settings("test_resnet", "2", defaults))
+    assert (config.norm_prior, config.init_logit, config.alpha) == (1.0, 1.0, 0.3)
+    before = ["mask.norm_prior=0", "mask.init_logit=3", "mask.alpha=0.2"]
+    assert _mask_config(build_settings("test_resnet", "2", defaults, overrides=before)) == MaskConfig()
+
+
 def test_a_recipe_without_the_key_has_no_prior_and_a_saved_prior_comes_back(tmp_path):
     import ersm_surgery
     from ersm_surgery.recipe import Recipe

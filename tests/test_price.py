@@ -97,6 +97,9 @@ def test_watch_warns_once_on_a_closing_and_on_an_open_mask():
     assert "a stays open" in lines[0] and "--alpha" in lines[0] and "mask.alpha is 0.5" in lines[0]
     assert "b is closing" in lines[1] and "--alpha" in lines[1]
     assert watch.check({"epoch": 3, "density/a": 0.99, "density/b": 0.01}, update=20) == []  # said once
+    assert "norm_prior" not in lines[0]  # this mask has the prior: the injection advice would not help
+    plain = MaskWatch(open_after=0, alphas={"a": 0.2}, without_prior={"a"})
+    assert "--set mask.norm_prior=1" in plain.check({"epoch": 1, "density/a": 1.0}, update=1)[0]
 
 
 @pytest.mark.parametrize("alpha,word", [(200.0, "is closing"), (0.0, "stays open")])

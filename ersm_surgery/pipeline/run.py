@@ -126,13 +126,21 @@ def _config(settings: PipelineSettings, epochs: int, lr: float, no_masks: bool =
     }, overrides)
 
 
+# The masks run and reproduce inject: open at q0 = sigmoid(1) rather than sigmoid(3), so that in a fine-tuning
+# of ~125 updates the price can close tokens at all (Adam moves the score's bias by about its lr per update),
+# with the magnitude prior choosing which first (the weakest tokens of each image). Measured on the price
+# robustness matrix (docs/finetune.md); --set mask.init_logit=3 mask.norm_prior=0 gives the masks of before.
+# The layer's own defaults stay open (init_logit 3, no prior): ``inject`` alone keeps the model's function.
+PIPELINE_MASK = {"alpha": 0.3, "init_logit": 1.0, "norm_prior": 1.0}
+
+
 def _mask_config(settings: PipelineSettings):
     """The layers' settings, checked before any training; injection writes them into the recipe."""
     from ..errors import RecipeError
     from ..layers import MaskConfig
 
     try:
-        return MaskConfig.from_dict({**MaskConfig().to_dict(), **settings.mask})
+        return MaskConfig.from_dict({**MaskConfig().to_dict(), **PIPELINE_MASK, **settings.mask})
     except (TypeError, ValueError) as exc:
         raise RecipeError(f"invalid mask setting: {exc}", "see docs/recipe.md") from exc
 

@@ -320,7 +320,9 @@ def _epochs(run: _Run, result: FitResult, config: FinetuneConfig, info: DistInfo
     labels = list(train_set.classes)
     per_epoch = max(1, run.schedule.total_updates // max(1, config.epochs))
     watch = MaskWatch(round(config.gamma_warmup * run.schedule.total_updates) + per_epoch,
-                      {short_name(name): layer.config.alpha for name, layer in run.layers.items()})
+                      {short_name(name): layer.config.alpha for name, layer in run.layers.items()},
+                      {short_name(name) for name, layer in run.layers.items()
+                       if not layer.config.norm_prior and layer.config.init_logit >= 3})
     for epoch in range(start, config.epochs):
         if stop_after is not None and epoch >= stop_after:
             result.stopped_early = True

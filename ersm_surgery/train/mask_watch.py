@@ -25,10 +25,13 @@ class MaskWatch:
         open_after: the update from which a mask still open is worth a word: gamma at its final value for a
             whole epoch (the masks close only once the price is on, and take a while to).
         alphas: each mask's ``mask.alpha``, to name the current value in the advice.
+        without_prior: masks injected without the magnitude prior and started at the layer's default
+            ``init_logit`` (3): the advice for an open one names the injection settings ``run`` uses.
     """
 
     open_after: int
     alphas: dict[str, float]
+    without_prior: set[str] = field(default_factory=set)
     given: set[tuple[str, str]] = field(default_factory=set)
 
     def check(self, row: dict[str, Any], update: int) -> list[str]:
@@ -48,5 +51,7 @@ class MaskWatch:
                 self.given.add((name, "open"))
                 out.append(f"mask {name} stays open: it keeps {100 * density:.1f}% of the tokens after epoch "
                            f"{row['epoch']} with the price fully on; raise the price: --alpha{now}, "
-                           "e.g. twice it, or train longer (--epochs)")
+                           "e.g. twice it, or train longer (--epochs)"
+                           + (", or inject with --set mask.norm_prior=1 --set mask.init_logit=1 (the masks run "
+                              "injects)" if name in self.without_prior else ""))
         return out
