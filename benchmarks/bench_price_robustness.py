@@ -1,6 +1,6 @@
 """Does the default price land on the first try? The defaults on a matrix of models x placements x bases.
 
-    python benchmarks/bench_price_robustness.py                      # ~35 min on 2 idle cores (bases cached)
+    python benchmarks/bench_price_robustness.py                      # ~31 min on 2 idle cores (bases cached)
     python benchmarks/bench_price_robustness.py --models resnet18 --set mask.alpha=0.5   # explore one setting
 
 Each cell is what ``ersm-surgery run`` does, with its defaults and nothing tuned per cell:
@@ -12,7 +12,8 @@ Each cell is what ``ersm-surgery run`` does, with its defaults and nothing tuned
    or one earlier stage (``n-4``);
 3. two fine-tunings from the same injected model with ``run``'s settings (its protocol defaults: 2 epochs of
    2000 images, lr 3e-4, batch 32, the memory format of the base's rule; the same seed and data order): ERSM
-   with the default price, and the baseline without masks.
+   with the masks ``run`` injects (``pipeline.run.PIPELINE_MASK``: magnitude prior, init_logit 1, alpha 0.3),
+   and the baseline without masks.
 
 The default models are four families whose base learns in ``run``'s budget (benchmarks/README.md,
 bench_run_families.py); convnext_atto is left out because its base stays at chance there (``run`` stops it
@@ -113,7 +114,8 @@ def cell(model: str, where: str, stages: list[int], weights: str, tag: str, cach
          mask: dict, finetune: dict, seed: int, run: dict) -> dict:
     settings = settings_for(model, stages, work, mask, finetune, seed, run)
     fingerprint = f"e{settings.epochs}-b{settings.batch_size}-lr{settings.lr:g}"
-    folder = work / f"{model}-{where}-{tag}-{_digest([mask, finetune, run])}"
+    folder = work / f"{model}-{where}-{tag}-{_digest([mask, finetune, run])}{f'-s{seed}' if seed else ''}"
+    torch.manual_seed(seed)  # the heads' initial weights: the same for a cell whatever ran before it
     masked = inject(model, stages=stages, input_size=(3, IMG, IMG), num_classes=CLASSES, pretrained_path=weights,
                     config=_mask_config(settings))
     if "channels_last" not in settings.finetune:  # run's memory-format rule, for both fine-tunings alike
@@ -156,6 +158,28 @@ def verdict(c: dict) -> tuple[bool, str]:
     return not why, ", ".join(why) or "pass"
 
 
+# Student's t, 97.5% quantile, for 1..10 degrees of freedom (more seeds use the value for 10: a little wide)
+T975 = (12.706, 4.303, 3.182, 2.776, 2.571, 2.447, 2.365, 2.306, 2.262, 2.228)
+
+
+def over_seeds(runs: list[dict]) -> dict:
+    """One cell judged over its fine-tuning seeds: the mean gap (with a 95% t interval) and every seed's densities."""
+    gaps = [r["ersm_top1"] - r["baseline_top1"] for r in runs]
+    n = len(gaps)
+    mean = sum(gaps) / n
+    sd = (sum((g - mean) ** 2 for g in gaps) / (n - 1)) ** 0.5
+    half = T975[min(n - 1, len(T975)) - 1] * sd / n ** 0.5
+    density_why = [w for r in runs for w in r["why"].split(", ") if w != "pass" and not w.startswith("gap")]
+    why = sorted(set(density_why)) + ([f"mean gap {mean:+.1f} < -2"] if mean < -2.0 else [])
+    c = {**runs[0], "seeds": [r["seed"] for r in runs], "gaps": gaps, "gap_mean": mean,
+         "gap_interval": [mean - half, mean + half], "per_seed": runs, "pass": not why, "why": ", ".join(why) or "pass"}
+    side = "inconclusive" if mean - half < -2.0 < mean + half else "clear"
+    print(f"{'':22s} {c['placement']:5s} {str(c['stages']):7s} base {c['base']} over seeds {c['seeds']}: mean gap "
+          f"{mean:+.1f} [{mean - half:+.1f}, {mean + half:+.1f}] ({side} against -2) | "
+          f"{'PASS' if c['pass'] else 'FAIL: ' + c['why']}", flush=True)
+    return c
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--models", default=MODELS)
@@ -167,7 +191,12 @@ def main() -> int:
     ap.add_argument("--set", action="append", default=[],
                     help="mask.KEY=VALUE, finetune.KEY=VALUE or run.KEY=VALUE (PipelineSettings; exploration)")
     ap.add_argument("--cache", default="/tmp/ersm_bench_price")
-    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--seed", type=int, default=0,
+                    help="seed of the bases (and of the fine-tunings without --ft-seeds)")
+    ap.add_argument("--ft-seeds", default=None,
+                    help="comma-separated fine-tuning seeds per cell, e.g. 0,1,2 (same base): a cell passes when its "
+                         "mean gap over the seeds is >= -2 and every seed's densities pass; the t interval of the "
+                         "mean gap is printed")
     ap.add_argument("--json", default=None, help="write every cell here")
     ap.add_argument("--bases-only", action="store_true", help="train and cache the bases, nothing else")
     args = ap.parse_args()
@@ -176,6 +205,7 @@ def main() -> int:
     cache.mkdir(parents=True, exist_ok=True)
     work = cache / "work"
     mask, finetune, run = parse_set(args.set)
+    seeds = [int(v) for v in args.ft_seeds.split(",")] if args.ft_seeds else [args.seed]
     print(f"machine: {torch.get_num_threads()} threads, torch {torch.__version__}, timm {timm.__version__}; "
           f"settings: defaults{' + ' + ' '.join(args.set) if args.set else ''}", flush=True)
     t_start = time.perf_counter()
@@ -187,16 +217,18 @@ def main() -> int:
             if args.bases_only:
                 continue
             for where in args.placements.split(","):
-                c = cell(model, where, places[where], weights, tag, cache, work, mask, finetune, args.seed, run)
-                c["base_top1"] = 100 * base_top1
-                ok, why = verdict(c)
-                c["pass"], c["why"] = ok, why
-                cells.append(c)
-                dens = "  ".join(f"{k} {m:.2f}±{s:.2f}" for k, (m, s) in c["densities"].items())
-                print(f"{model:22s} {where:5s} {str(c['stages']):7s} base {tag} {c['base_top1']:5.1f} | ERSM "
-                      f"{c['ersm_top1']:5.1f} baseline {c['baseline_top1']:5.1f} gap "
-                      f"{c['ersm_top1'] - c['baseline_top1']:+5.1f} | {dens} | {'PASS' if ok else 'FAIL: ' + why}"
-                      f" ({c['ersm_s']:.0f}s)", flush=True)
+                runs = []
+                for seed in seeds:
+                    c = cell(model, where, places[where], weights, tag, cache, work, mask, finetune, seed, run)
+                    c["base_top1"], c["seed"] = 100 * base_top1, seed
+                    c["pass"], c["why"] = verdict(c)
+                    runs.append(c)
+                    dens = "  ".join(f"{k} {m:.2f}±{s:.2f}" for k, (m, s) in c["densities"].items())
+                    print(f"{model:22s} {where:5s} {str(c['stages']):7s} base {tag} {c['base_top1']:5.1f} |"
+                          f"{f' seed {seed} |' if len(seeds) > 1 else ''} ERSM {c['ersm_top1']:5.1f} baseline "
+                          f"{c['baseline_top1']:5.1f} gap {c['ersm_top1'] - c['baseline_top1']:+5.1f} | {dens} | "
+                          f"{'PASS' if c['pass'] else 'FAIL: ' + c['why']} ({c['ersm_s']:.0f}s)", flush=True)
+                cells.append(runs[0] if len(runs) == 1 else over_seeds(runs))
     passed = sum(c["pass"] for c in cells)
     broken = sum(("COLLAPSED" in c["why"]) or ("OPEN" in c["why"]) for c in cells)
     share = passed / max(1, len(cells))
