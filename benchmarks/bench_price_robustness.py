@@ -12,8 +12,8 @@ Each cell is what ``ersm-surgery run`` does, with its defaults and nothing tuned
    or one earlier stage (``n-4``);
 3. two fine-tunings from the same injected model with ``run``'s settings (its protocol defaults: 2 epochs of
    2000 images, lr 3e-4, batch 32, the memory format of the base's rule; the same seed and data order): ERSM
-   with the masks ``run`` injects (``pipeline.run.PIPELINE_MASK``: magnitude prior, init_logit 1, alpha 0.3),
-   and the baseline without masks.
+   with the masks ``run`` injects (``pipeline.run.PIPELINE_MASK``: magnitude prior, init_logit 1, alpha
+   0.3 / sqrt(masks)), and the baseline without masks.
 
 The default models are four families whose base learns in ``run``'s budget (benchmarks/README.md,
 bench_run_families.py); convnext_atto is left out because its base stays at chance there (``run`` stops it

@@ -52,6 +52,16 @@ def test_run_injects_with_the_prior_and_the_settings_of_before_stay_reachable():
     assert _mask_config(build_settings("test_resnet", "2", defaults, overrides=before)) == MaskConfig()
 
 
+def test_run_shares_the_price_over_its_masks_unless_the_user_names_one():
+    from ersm_surgery.pipeline.run import _mask_config
+    from ersm_surgery.pipeline.settings import RUN_BASE_IMAGES, RUN_EPOCHS, build_settings, protocol_defaults
+
+    defaults = protocol_defaults(None, RUN_EPOCHS, RUN_BASE_IMAGES, "out")
+    one, two = (_mask_config(build_settings("test_resnet", s, defaults)).alpha for s in ("2", "2,3"))
+    assert one == 0.3 and two == pytest.approx(0.3 / 2**0.5, abs=1e-4)
+    assert _mask_config(build_settings("test_resnet", "2,3", defaults, overrides=["mask.alpha=0.3"])).alpha == 0.3
+
+
 def test_a_recipe_without_the_key_has_no_prior_and_a_saved_prior_comes_back(tmp_path):
     import ersm_surgery
     from ersm_surgery.recipe import Recipe

@@ -8,6 +8,7 @@ seed and number of steps; the evaluation runs both on the same images, occlusion
 from __future__ import annotations
 
 import logging
+import math
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, replace
@@ -134,13 +135,28 @@ def _config(settings: PipelineSettings, epochs: int, lr: float, no_masks: bool =
 PIPELINE_MASK = {"alpha": 0.3, "init_logit": 1.0, "norm_prior": 1.0}
 
 
+def pipeline_alpha(masks: int) -> float:
+    """Each mask's price when ``run`` injects ``masks`` of them: PIPELINE_MASK's alpha / sqrt(masks).
+
+    A token switched off at one mask is also missing from every later stage, so the masks' damage compounds
+    while each charges its own price: on the price matrix (docs/finetune.md) two masks at 0.3 each cost 2-4
+    points in 5 of 8 cells, at 0.15 each most stayed above 0.65 of their tokens, at 0.21 (0.3 / sqrt 2) 6 of 8
+    cells passed; one mask at 0.3 passed 8 of 8. Still a price per token and no target density.
+    """
+    return round(PIPELINE_MASK["alpha"] / math.sqrt(max(1, masks)), 4)
+
+
 def _mask_config(settings: PipelineSettings):
-    """The layers' settings, checked before any training; injection writes them into the recipe."""
+    """The layers' settings, checked before any training; injection writes them into the recipe.
+
+    ``mask.alpha`` given by the user is each mask's price as is; otherwise :func:`pipeline_alpha`.
+    """
     from ..errors import RecipeError
     from ..layers import MaskConfig
 
+    shared = {**PIPELINE_MASK, "alpha": pipeline_alpha(len(settings.stages))}
     try:
-        return MaskConfig.from_dict({**MaskConfig().to_dict(), **PIPELINE_MASK, **settings.mask})
+        return MaskConfig.from_dict({**MaskConfig().to_dict(), **shared, **settings.mask})
     except (TypeError, ValueError) as exc:
         raise RecipeError(f"invalid mask setting: {exc}", "see docs/recipe.md") from exc
 
