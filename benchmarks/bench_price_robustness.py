@@ -50,7 +50,8 @@ IMG, CLASSES = 64, 4
 
 def placements(model: str) -> dict[str, list[int]]:
     n = len(timm.create_model(model, pretrained=False, features_only=True).feature_info)
-    return {"late": [n - 3, n - 2], "early": [n - 4]}
+    # "three" is not in the matrix: it checks run's price shared over three masks (0.3 / sqrt 3 each)
+    return {"late": [n - 3, n - 2], "early": [n - 4], "three": [n - 4, n - 3, n - 2]}
 
 
 def parse_set(items: list[str]) -> tuple[dict, dict, dict]:
