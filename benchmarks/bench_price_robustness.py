@@ -50,8 +50,10 @@ IMG, CLASSES = 64, 4
 
 def placements(model: str) -> dict[str, list[int]]:
     n = len(timm.create_model(model, pretrained=False, features_only=True).feature_info)
-    # "three" is not in the matrix: it checks run's price shared over three masks (0.3 / sqrt 3 each)
-    return {"late": [n - 3, n - 2], "early": [n - 4], "three": [n - 4, n - 3, n - 2]}
+    # not in the matrix: "three" checks run's price shared over three masks (0.3 / sqrt 3 each); "second" and
+    # "last" split the late pair into its single masks (with --set mask.alpha=0.2121: which one costs)
+    return {"late": [n - 3, n - 2], "early": [n - 4], "three": [n - 4, n - 3, n - 2], "second": [n - 3],
+            "last": [n - 2]}
 
 
 def parse_set(items: list[str]) -> tuple[dict, dict, dict]:
