@@ -192,7 +192,8 @@ def over_seeds(runs: list[dict]) -> dict:
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--models", default=MODELS)
-    ap.add_argument("--placements", default="late,early")
+    ap.add_argument("--placements", default="late,early",
+                    help="comma-separated: late, early (the matrix); three, second, last (diagnostics)")
     ap.add_argument("--full-epochs", type=int, default=None,
                     help="epochs of the well-trained base on 4000 pictures (default: run's time budget; the other "
                          "base: half its epochs)")

@@ -139,9 +139,9 @@ def pipeline_alpha(masks: int) -> float:
     """Each mask's price when ``run`` injects ``masks`` of them: PIPELINE_MASK's alpha / sqrt(masks).
 
     A token switched off at one mask is also missing from every later stage, so the masks' damage compounds
-    while each charges its own price: on the price matrix (docs/finetune.md) two masks at 0.3 each cost 2-4
-    points in 5 of 8 cells, at 0.15 each most stayed above 0.65 of their tokens, at 0.21 (0.3 / sqrt 2) 6 of 8
-    cells passed; one mask at 0.3 passed 8 of 8; three masks at 0.17 kept the accuracy but one mask in each
+    while each charges its own price: on the price matrix (docs/finetune.md) two masks at 0.3 each failed 5 of
+    8 cells (4 by 2.2-3.8 points), at 0.15 each most stayed above 0.65 of their tokens, at 0.21 (0.3 / sqrt 2)
+    6 of 8 cells passed; one mask at 0.3 passed 8 of 8; three masks at 0.17 kept the accuracy but one mask in each
     well-trained base stayed above 0.65. Still a price per token and no target density.
     """
     return round(PIPELINE_MASK["alpha"] / math.sqrt(max(1, masks)), 4)
