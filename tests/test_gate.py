@@ -122,3 +122,58 @@ def test_evaluate_runs_on_a_gated_model_and_measures_its_sparse_latency():
     assert r["compute"]["model"]["sparse_latency"]["per_image_ms"] > 0
     for rankings in r["deletion"]["model"]["layers"].values():
         assert rankings["energy"]["lerf"]["accuracy"][0] == pytest.approx(r["accuracy"]["model"]["top1"])
+
+
+@pytest.mark.parametrize("gate", ["stage", "features"])
+def test_a_switched_off_token_is_priced_by_what_its_gated_stage_computes_there(gate):
+    # a loss that reads layer3 only at the tokens layer2's mask switched off: under the gate their values are
+    # zero whatever the features, so the only way the mask learns what keeping them would bring is the gate
+    torch.manual_seed(0)
+    model = ersm_surgery.inject("test_resnet", stages=[2], config={"gate": gate, "init_logit": 0.0},
+                                input_size=SIZE).train()
+    seen = {}
+    model.layer3.register_forward_hook(lambda m, a, out: seen.__setitem__("out", out))
+    model(torch.randn(4, *SIZE))
+    state = model.layer2.ersm_mask.state
+    state.q.retain_grad()
+    off = 1 - pool_mask(state.hard, seen["out"].shape[-2:])
+    assert 0 < float(off.mean()) < 1
+    (seen["out"] * off).sum().backward()
+    grad_off = (state.q.grad * (1 - state.hard)).abs().sum()
+    if gate == "stage":
+        assert float(grad_off) > 0
+        assert torch.equal(seen["out"] * off, torch.zeros_like(seen["out"]))  # the values are still gated
+    else:  # without the gate the loss reads the leaked values at those tokens through the features
+        assert float(grad_off) > 0 and not torch.equal(seen["out"] * off, torch.zeros_like(seen["out"]))
+
+
+def test_gate_without_the_mask_gradient_path_gives_switched_off_tokens_no_gradient(monkeypatch):
+    from ersm_surgery.layers import energy_mask
+
+    monkeypatch.setattr(energy_mask, "remember_mask", lambda out, mask: None)  # the kept tokens off the data alone
+    torch.manual_seed(0)
+    model = ersm_surgery.inject("test_resnet", stages=[2], config={"gate": "stage", "init_logit": 0.0},
+                                input_size=SIZE).train()
+    seen = {}
+    model.layer3.register_forward_hook(lambda m, a, out: seen.__setitem__("out", out))
+    model(torch.randn(4, *SIZE))
+    state = model.layer2.ersm_mask.state
+    state.q.retain_grad()
+    off = 1 - pool_mask(state.hard, seen["out"].shape[-2:])
+    (seen["out"] * off).sum().backward()
+    assert float((state.q.grad * (1 - state.hard)).abs().sum()) == 0
+
+
+def test_the_remembered_mask_lives_as_long_as_the_output():
+    from ersm_surgery.layers import gate as gate_module
+
+    model = ersm_surgery.inject("test_resnet", stages=[2], config={"gate": "stage"}, input_size=SIZE).train()
+    out = model(torch.randn(2, *SIZE))
+    assert len(gate_module._TRAINING_MASKS) == 1
+    out.sum().backward()
+    del out
+    model.layer2.ersm_mask.state = None
+    assert len(gate_module._TRAINING_MASKS) == 0
+    with torch.no_grad():
+        model.eval()(torch.randn(2, *SIZE))
+    assert len(gate_module._TRAINING_MASKS) == 0  # nothing is remembered without gradients

@@ -8,6 +8,7 @@ from torch import nn
 
 from .config import MaskConfig
 from .energy import mean_field, straight_through
+from .gate import remember_mask
 from .heads import create_pairwise, create_unary_head
 from .price import TaskGradientScale
 
@@ -81,7 +82,10 @@ class EnergyMask(nn.Module):
             mask = mask.view_as(mask)  # a tensor of its own: its gradient is the task's alone, never the price's
             self.task_scale.observe(mask)
         self.state = MaskState(q=q, energy=energy, hard=hard, mask=mask, weights=weights)
-        return x * mask.to(x.dtype)
+        out = x * mask.to(x.dtype)
+        if cfg.gate == "stage" and out.requires_grad:
+            remember_mask(out, mask)
+        return out
 
     def __getstate__(self) -> dict:
         # the last state holds autograd history, which cannot be deep-copied or pickled

@@ -9,13 +9,32 @@ the token at (s*i, s*j) of the stage's input grid is kept, the token a strided c
 1x1 shortcut or timm's 2x2 average-pool shortcut centres that output on. Max-pooling (keep a coarse token
 when any source token is kept) would be as exact; stride sampling keeps the density the same on every
 grid, so the coarse grids cost what the fine one does.
+
+In training the gate also carries the mask's gradient. Read off the data alone, the kept tokens are a
+comparison, which has none: the mask head would then price a token by what its features are worth to
+the maps that read them, never by what the whole gated stage computes at that token, and a price fitted to
+the first closes the stage (measured: docs/sparse.md, "Fine-tuning under the gate"). So the mask layer
+remembers, for the output tensor of each training pass, the straight-through mask it multiplied onto it
+(:func:`remember_mask`), and :func:`kept_tokens` adds that mask's gradient path to the kept tokens it reads
+(``keep + (mask - mask.detach())``: the same values, the gradient of every gate the mask feeds).
 """
 from __future__ import annotations
 
 import torch
 from torch import nn
+from torch.utils.weak import WeakIdKeyDictionary
 
-__all__ = ["StageGate", "pool_mask", "grid_stride", "kept_tokens"]
+__all__ = ["StageGate", "pool_mask", "grid_stride", "kept_tokens", "remember_mask"]
+
+# output tensor of a mask layer's training pass -> the mask multiplied onto it. Keyed by the tensor's
+# identity and held weakly, so an entry lives exactly as long as the output it describes: no state on a
+# module (which a deep copy would share) and nothing left behind after the backward pass.
+_TRAINING_MASKS: WeakIdKeyDictionary = WeakIdKeyDictionary()
+
+
+def remember_mask(output: torch.Tensor, mask: torch.Tensor) -> None:
+    """Record that ``output`` is a map times ``mask`` (B, 1, H, W), for the gate of the next stage."""
+    _TRAINING_MASKS[output] = mask
 
 
 def grid_stride(size: int, target: int) -> int:
@@ -46,7 +65,12 @@ def kept_tokens(x: torch.Tensor) -> torch.Tensor:
     Reading the mask from the data, not from the mask layer's state, keeps the gate a pure function of
     the graph's values: exports, fx splits and DDP see no side channel.
     """
-    return (x != 0).any(dim=1, keepdim=True).to(x.dtype)
+    keep = (x != 0).any(dim=1, keepdim=True).to(x.dtype)
+    mask = _TRAINING_MASKS.get(x) if x.requires_grad else None
+    if mask is not None and mask.shape == keep.shape:
+        # exactly zero in value; in the backward pass it routes every gate's gradient to the mask
+        keep = keep + (mask - mask.detach()).to(x.dtype)
+    return keep
 
 
 class StageGate(nn.Module):
