@@ -175,9 +175,13 @@ def not_identity(model: torch.nn.Module) -> None:
                 p.fill_(1.0)
 
 
+GATE_POOL = "any"  # mask.gate_pool of the injected models (--gate-pool)
+
+
 def prepared(name: str, steps: int) -> torch.nn.Module:
     torch.manual_seed(0)
-    model = ersm_surgery.inject(name, stages=placements(name)["late"], config={"gate": "stage"}, num_classes=10)
+    model = ersm_surgery.inject(name, stages=placements(name)["late"],
+                                config={"gate": "stage", "gate_pool": GATE_POOL}, num_classes=10)
     not_identity(model)
     train_heads(model, steps, 10)
     return model.eval()
@@ -273,6 +277,8 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--quick", action="store_true", help="fewer training steps and repeats")
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--gate-pool", choices=["any", "sample"], default="any",
+                    help="mask.gate_pool (figures before 2026-12-04 evening: sample)")
     ap.add_argument("--steps", type=int, default=60)
     ap.add_argument("--repeat", type=int, default=9)
     ap.add_argument("--model", default="resnet50", help="the main model (a small one for a smoke run)")
@@ -285,6 +291,8 @@ def main() -> int:
     args = ap.parse_args()
     if args.quick:
         args.steps, args.repeat = 10, 3
+    global GATE_POOL
+    GATE_POOL = args.gate_pool
     torch.set_num_threads(args.threads)
     print(f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores, torch threads "
           f"{torch.get_num_threads()}, torch {torch.__version__}; the machine is shared with other developers' "

@@ -40,7 +40,9 @@ __all__ = ["Recipe", "RECIPE_VERSION", "RECIPE_ATTR", "load_recipe", "apply_over
 # recipe without one means the model's own timm pretrained config (see ersm_surgery.data.resolve).
 # 3: mask.price (layers.price). A recipe of version 1 or 2 has no such key and means price "absolute", the only
 # price of that time; a version-3 recipe always writes it.
-RECIPE_VERSION = 3
+# 4: mask.gate_pool (layers.gate). A gated recipe (mask.gate "stage") of version 1 to 3 has no such key and
+# means "sample", the only rule of that time; a version-4 gated recipe always writes it.
+RECIPE_VERSION = 4
 
 # the recipe travels with the model as a plain attribute (not in the state dict)
 RECIPE_ATTR = "ersm_recipe"
@@ -197,11 +199,16 @@ class Recipe:
 
 
 def _versioned_mask(data: dict[str, Any]) -> Any:
-    """The recipe's mask settings as that recipe's version meant them (before version 3, price "absolute")."""
+    """The recipe's mask settings as that recipe's version meant them (before version 3, price "absolute";
+    before version 4, a gated stage pooled its mask by "sample")."""
     mask = data.get("mask") or {}
     version = data.get("version", 1)
-    if isinstance(mask, dict) and "price" not in mask and isinstance(version, int) and version < 3:
+    if not isinstance(mask, dict) or not isinstance(version, int):
+        return mask
+    if "price" not in mask and version < 3:
         mask = {**mask, "price": "absolute"}
+    if "gate_pool" not in mask and mask.get("gate") == "stage" and version < 4:
+        mask = {**mask, "gate_pool": "sample"}
     return mask
 
 

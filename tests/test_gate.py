@@ -12,8 +12,9 @@ from tests.sparse_helpers import fix_masks, randomise_norms
 SIZE = (3, 64, 64)
 
 
-def _gated(name="test_resnet", stages=(2, 3), gate="stage"):
-    model = ersm_surgery.inject(name, stages=list(stages), config={"gate": gate}, input_size=SIZE).eval()
+def _gated(name="test_resnet", stages=(2, 3), gate="stage", pool="any"):
+    model = ersm_surgery.inject(name, stages=list(stages), config={"gate": gate, "gate_pool": pool},
+                                input_size=SIZE).eval()
     randomise_norms(model)
     fix_masks(model)
     return model
@@ -50,7 +51,7 @@ def _stage_outputs(model, x, perturb):
     hooks = [model.layer3.register_forward_hook(lambda m, a, out: seen.__setitem__("out", out))]
     if perturb:
         def noise(module, args, out):
-            keep = pool_mask(model.layer2.ersm_mask.state.mask, out.shape[-2:])
+            keep = pool_mask(model.layer2.ersm_mask.state.mask, out.shape[-2:], model.ersm_recipe.mask.gate_pool)
             return out + 5 * torch.randn_like(out) * (1 - keep)
         hooks += [m.register_forward_hook(noise) for name, m in model.layer3.named_modules()
                   if isinstance(m, (nn.Conv2d, nn.BatchNorm2d)) and "ersm" not in name]
@@ -61,13 +62,14 @@ def _stage_outputs(model, x, perturb):
     return seen["out"], model.layer2.ersm_mask.state.mask
 
 
-def test_switched_off_tokens_cannot_reach_kept_ones():
-    model = _gated()
+@pytest.mark.parametrize("pool", ["any", "sample"])
+def test_switched_off_tokens_cannot_reach_kept_ones(pool):
+    model = _gated(pool=pool)
     x = torch.randn(4, *SIZE)
     out, mask = _stage_outputs(model, x, perturb=False)
     changed, _ = _stage_outputs(model, x, perturb=True)
     assert 0 < float(mask.mean()) < 1
-    keep = pool_mask(mask, out.shape[-2:])
+    keep = pool_mask(mask, out.shape[-2:], pool)
     # values put at switched-off tokens after any conv or BatchNorm (biases included) reach no kept token
     assert torch.equal(out * keep, changed * keep)
     assert torch.equal(out * (1 - keep), torch.zeros_like(out))
@@ -78,7 +80,7 @@ def test_without_the_gate_switched_off_tokens_leak():
     x = torch.randn(4, *SIZE)
     out, mask = _stage_outputs(model, x, perturb=False)
     changed, _ = _stage_outputs(model, x, perturb=True)
-    keep = pool_mask(mask, out.shape[-2:])
+    keep = pool_mask(mask, out.shape[-2:], "any")
     assert not torch.allclose(out * keep, changed * keep)
 
 
@@ -88,6 +90,29 @@ def test_pool_mask_samples_the_token_a_strided_conv_centres_on():
     assert pool_mask(mask, (4, 4))[0, 0].nonzero().tolist() == [[1, 2]]
     assert pool_mask(mask, (7, 7)) is mask
     assert pool_mask(torch.ones(2, 1, 28, 28), (14, 14)).shape == (2, 1, 14, 14)
+
+
+def test_pool_mask_any_keeps_a_coarse_token_when_any_token_of_its_block_is_kept():
+    mask = torch.zeros(1, 1, 7, 7)
+    mask[0, 0, 3, 5] = 1  # an odd position: "sample" loses it, "any" keeps block (1, 2)
+    assert pool_mask(mask, (4, 4), "any")[0, 0].nonzero().tolist() == [[1, 2]]
+    assert pool_mask(mask, (4, 4), "sample").sum() == 0
+    mask[0, 0, 6, 6] = 1  # the last, partial block of a 7-wide grid
+    assert pool_mask(mask, (4, 4), "any")[0, 0].nonzero().tolist() == [[1, 2], [3, 3]]
+    with pytest.raises(ValueError, match="mask.gate_pool must be one of any, sample"):
+        pool_mask(mask, (4, 4), "mean")
+
+
+def test_recipes_record_the_gate_pool_and_old_gated_recipes_keep_sampling():
+    gated = ersm_surgery.inject("test_resnet", stages=[2], config={"gate": "stage"}, input_size=SIZE)
+    assert gated.ersm_recipe.to_dict()["mask"]["gate_pool"] == "any" and gated.layer3.ersm_gate.pool == "any"
+    assert Recipe.from_dict(gated.ersm_recipe.to_dict()).mask.gate_pool == "any"
+    old = Recipe.from_dict({"version": 3, "model": "test_resnet", "mask": {"gate": "stage"}})
+    assert old.mask.gate_pool == "sample" and Recipe.from_dict(old.to_dict()).mask.gate_pool == "sample"
+    plain = ersm_surgery.inject("test_resnet", stages=[2], input_size=SIZE)
+    assert "gate_pool" not in plain.ersm_recipe.to_dict()["mask"]  # meaningless without the gate
+    with pytest.raises(RecipeError, match="mask.gate_pool must be one of any, sample"):
+        Recipe.from_dict({"model": "test_resnet", "mask": {"gate": "stage", "gate_pool": "mean"}})
 
 
 @pytest.mark.parametrize("name,stages,gated", [
@@ -129,14 +154,14 @@ def test_a_switched_off_token_is_priced_by_what_its_gated_stage_computes_there(g
     # a loss that reads layer3 only at the tokens layer2's mask switched off: under the gate their values are
     # zero whatever the features, so the only way the mask learns what keeping them would bring is the gate
     torch.manual_seed(0)
-    model = ersm_surgery.inject("test_resnet", stages=[2], config={"gate": gate, "init_logit": 0.0},
-                                input_size=SIZE).train()
+    model = ersm_surgery.inject("test_resnet", stages=[2], config={"gate": gate, "init_logit": 0.0,
+                                "gate_pool": "sample"}, input_size=SIZE).train()  # a fresh head's blocks are mixed
     seen = {}
     model.layer3.register_forward_hook(lambda m, a, out: seen.__setitem__("out", out))
     model(torch.randn(4, *SIZE))
     state = model.layer2.ersm_mask.state
     state.q.retain_grad()
-    off = 1 - pool_mask(state.hard, seen["out"].shape[-2:])
+    off = 1 - pool_mask(state.hard, seen["out"].shape[-2:], "sample")
     assert 0 < float(off.mean()) < 1
     (seen["out"] * off).sum().backward()
     grad_off = (state.q.grad * (1 - state.hard)).abs().sum()
@@ -152,14 +177,14 @@ def test_gate_without_the_mask_gradient_path_gives_switched_off_tokens_no_gradie
 
     monkeypatch.setattr(energy_mask, "remember_mask", lambda out, mask: None)  # the kept tokens off the data alone
     torch.manual_seed(0)
-    model = ersm_surgery.inject("test_resnet", stages=[2], config={"gate": "stage", "init_logit": 0.0},
-                                input_size=SIZE).train()
+    model = ersm_surgery.inject("test_resnet", stages=[2], config={"gate": "stage", "init_logit": 0.0,
+                                "gate_pool": "sample"}, input_size=SIZE).train()
     seen = {}
     model.layer3.register_forward_hook(lambda m, a, out: seen.__setitem__("out", out))
     model(torch.randn(4, *SIZE))
     state = model.layer2.ersm_mask.state
     state.q.retain_grad()
-    off = 1 - pool_mask(state.hard, seen["out"].shape[-2:])
+    off = 1 - pool_mask(state.hard, seen["out"].shape[-2:], "sample")
     (seen["out"] * off).sum().backward()
     assert float((state.q.grad * (1 - state.hard)).abs().sum()) == 0
 

@@ -5,7 +5,7 @@ from torch import nn
 
 import ersm_surgery
 from ersm_surgery.errors import SparseError
-from ersm_surgery.layers import pool_mask
+from ersm_surgery.layers import GATE_POOLS, pool_mask
 from ersm_surgery.sparse import conv as sparse_conv
 from ersm_surgery.sparse import sparse_regions
 from ersm_surgery.sparse.conv import RowConv, avg_pool_rows, out_size
@@ -17,12 +17,12 @@ from tests.sparse_helpers import blob_masks, fix_masks, randomise_norms
 SIZE = (3, 64, 64)
 
 
-def _rows(batch=5, channels=6, height=9, width=11, seed=0):
-    """A gated map, its stage mask and the rows of its kept tokens."""
+def _rows(batch=5, channels=6, height=9, width=11, seed=0, pool="sample"):
+    """A gated map, its stage mask and the rows of its kept tokens (coarser grids by the rule ``pool``)."""
     gen = torch.Generator().manual_seed(seed)
     mask = blob_masks(batch, height, width, gen)
     x = torch.randn(batch, channels, height, width, generator=gen) * mask
-    grids = GridSet(mask)
+    grids = GridSet(mask, pool)
     grid = grids.at(height, width)
     return x, mask, grids, Rows(grid.gather(x), grid)
 
@@ -31,13 +31,14 @@ def _rows(batch=5, channels=6, height=9, width=11, seed=0):
     (1, 1, 0, 1, 1), (1, 2, 0, 1, 1), (3, 1, 1, 1, 1), (3, 2, 1, 1, 1), (3, 1, 2, 2, 1), (5, 2, 2, 1, 1),
     (3, 1, 1, 1, 6), (7, 1, 3, 1, 6), (3, 2, 1, 1, 6), (3, 1, 1, 1, 3), (2, 2, 0, 1, 1), ((1, 3), 1, (0, 1), 1, 2),
 ])
-def test_conv_on_rows_equals_dense_conv(kernel, stride, padding, dilation, groups):
-    x, mask, grids, rows = _rows()
+@pytest.mark.parametrize("pool", GATE_POOLS)
+def test_conv_on_rows_equals_dense_conv(kernel, stride, padding, dilation, groups, pool):
+    x, mask, grids, rows = _rows(pool=pool)
     conv = nn.Conv2d(6, 12, kernel, stride, padding, dilation, groups=groups)
     dense = conv(x)
     out = RowConv.from_module(conv)(rows, grids)
     assert out.grid.height == dense.shape[2] and out.grid.width == dense.shape[3]
-    keep = pool_mask(mask, dense.shape[-2:])
+    keep = pool_mask(mask, dense.shape[-2:], pool)
     torch.testing.assert_close(out.dense(), dense * keep, atol=1e-5, rtol=1e-5)
 
 
@@ -125,12 +126,13 @@ def test_sparse_without_fold_keeps_the_dense_modules():
 
 @pytest.mark.parametrize("ceil_mode,include_pad,padding", [(True, False, 0), (False, True, 0), (True, True, 1),
                                                             (False, False, 1)])
-def test_avg_pool_on_rows_equals_dense_pool(ceil_mode, include_pad, padding):
-    x, mask, grids, rows = _rows()
+@pytest.mark.parametrize("rule", GATE_POOLS)
+def test_avg_pool_on_rows_equals_dense_pool(ceil_mode, include_pad, padding, rule):
+    x, mask, grids, rows = _rows(pool=rule)
     pool = nn.AvgPool2d(2 + padding, 2, padding, ceil_mode=ceil_mode, count_include_pad=include_pad)
     dense = pool(x)
     out = avg_pool_rows(pool, rows, grids)
-    torch.testing.assert_close(out.dense(), dense * pool_mask(mask, dense.shape[-2:]), atol=1e-6, rtol=1e-5)
+    torch.testing.assert_close(out.dense(), dense * pool_mask(mask, dense.shape[-2:], rule), atol=1e-6, rtol=1e-5)
 
 
 @pytest.mark.parametrize("kernel,stride,padding,dilation,ceil_mode", [
@@ -199,6 +201,20 @@ def test_sparse_model_equals_dense_gated_model(name, stages):
     assert regions and all(r.stats.ran_sparse for r in regions.values())
     assert all(r.dense_ops() == [] for r in regions.values()), {k: r.dense_ops() for k, r in regions.items()}
     # float rounding, relative to the logits' size (random norm statistics grow dla's to ~250)
+    torch.testing.assert_close(out, dense, atol=max(1e-4, 1e-5 * float(dense.abs().max())), rtol=1e-4)
+
+
+@pytest.mark.parametrize("name,stages", [("test_resnet", (2, 3)), ("test_efficientnet", (2, 3)), ("resnet26d", (1, 2))])
+def test_sparse_model_equals_dense_gated_model_when_the_gate_samples(name, stages):
+    model = ersm_surgery.inject(name, stages=list(stages), config={"gate": "stage", "gate_pool": "sample"},
+                                input_size=SIZE).eval()
+    randomise_norms(model)
+    fix_masks(model)
+    fast = ersm_surgery.sparse(model, break_even=1.0)
+    x = torch.randn(4, *SIZE)
+    with torch.no_grad():
+        dense, out = model(x), fast(x)
+    assert all(r.stats.ran_sparse and r.pool == "sample" for r in sparse_regions(fast).values())
     torch.testing.assert_close(out, dense, atol=max(1e-4, 1e-5 * float(dense.abs().max())), rtol=1e-4)
 
 

@@ -1,6 +1,6 @@
 """Energy-Mask layer and energy regularizer (pure torch: no timm, no CLI)."""
 from .adapted_mask import AdaptedMask, SpatialAdapter
-from .config import EVAL_MODES, GATES, TRAIN_MODES, MaskConfig
+from .config import EVAL_MODES, GATE_POOLS, GATES, TRAIN_MODES, MaskConfig
 from .energy import mean_field, neighbour_kernel, neighbour_offsets, potts_energy, straight_through
 from .energy_mask import EnergyMask, MaskState
 from .gate import StageGate, kept_tokens, pool_mask
@@ -26,6 +26,7 @@ __all__ = [
     "SpatialAdapter",
     "EVAL_MODES",
     "GATES",
+    "GATE_POOLS",
     "StageGate",
     "pool_mask",
     "kept_tokens",

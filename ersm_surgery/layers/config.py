@@ -5,13 +5,14 @@ import math
 from dataclasses import asdict, dataclass, field, fields
 from typing import Any
 
-__all__ = ["MaskConfig", "MAX_STEPS", "TRAIN_MODES", "EVAL_MODES", "BORDERS", "GATES", "PRICES"]
+__all__ = ["MaskConfig", "MAX_STEPS", "TRAIN_MODES", "EVAL_MODES", "BORDERS", "GATES", "GATE_POOLS", "PRICES"]
 
 TRAIN_MODES = ("straight_through", "soft")
 EVAL_MODES = ("hard", "soft")
 BORDERS = ("zero", "normalise")  # how the pairwise pull treats tokens at the border (energy.mean_field)
 # what a stage mask multiplies: its own feature map only, or also every map of the next stage (docs/layer.md)
 GATES = ("features", "stage")
+GATE_POOLS = ("any", "sample")  # how a gating mask is taken to the coarser grids of its stage (layers.gate)
 PRICES = ("relative", "absolute")  # what alpha is measured in (layers.price)
 # Mean-field converges in a handful of steps (default 3); each step is one 3x3 convolution per mask and
 # forward, kept in memory for the backward. 100 is ~30x what any setting needs and still finishes, while
@@ -57,6 +58,10 @@ class MaskConfig:
             multiplies every intermediate map of the next stage, so that stage can be computed on the
             kept tokens alone; see ``layers.gate`` and ``ersm_surgery.sparse``). Left out of a
             recipe when "features", so recipes written before the setting existed keep their meaning.
+        gate_pool: under ``gate="stage"``, how the mask is taken to a coarser grid of the gated stage: "any"
+            (a coarse token is computed when any token of its stride block is kept) or "sample" (when the
+            token the strided op centres on is; the only rule before recipe version 4, so a gated recipe of
+            version 3 reads as "sample"). See ``layers.gate``. Left out of a recipe under "features".
         norm_prior: start weight of the magnitude prior of the built-in head: its score gains ``norm_prior``
             times each token's log feature norm, standardised over the image (clamped to +-3), so the tokens
             a mask gives up first are the weakest of their image (``heads.relative_log_norm``). The weight is
@@ -82,6 +87,7 @@ class MaskConfig:
     pairwise: str = "potts"
     pairwise_args: dict[str, Any] = field(default_factory=dict)
     gate: str = "features"
+    gate_pool: str = "any"
     price: str = "absolute"
     norm_prior: float = 0.0
 
@@ -117,7 +123,7 @@ class MaskConfig:
         need(_is_int(self.steps) and 0 <= self.steps <= MAX_STEPS, "steps", f"must be an integer in [0, {MAX_STEPS}]")
         need(_is_int(self.neighbourhood) and self.neighbourhood in (4, 8), "neighbourhood", "must be 4 or 8")
         for key, choices in (("border", BORDERS), ("train_mode", TRAIN_MODES), ("eval_mode", EVAL_MODES),
-                             ("gate", GATES), ("price", PRICES)):
+                             ("gate", GATES), ("gate_pool", GATE_POOLS), ("price", PRICES)):
             need(getattr(self, key) in choices, key, f"must be one of {', '.join(choices)}")
         need(self.hidden is None or (_is_int(self.hidden) and self.hidden >= 1), "hidden",
              "must be a positive integer or null")
@@ -130,7 +136,7 @@ class MaskConfig:
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
         if self.gate == "features":  # the default is left out: older readers understand the recipe
-            del d["gate"]
+            del d["gate"], d["gate_pool"]
         if self.norm_prior == 0:
             del d["norm_prior"]
         return d

@@ -106,14 +106,19 @@ class Rows:
 
 
 class GridSet:
-    """The grids of one forward pass of a gated stage, each made once from the stage mask."""
+    """The grids of one forward pass of a gated stage, each made once from the stage mask.
 
-    def __init__(self, mask: torch.Tensor) -> None:
+    ``pool`` is the gate's rule for the coarser grids (``mask.gate_pool``): the tokens computed there are
+    the ones the dense gated graph keeps.
+    """
+
+    def __init__(self, mask: torch.Tensor, pool: str = "sample") -> None:
         self.mask = mask
+        self.pool = pool
         self._grids: dict[tuple[int, int], Grid] = {}
 
     def at(self, height: int, width: int) -> Grid:
         key = (int(height), int(width))
         if key not in self._grids:
-            self._grids[key] = Grid.from_mask(pool_mask(self.mask, key))
+            self._grids[key] = Grid.from_mask(pool_mask(self.mask, key, self.pool))
         return self._grids[key]

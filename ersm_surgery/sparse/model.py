@@ -64,6 +64,7 @@ class SparseRegion(nn.Module):
         self.fold = fold
         self.gated = module
         self.source = getattr(module, GATE_ATTR).source
+        self.pool = getattr(module, GATE_ATTR).pool
         self.break_even = float(break_even)
         self.stats = RegionStats()
         self.ungated_when_full = True
@@ -118,7 +119,7 @@ class SparseRegion(nn.Module):
             return (self._ungated() if full else self._dense())(x)
         self.stats.ran_sparse = True
         self.stats.sparse_calls += 1
-        value = self.program(x).run(x, GridSet(mask))
+        value = self.program(x).run(x, GridSet(mask, self.pool))
         return value.dense().contiguous() if isinstance(value, Rows) else value
 
 

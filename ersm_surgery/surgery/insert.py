@@ -93,7 +93,8 @@ def _mask_output(graph: fx.Graph, output: fx.Node, attr: str, owner: str, index:
 
 
 def _insert_fx(
-    owner: nn.Module, owner_path: str, items: list[tuple[Placement, nn.Module]], gate_source: str | None = None
+    owner: nn.Module, owner_path: str, items: list[tuple[Placement, nn.Module]], gate_source: str | None = None,
+    gate_pool: str = "sample",
 ) -> DualGraphModule:
     graphs = {}
     for mode in (True, False):
@@ -106,7 +107,7 @@ def _insert_fx(
     for p, mask in items:
         new.add_module(p.attr, mask)
     if gate_source is not None:
-        new.add_module(GATE_ATTR, StageGate(gate_source))
+        new.add_module(GATE_ATTR, StageGate(gate_source, gate_pool))
     return new
 
 
@@ -188,7 +189,8 @@ def apply_placements(
         hook_idx = [i for i in groups[owner_path] if placements[i].method == "module"]
         if fx_idx or owner_path in source:
             try:
-                _replace_with_fx(model, owner_path, [(placements[i], made[i]) for i in fx_idx], source.get(owner_path))
+                _replace_with_fx(model, owner_path, [(placements[i], made[i]) for i in fx_idx], source.get(owner_path),
+                                 config.gate_pool)
             except PlacementError:
                 raise
             except Exception as exc:  # fx raises many types; each means "this module is not traceable"
@@ -209,13 +211,14 @@ def apply_placements(
 
 
 def _replace_with_fx(
-    model: nn.Module, owner_path: str, masks: list[tuple[Placement, nn.Module]], gate_source: str | None
+    model: nn.Module, owner_path: str, masks: list[tuple[Placement, nn.Module]], gate_source: str | None,
+    gate_pool: str = "sample",
 ) -> None:
     if not owner_path:
         raise PlacementError("a mask at the model's top level cannot be inserted",
                              "choose a node inside a submodule (see inspect --all-nodes)")
     owner = model.get_submodule(owner_path)
-    set_submodule(model, owner_path, _insert_fx(owner, owner_path, masks, gate_source))
+    set_submodule(model, owner_path, _insert_fx(owner, owner_path, masks, gate_source, gate_pool))
 
 
 def _as_hook_placement(model: nn.Module, p: Placement, owner_path: str, exc: Exception) -> Placement:
