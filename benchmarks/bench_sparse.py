@@ -175,7 +175,7 @@ def not_identity(model: torch.nn.Module) -> None:
                 p.fill_(1.0)
 
 
-GATE_POOL = "any"  # mask.gate_pool of the injected models (--gate-pool)
+GATE_POOL = "sample"  # mask.gate_pool of the injected models (--gate-pool)
 
 
 def prepared(name: str, steps: int) -> torch.nn.Module:
@@ -277,8 +277,7 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--quick", action="store_true", help="fewer training steps and repeats")
     ap.add_argument("--threads", type=int, default=2)
-    ap.add_argument("--gate-pool", choices=["any", "sample"], default="any",
-                    help="mask.gate_pool (figures before 2026-12-04 evening: sample)")
+    ap.add_argument("--gate-pool", choices=["sample", "any"], default="sample", help="mask.gate_pool")
     ap.add_argument("--steps", type=int, default=60)
     ap.add_argument("--repeat", type=int, default=9)
     ap.add_argument("--model", default="resnet50", help="the main model (a small one for a smoke run)")

@@ -12,7 +12,7 @@ from tests.sparse_helpers import fix_masks, randomise_norms
 SIZE = (3, 64, 64)
 
 
-def _gated(name="test_resnet", stages=(2, 3), gate="stage", pool="any"):
+def _gated(name="test_resnet", stages=(2, 3), gate="stage", pool="sample"):
     model = ersm_surgery.inject(name, stages=list(stages), config={"gate": gate, "gate_pool": pool},
                                 input_size=SIZE).eval()
     randomise_norms(model)
@@ -99,19 +99,22 @@ def test_pool_mask_any_keeps_a_coarse_token_when_any_token_of_its_block_is_kept(
     assert pool_mask(mask, (4, 4), "sample").sum() == 0
     mask[0, 0, 6, 6] = 1  # the last, partial block of a 7-wide grid
     assert pool_mask(mask, (4, 4), "any")[0, 0].nonzero().tolist() == [[1, 2], [3, 3]]
-    with pytest.raises(ValueError, match="mask.gate_pool must be one of any, sample"):
+    with pytest.raises(ValueError, match="mask.gate_pool must be one of sample, any"):
         pool_mask(mask, (4, 4), "mean")
 
 
 def test_recipes_record_the_gate_pool_and_old_gated_recipes_keep_sampling():
     gated = ersm_surgery.inject("test_resnet", stages=[2], config={"gate": "stage"}, input_size=SIZE)
-    assert gated.ersm_recipe.to_dict()["mask"]["gate_pool"] == "any" and gated.layer3.ersm_gate.pool == "any"
-    assert Recipe.from_dict(gated.ersm_recipe.to_dict()).mask.gate_pool == "any"
+    assert gated.ersm_recipe.to_dict()["mask"]["gate_pool"] == "sample" and gated.layer3.ersm_gate.pool == "sample"
+    chosen = ersm_surgery.inject("test_resnet", stages=[2], config={"gate": "stage", "gate_pool": "any"},
+                                 input_size=SIZE)
+    assert chosen.layer3.ersm_gate.pool == "any"
+    assert Recipe.from_dict(chosen.ersm_recipe.to_dict()).mask.gate_pool == "any"
     old = Recipe.from_dict({"version": 3, "model": "test_resnet", "mask": {"gate": "stage"}})
     assert old.mask.gate_pool == "sample" and Recipe.from_dict(old.to_dict()).mask.gate_pool == "sample"
     plain = ersm_surgery.inject("test_resnet", stages=[2], input_size=SIZE)
     assert "gate_pool" not in plain.ersm_recipe.to_dict()["mask"]  # meaningless without the gate
-    with pytest.raises(RecipeError, match="mask.gate_pool must be one of any, sample"):
+    with pytest.raises(RecipeError, match="mask.gate_pool must be one of sample, any"):
         Recipe.from_dict({"model": "test_resnet", "mask": {"gate": "stage", "gate_pool": "mean"}})
 
 
@@ -149,10 +152,9 @@ def test_evaluate_runs_on_a_gated_model_and_measures_its_sparse_latency():
         assert rankings["energy"]["lerf"]["accuracy"][0] == pytest.approx(r["accuracy"]["model"]["top1"])
 
 
-@pytest.mark.parametrize("gate", ["stage", "features"])
-def test_a_switched_off_token_is_priced_by_what_its_gated_stage_computes_there(gate):
-    # a loss that reads layer3 only at the tokens layer2's mask switched off: under the gate their values are
-    # zero whatever the features, so the only way the mask learns what keeping them would bring is the gate
+def _loss_at_switched_off_tokens(gate):
+    """Inject at stage 2, run a training pass and back-propagate a loss that reads layer3 only at the tokens
+    layer2's mask switched off. Returns (layer2's mask state, layer3's output, the switched-off tokens)."""
     torch.manual_seed(0)
     model = ersm_surgery.inject("test_resnet", stages=[2], config={"gate": gate, "init_logit": 0.0,
                                 "gate_pool": "sample"}, input_size=SIZE).train()  # a fresh head's blocks are mixed
@@ -164,28 +166,24 @@ def test_a_switched_off_token_is_priced_by_what_its_gated_stage_computes_there(g
     off = 1 - pool_mask(state.hard, seen["out"].shape[-2:], "sample")
     assert 0 < float(off.mean()) < 1
     (seen["out"] * off).sum().backward()
-    grad_off = (state.q.grad * (1 - state.hard)).abs().sum()
-    if gate == "stage":
-        assert float(grad_off) > 0
-        assert torch.equal(seen["out"] * off, torch.zeros_like(seen["out"]))  # the values are still gated
-    else:  # without the gate the loss reads the leaked values at those tokens through the features
-        assert float(grad_off) > 0 and not torch.equal(seen["out"] * off, torch.zeros_like(seen["out"]))
+    return state, seen["out"], off
+
+
+@pytest.mark.parametrize("gate", ["stage", "features"])
+def test_a_switched_off_token_is_priced_by_what_its_gated_stage_computes_there(gate):
+    # under the gate the values read are zero whatever the features, so the only way the mask learns what
+    # keeping those tokens would bring is the gate
+    state, out, off = _loss_at_switched_off_tokens(gate)
+    assert float((state.q.grad * (1 - state.hard)).abs().sum()) > 0
+    # the values are still gated; without the gate the loss reads the leaked values through the features
+    assert torch.equal(out * off, torch.zeros_like(out)) == (gate == "stage")
 
 
 def test_gate_without_the_mask_gradient_path_gives_switched_off_tokens_no_gradient(monkeypatch):
     from ersm_surgery.layers import energy_mask
 
     monkeypatch.setattr(energy_mask, "remember_mask", lambda out, mask: None)  # the kept tokens off the data alone
-    torch.manual_seed(0)
-    model = ersm_surgery.inject("test_resnet", stages=[2], config={"gate": "stage", "init_logit": 0.0,
-                                "gate_pool": "sample"}, input_size=SIZE).train()
-    seen = {}
-    model.layer3.register_forward_hook(lambda m, a, out: seen.__setitem__("out", out))
-    model(torch.randn(4, *SIZE))
-    state = model.layer2.ersm_mask.state
-    state.q.retain_grad()
-    off = 1 - pool_mask(state.hard, seen["out"].shape[-2:], "sample")
-    (seen["out"] * off).sum().backward()
+    state, _, _ = _loss_at_switched_off_tokens("stage")
     assert float((state.q.grad * (1 - state.hard)).abs().sum()) == 0
 
 

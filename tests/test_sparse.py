@@ -187,10 +187,10 @@ FAMILIES = [
 FAMILY_SIZE = {"inception_v3": (3, 96, 96)}
 
 
-@pytest.mark.parametrize("name,stages", FAMILIES)
-def test_sparse_model_equals_dense_gated_model(name, stages):
-    size = FAMILY_SIZE.get(name, SIZE)
-    model = ersm_surgery.inject(name, stages=list(stages), config={"gate": "stage"}, input_size=size).eval()
+def _sparse_against_dense(name, stages, size, pool="sample"):
+    """(sparse regions, sparse logits, dense gated logits) of a model with chosen masks, sparse forced."""
+    model = ersm_surgery.inject(name, stages=list(stages), config={"gate": "stage", "gate_pool": pool},
+                                input_size=size).eval()
     randomise_norms(model)
     fix_masks(model)
     fast = ersm_surgery.sparse(model, break_even=1.0)
@@ -198,24 +198,21 @@ def test_sparse_model_equals_dense_gated_model(name, stages):
     with torch.no_grad():
         dense, out = model(x), fast(x)
     regions = sparse_regions(fast)
-    assert regions and all(r.stats.ran_sparse for r in regions.values())
-    assert all(r.dense_ops() == [] for r in regions.values()), {k: r.dense_ops() for k, r in regions.items()}
+    assert regions and all(r.stats.ran_sparse and r.pool == pool for r in regions.values())
     # float rounding, relative to the logits' size (random norm statistics grow dla's to ~250)
     torch.testing.assert_close(out, dense, atol=max(1e-4, 1e-5 * float(dense.abs().max())), rtol=1e-4)
+    return regions
+
+
+@pytest.mark.parametrize("name,stages", FAMILIES)
+def test_sparse_model_equals_dense_gated_model(name, stages):
+    regions = _sparse_against_dense(name, stages, FAMILY_SIZE.get(name, SIZE))
+    assert all(r.dense_ops() == [] for r in regions.values()), {k: r.dense_ops() for k, r in regions.items()}
 
 
 @pytest.mark.parametrize("name,stages", [("test_resnet", (2, 3)), ("test_efficientnet", (2, 3)), ("resnet26d", (1, 2))])
-def test_sparse_model_equals_dense_gated_model_when_the_gate_samples(name, stages):
-    model = ersm_surgery.inject(name, stages=list(stages), config={"gate": "stage", "gate_pool": "sample"},
-                                input_size=SIZE).eval()
-    randomise_norms(model)
-    fix_masks(model)
-    fast = ersm_surgery.sparse(model, break_even=1.0)
-    x = torch.randn(4, *SIZE)
-    with torch.no_grad():
-        dense, out = model(x), fast(x)
-    assert all(r.stats.ran_sparse and r.pool == "sample" for r in sparse_regions(fast).values())
-    torch.testing.assert_close(out, dense, atol=max(1e-4, 1e-5 * float(dense.abs().max())), rtol=1e-4)
+def test_sparse_model_equals_dense_gated_model_when_the_gate_pools_any(name, stages):
+    _sparse_against_dense(name, stages, SIZE, pool="any")
 
 
 def test_above_break_even_runs_dense_and_matches():

@@ -7,15 +7,15 @@ the kept tokens alone (``ersm_surgery.sparse``). The gated stage reads the mask 
 is then taken to the new grid by one of two rules (``mask.gate_pool``), both exact for the sparse runtime,
 which computes the coarse tokens the same rule keeps:
 
-- ``"any"`` (the default since recipe version 4): the token at (i, j) of a grid s times coarser is kept
-  when any token of its s x s block, rows s*i .. s*i+s-1 and columns s*j .. s*j+s-1 of the stage's input
-  grid, is kept. Every kept token reaches the coarse grid; the coarse grids keep a little more than the
-  fine one (a blob's border blocks).
-- ``"sample"`` (the only rule before recipe version 4, so a gated recipe of version 3 reads as it): the token
-  is kept when the token at (s*i, s*j) is, the token a strided convolution, a strided 1x1 shortcut or timm's
-  2x2 average-pool shortcut centres that output on. The density is the same on every grid, but a kept token
-  at an odd position whose sampled neighbours are off reaches nothing after the stride: on the price matrix
-  of docs/sparse.md that cost 3 to 22 points more than ``"any"`` at the same price.
+- ``"sample"`` (the default, and the only rule before recipe version 4): the token at (i, j) of a grid s
+  times coarser is kept when the token at (s*i, s*j) of the stage's input grid is, the token a strided
+  convolution, a strided 1x1 shortcut or timm's 2x2 average-pool shortcut centres that output on. The density
+  is the same on every grid, so the coarse grids save what the fine one does; but a kept token at an odd
+  position whose sampled neighbours are off reaches nothing after the stride.
+- ``"any"``: the token is kept when any token of its s x s block, rows s*i .. s*i+s-1 and columns
+  s*j .. s*j+s-1, is kept. Every kept token reaches the coarse grid, which then keeps more than the fine one.
+  Measured (docs/sparse.md): fine-tuned at the same price it kept 7.0 points [+0.4, +13.6] more accuracy than
+  ``"sample"``; at the same mask density resnet50's gated stages ran 1.51x faster than timm's instead of 2.24x.
 
 In training the gate also carries the mask's gradient. Read off the data alone, the kept tokens are a
 comparison, which has none: the mask head would then price a token by what its features are worth to
