@@ -30,19 +30,21 @@ def build_model(recipe: Recipe) -> nn.Module:
     return model
 
 
-def with_gate(model: nn.Module, gate: str) -> nn.Module:
-    """The same masked model (weights, mode) with ``mask.gate`` changed, rebuilt from its recipe.
+def with_gate(model: nn.Module, gate: str | None = None, gate_pool: str | None = None) -> nn.Module:
+    """The same masked model (weights, mode) with ``mask.gate`` and/or ``mask.gate_pool`` changed, rebuilt
+    from its recipe (None keeps the recipe's value).
 
     The stage gates hold no weights, so the state dict carries over unchanged.
 
     Raises:
-        RecipeError: ``gate`` is not a valid setting; PlacementError: the model's stages cannot be gated.
+        RecipeError: an invalid setting; PlacementError: the model's stages cannot be gated.
     """
     recipe = getattr(model, RECIPE_ATTR)
-    if recipe.mask.gate == gate or not recipe.placements:
+    wanted = {"gate": gate or recipe.mask.gate, "gate_pool": gate_pool or recipe.mask.gate_pool}
+    if (recipe.mask.gate, recipe.mask.gate_pool) == (wanted["gate"], wanted["gate_pool"]) or not recipe.placements:
         return model
     data = recipe.to_dict()
-    data["mask"] = {**data["mask"], "gate": gate}
+    data["mask"] = {**data["mask"], **wanted}
     new = build_model(Recipe.from_dict(data))
     new.load_state_dict(model.state_dict())
     getattr(new, RECIPE_ATTR).finetune = dict(recipe.finetune)

@@ -53,16 +53,19 @@ def test_bench_refuses_models_it_cannot_speed_up(folders):
     one_line_error(run_quiet("bench", folders / "gated", "-b", "1,x"), "not a comma-separated list")
 
 
-def test_finetune_can_switch_the_gate_on(folders, tmp_path):
+@pytest.mark.parametrize("source,settings,pool", [("features", ["mask.gate=stage"], "sample"),
+                                                  ("gated", ["mask.gate_pool=any"], "any")])
+def test_finetune_can_switch_the_gate_on_or_change_its_pooling(folders, tmp_path, source, settings, pool):
     out = tmp_path / "ft"
-    result = run_quiet("finetune", folders / "features", "--dataset", "builtin:clutter", "--data-opt",
+    result = run_quiet("finetune", folders / source, "--dataset", "builtin:clutter", "--data-opt",
                        "size=8 num_classes=4", "--img-size", "32", "-b", "8", "-j", "0", "--epochs", "1", "--set",
-                       "mask.gate=stage", "-o", out)
+                       *settings, "-o", out)
     assert result.exit_code == 0, result.output
     recipe = yaml.safe_load((out / "last" / "recipe.yaml").read_text())
-    assert recipe["mask"]["gate"] == "stage"
+    assert recipe["mask"]["gate"] == "stage" and recipe["mask"]["gate_pool"] == pool
     model = ersm_surgery.load(out / "last").eval()
-    assert any(isinstance(m, StageGate) for m in model.modules())
+    gates = [m for m in model.modules() if isinstance(m, StageGate)]
+    assert gates and all(g.pool == pool for g in gates)
     x = torch.randn(2, 3, 32, 32)
     with torch.no_grad():
         torch.testing.assert_close(ersm_surgery.sparse(model, break_even=1.0)(x), model(x), atol=1e-4, rtol=1e-4)

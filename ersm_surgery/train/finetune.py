@@ -199,10 +199,10 @@ def _finetune(inputs: RunInputs, config: FinetuneConfig, info: DistInfo, callbac
         if config.no_masks:
             model = strip_masks(model)
         settings = dict(inputs.mask or {})
-        if "gate" in settings and not config.no_masks:  # gates change the graph: the model is rebuilt
+        if ("gate" in settings or "gate_pool" in settings) and not config.no_masks:  # the graph changes: rebuilt
             from ..build import with_gate
 
-            model = with_gate(model, settings.pop("gate"))
+            model = with_gate(model, settings.pop("gate", None), settings.pop("gate_pool", None))
         set_mask_settings(model, settings)
         _check_classes(model, config, train_set.num_classes)
     else:
