@@ -192,7 +192,7 @@ def test_the_remembered_mask_lives_as_long_as_the_output():
 
     model = ersm_surgery.inject("test_resnet", stages=[2], config={"gate": "stage"}, input_size=SIZE).train()
     out = model(torch.randn(2, *SIZE))
-    assert len(gate_module._TRAINING_MASKS) == 1
+    assert len(gate_module._TRAINING_MASKS) == 2  # layer2's masked output, and layer3's handed on
     out.sum().backward()
     del out
     model.layer2.ersm_mask.state = None
@@ -200,3 +200,19 @@ def test_the_remembered_mask_lives_as_long_as_the_output():
     with torch.no_grad():
         model.eval()(torch.randn(2, *SIZE))
     assert len(gate_module._TRAINING_MASKS) == 0  # nothing is remembered without gradients
+
+
+@pytest.mark.parametrize("name,stages", [("test_resnet", (2, 3)), ("test_convnext", (1, 2)),
+                                         ("test_efficientnet", (2, 3)), ("efficientnet_b0", (2,))])
+def test_every_gated_stage_finds_the_mask_it_reads_in_training(name, stages):
+    from ersm_surgery.layers import gate as gate_module
+
+    model = ersm_surgery.inject(name, stages=list(stages), config={"gate": "stage"}, input_size=SIZE).train()
+    gated = [m for m in model.modules() if isinstance(getattr(m, "ersm_gate", None), StageGate)]
+    found = []
+    remembered = gate_module._TRAINING_MASKS
+    for m in gated:
+        m.register_forward_pre_hook(lambda mod, args: found.append(remembered.get(args[0]) is not None))
+    model(torch.randn(2, *SIZE))
+    # the gradient path reaches every gated module, also the second of a stage gated in two (blocks.3, blocks.4)
+    assert gated and found == [True] * len(gated)

@@ -33,7 +33,7 @@ from torch.utils.weak import WeakIdKeyDictionary
 
 from .config import GATE_POOLS
 
-__all__ = ["StageGate", "pool_mask", "grid_stride", "kept_tokens", "remember_mask", "GATE_POOLS"]
+__all__ = ["StageGate", "pool_mask", "grid_stride", "kept_tokens", "remember_mask", "pass_mask_on", "GATE_POOLS"]
 
 # output tensor of a mask layer's training pass -> the mask multiplied onto it. Keyed by the tensor's
 # identity and held weakly, so an entry lives exactly as long as the output it describes: no state on a
@@ -96,6 +96,18 @@ def kept_tokens(x: torch.Tensor) -> torch.Tensor:
         # exactly zero in value; in the backward pass it routes every gate's gradient to the mask
         keep = keep + (mask - mask.detach()).to(x.dtype)
     return keep
+
+
+def pass_mask_on(output: torch.Tensor, keep: torch.Tensor, rule: str) -> torch.Tensor:
+    """``output`` unchanged; in training, remembers ``keep`` taken to its grid for the module gated after it.
+
+    A stage mask may gate several modules in turn (efficientnet_b0's blocks.3 and blocks.4): the second reads
+    its kept tokens off the first one's output, and finds the mask's gradient path here. Only the training
+    graph of a gated module calls it.
+    """
+    if output.requires_grad and keep.requires_grad and output.dim() == 4:
+        remember_mask(output, pool_mask(keep, output.shape[-2:], rule))
+    return output
 
 
 class StageGate(nn.Module):

@@ -18,7 +18,7 @@ import torch
 from torch import fx, nn
 
 from ..errors import PlacementError
-from ..layers.gate import kept_tokens
+from ..layers.gate import kept_tokens, pass_mask_on
 from .analysis import feature_info
 from .placement import Placement
 from .token_ops import MIXING, ZERO, op_class
@@ -143,12 +143,15 @@ def node_kinds(graph: fx.Graph, owner: nn.Module) -> dict[fx.Node, str]:
     return kinds
 
 
-def insert_gates(graph: fx.Graph, owner: nn.Module) -> int:
+def insert_gates(graph: fx.Graph, owner: nn.Module, pass_on: str | None = None) -> int:
     """Compute the input's kept tokens once and gate every spatial map that needs it (in place).
 
     A map is gated when it may be non-zero at a switched-off token (see :mod:`.token_ops`) and an op that
     reads other tokens, or the stage's output, consumes it. Gating every map after every op computes
     the same values at every kept token; these gates are the ones that change anything.
+
+    With ``pass_on`` (the gate's pool rule; training graphs only) the module's output also hands the kept
+    tokens, with their gradient path, to a module gated after it (``layers.gate.pass_mask_on``).
 
     Returns:
         The number of gate nodes inserted.
@@ -179,6 +182,11 @@ def insert_gates(graph: fx.Graph, owner: nn.Module) -> int:
         kinds[gate] = kinds[node]
         zero[gate] = True
         count += 1
+    output = next(n for n in reversed(graph.nodes) if n.op == "output")
+    result = output.args[0]
+    if pass_on is not None and isinstance(result, fx.Node) and kinds.get(result) == NCHW:
+        with graph.inserting_before(output):
+            output.args = (graph.call_function(pass_mask_on, (result, keep, pass_on)),)
     graph.lint()
     return count
 

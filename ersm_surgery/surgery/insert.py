@@ -100,7 +100,7 @@ def _insert_fx(
     for mode in (True, False):
         graph, qualnames = trace(owner, train=mode)
         if gate_source is not None:  # gates first: a mask at this module's output then masks the gated map
-            insert_gates(graph, owner)
+            insert_gates(graph, owner, pass_on=gate_pool if mode else None)
         _edit_graph(graph, qualnames, [p for p, _ in items], owner_path)
         graphs[mode] = graph
     new = DualGraphModule(owner, graphs[True], graphs[False])
