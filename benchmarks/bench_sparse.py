@@ -175,13 +175,10 @@ def not_identity(model: torch.nn.Module) -> None:
                 p.fill_(1.0)
 
 
-GATE_POOL = "sample"  # mask.gate_pool of the injected models (--gate-pool)
-
-
-def prepared(name: str, steps: int) -> torch.nn.Module:
+def prepared(name: str, steps: int, gate_pool: str = "sample") -> torch.nn.Module:
     torch.manual_seed(0)
     model = ersm_surgery.inject(name, stages=placements(name)["late"],
-                                config={"gate": "stage", "gate_pool": GATE_POOL}, num_classes=10)
+                                config={"gate": "stage", "gate_pool": gate_pool}, num_classes=10)
     not_identity(model)
     train_heads(model, steps, 10)
     return model.eval()
@@ -290,8 +287,6 @@ def main() -> int:
     args = ap.parse_args()
     if args.quick:
         args.steps, args.repeat = 10, 3
-    global GATE_POOL
-    GATE_POOL = args.gate_pool
     torch.set_num_threads(args.threads)
     print(f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores, torch threads "
           f"{torch.get_num_threads()}, torch {torch.__version__}; the machine is shared with other developers' "
@@ -302,7 +297,7 @@ def main() -> int:
 
     main_name = args.model
     if args.exactness_only:
-        model = prepared(main_name, args.steps)
+        model = prepared(main_name, args.steps, args.gate_pool)
         shift_price(model, x16[:4], 0.4)
         with torch.no_grad():
             dense, fast = model(x16[:4]), sparse(model, break_even=1.0)(x16[:4])
@@ -312,7 +307,7 @@ def main() -> int:
         return 0
     print(f"\n{main_name}: heads trained {args.steps} steps at 64 px, price shifted to density 0.4 at 224 px",
           flush=True)
-    r50 = prepared(main_name, args.steps)
+    r50 = prepared(main_name, args.steps, args.gate_pool)
     shift_price(r50, x_price, 0.4)
     base = plain_model(r50)
     result[f"{main_name}@0.4"] = [measure_batch(r50, xb, repeat=args.repeat, base=base)
@@ -329,7 +324,7 @@ def main() -> int:
     if not args.skip_others:
         for name in ("resnet18", "convnext_atto", "efficientnet_b0"):
             print(f"\n{name}: heads trained {args.steps} steps at 64 px, density 0.4 at 224 px", flush=True)
-            model = prepared(name, args.steps)
+            model = prepared(name, args.steps, args.gate_pool)
             shift_price(model, x_price, 0.4)
             result[f"{name}@0.4"] = [measure_batch(model, xb, repeat=args.repeat) for xb in batches(model, x16, 0.4)]
             for r in result[f"{name}@0.4"]:

@@ -41,7 +41,7 @@ def with_gate(model: nn.Module, gate: str | None = None, gate_pool: str | None =
     """
     recipe = getattr(model, RECIPE_ATTR)
     wanted = {"gate": gate or recipe.mask.gate, "gate_pool": gate_pool or recipe.mask.gate_pool}
-    if (recipe.mask.gate, recipe.mask.gate_pool) == (wanted["gate"], wanted["gate_pool"]) or not recipe.placements:
+    if all(getattr(recipe.mask, key) == value for key, value in wanted.items()) or not recipe.placements:
         return model
     data = recipe.to_dict()
     data["mask"] = {**data["mask"], **wanted}

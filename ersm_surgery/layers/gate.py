@@ -33,7 +33,8 @@ from torch.utils.weak import WeakIdKeyDictionary
 
 from .config import GATE_POOLS
 
-__all__ = ["StageGate", "pool_mask", "grid_stride", "kept_tokens", "remember_mask", "pass_mask_on", "GATE_POOLS"]
+__all__ = ["StageGate", "pool_mask", "grid_stride", "kept_tokens", "remember_mask", "pass_mask_on", "check_pool_rule",
+           "GATE_POOLS"]
 
 # output tensor of a mask layer's training pass -> the mask multiplied onto it. Keyed by the tensor's
 # identity and held weakly, so an entry lives exactly as long as the output it describes: no state on a
@@ -51,35 +52,39 @@ def grid_stride(size: int, target: int) -> int:
     return max(1, int(round(size / target)))
 
 
+def check_pool_rule(rule: str) -> None:
+    """Raise ValueError unless ``rule`` is a ``mask.gate_pool`` setting."""
+    if rule not in GATE_POOLS:
+        raise ValueError(f"mask.gate_pool must be one of {', '.join(GATE_POOLS)}, got {rule!r}")
+
+
 def pool_mask(mask: torch.Tensor, size: tuple[int, int], rule: str = "sample") -> torch.Tensor:
     """The (B, 1, H, W) mask taken to a (h, w) grid by ``rule`` ("any" or "sample", see the module docstring).
 
     With ``s = round(H / h)``, token (i, j) of the (h, w) grid reads the s x s block of rows
     ``min(s * i + di, H - 1)`` and columns ``min(s * j + dj, W - 1)``: "sample" takes its first token
     (di = dj = 0), "any" its maximum; the same rule decides which tokens the sparse runtime computes. In
-    training the maximum's gradient reaches the block's first kept token only, so the other tokens of a kept
-    block are priced by their features alone and can close. (Routing it to every token of the block, as the
-    block's mean would, kept resnet18's masks open: 0.85 / 1.00 against 0.32 / 0.93, one cell of the price
-    matrix, docs/sparse.md.)
+    training the maximum's gradient is shared evenly by the block's kept tokens (by all its tokens when none
+    is kept), as ``torch.amax`` shares it between equal values. (Routing it to every token of the block, as
+    the block's mean would, kept resnet18's masks open: 0.85 / 1.00 against 0.32 / 0.93, one cell of the
+    price matrix, docs/sparse.md.)
     """
-    if rule not in GATE_POOLS:
-        raise ValueError(f"mask.gate_pool must be one of {', '.join(GATE_POOLS)}, got {rule!r}")
+    check_pool_rule(rule)
     height, width = mask.shape[-2:]
     h, w = int(size[0]), int(size[1])
     if (h, w) == (height, width):
         return mask
     step_h, step_w = grid_stride(height, h), grid_stride(width, w)
-    base_rows = torch.arange(h, device=mask.device) * step_h
-    base_cols = torch.arange(w, device=mask.device) * step_w
+    rows = torch.arange(h, device=mask.device) * step_h
+    cols = torch.arange(w, device=mask.device) * step_w
+
+    def tap(di: int, dj: int) -> torch.Tensor:
+        return mask.index_select(-2, (rows + di).clamp(max=height - 1)).index_select(
+            -1, (cols + dj).clamp(max=width - 1))
+
     if rule == "sample":
-        step_h = step_w = 1
-    taps = torch.stack([
-        mask.index_select(-2, (base_rows + di).clamp_(max=height - 1)).index_select(
-            -1, (base_cols + dj).clamp_(max=width - 1))
-        for di in range(step_h) for dj in range(step_w)])
-    if len(taps) == 1:
-        return taps[0]
-    return taps.amax(dim=0)
+        return tap(0, 0)
+    return torch.stack([tap(di, dj) for di in range(step_h) for dj in range(step_w)]).amax(dim=0)
 
 
 def kept_tokens(x: torch.Tensor) -> torch.Tensor:
@@ -120,8 +125,7 @@ class StageGate(nn.Module):
 
     def __init__(self, source: str = "", pool: str = "sample") -> None:
         super().__init__()
-        if pool not in GATE_POOLS:
-            raise ValueError(f"mask.gate_pool must be one of {', '.join(GATE_POOLS)}, got {pool!r}")
+        check_pool_rule(pool)
         self.source = source
         self.pool = pool
 
