@@ -96,6 +96,8 @@ def mask_settings(args) -> tuple[dict, dict]:
         mask["border"] = args.border
     if args.gate is not None:
         mask["gate"] = args.gate
+    if args.gate_pool is not None:
+        mask["gate_pool"] = args.gate_pool
     mask["price"] = args.price
     if args.price == "relative" and args.alpha is None:
         mask["alpha"] = 0.5  # the relative price's measured point (docs/finetune.md), not the absolute 0.2
@@ -109,7 +111,12 @@ def ft_config(args, masks: bool) -> FinetuneConfig:
     _, ft = mask_settings(args)
     extra = ft if masks else {k: v for k, v in ft.items() if k not in ("mask_lr_scale", "tau_end")}
     return FinetuneConfig(epochs=args.ft_epochs, batch_size=args.batch_size, lr=args.ft_lr, workers=0,
-                          seed=args.seed + 1, weight_decay=0.05, **extra)
+                          seed=ft_seed(args), weight_decay=0.05, **extra)
+
+
+def ft_seed(args) -> int:
+    """The fine-tunings' seed (data order, augmentation draws; the mask heads' start): --ft-seed, else seed + 1."""
+    return args.seed + 1 if args.ft_seed is None else args.ft_seed
 
 
 def train_step(model, opt, x, y) -> None:
@@ -180,6 +187,7 @@ def main() -> None:
     p.add_argument("--ft-lr", type=float, default=3e-4)
     p.add_argument("--timing-steps", type=int, default=12)
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--ft-seed", type=int, help="seed of the fine-tunings only (default: --seed + 1), the base kept")
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--cache", help="folder of the cached base model (default: the temp dir)")
     p.add_argument("--base-only", action="store_true", help="train (or load) the base and stop")
@@ -188,6 +196,8 @@ def main() -> None:
     p.add_argument("--mask-mode", choices=["straight_through", "soft"])
     p.add_argument("--border", choices=["zero", "normalise"])
     p.add_argument("--gate", choices=["features", "stage"], help="mask.gate (stage: each mask gates the next stage)")
+    p.add_argument("--gate-pool", choices=["sample", "any"],
+                   help="mask.gate_pool under --gate stage (which coarse tokens a strided gated block computes)")
     p.add_argument("--price", choices=["relative", "absolute"], default="absolute",
                    help="mask.price (absolute: the alpha-0.2 results of docs/finetune.md's first table)")
     p.add_argument("--save", help="folder to save the two fine-tuned models in (ersm/, baseline/) for `evaluate`")
@@ -207,6 +217,7 @@ def main() -> None:
     if args.base_only:
         return
 
+    torch.manual_seed(ft_seed(args))  # the mask heads' initial weights
     start_model = copy.deepcopy(base).eval()
     del start_model.ersm_recipe  # inject() reads any recipe as "already masked", even one without placements
     ersm = ersm_surgery.inject(start_model, stages=[2, 3], config=MaskConfig(**mask_settings(args)[0]),
@@ -253,7 +264,7 @@ def report(args, base_top1, results, timing, mem, wall) -> None:
     print("\n=== bench_finetune: ERSM vs plain fine-tuning of the same trained resnet18 ===")
     print(f"data: builtin:clutter, {args.classes} classes, {args.train_size} train / {args.val_size} val, "
           f"{args.img_size}px; fine-tune {args.ft_epochs} epochs, batch {args.batch_size}, lr {args.ft_lr}, "
-          f"seed {args.seed + 1}; masks after stages 2,3 with {mask_settings(args)[0]} and {mask_settings(args)[1]}")
+          f"seed {ft_seed(args)}; masks after stages 2,3 with {mask_settings(args)[0]} and {mask_settings(args)[1]}")
     print(f"val top-1: base before fine-tuning {base_top1:.2f}; after it: ERSM {e['val_top1']:.2f}  baseline "
           f"{b['val_top1']:.2f}  (gap {gap:+.2f} points; goal >= -2)  "
           f"[{'PASS' if gap >= -2 else 'FAIL'}]")

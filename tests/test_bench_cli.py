@@ -32,6 +32,7 @@ def test_bench_json_reports_both_batches(folders):
         assert 0.0 <= r["dense_float32_error"] <= 1e-3  # the dense model's own rounding, against float64
         assert set(r["computed_density"]) == {"layer3", "layer4"}
         assert all(0.0 <= v <= 1.0 for v in r["computed_density"].values())
+        assert set(r["computed_output_density"]) == {"layer3", "layer4"}
         assert r["speedup"] > 0 and r["stages"]["speedup"] > 0 and all(r["ran_sparse"].values())
         assert r["dense_folded"]["wall_s"] > 0  # the timm model with its norms folded, timed beside the others
         assert r["speedup_over_folded"] == r["dense_folded"]["wall_s"] / r["sparse"]["wall_s"]
@@ -42,7 +43,7 @@ def test_bench_json_reports_both_batches(folders):
 def test_bench_table(folders):
     result = run("bench", folders / "gated", "-b", "2", "--repeat", "1", "--warmup", "0")
     assert result.exit_code == 0 and "ops that ran densely: none" in result.output, result.output
-    assert "kept tokens the gated stages compute: layer3" in result.output
+    assert "kept tokens the gated stages compute: layer3" in result.output and "(output grid" in result.output
     assert "vs folded" in result.output
 
 

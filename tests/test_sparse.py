@@ -303,3 +303,19 @@ def test_sparse_runs_on_cuda():
     x = torch.randn(4, *SIZE, device="cuda")
     with torch.no_grad():
         torch.testing.assert_close(ersm_surgery.sparse(model, break_even=1.0)(x), model(x), atol=1e-4, rtol=1e-4)
+
+
+@pytest.mark.parametrize("pool,expected", [("sample", 0.0), ("any", 1.0)])
+def test_bench_reports_what_a_strided_gated_stage_computes_on_its_output_grid(pool, expected):
+    from ersm_surgery.sparse.measure import _output_fractions, plain_model, region_inputs
+
+    model = ersm_surgery.inject("test_resnet", stages=[2], config={"gate": "stage", "gate_pool": pool},
+                                input_size=SIZE).eval()
+    fast = ersm_surgery.sparse(model, break_even=1.0)
+    with torch.no_grad():
+        inp = region_inputs(fast, torch.randn(2, *SIZE))["layer3"]
+        # one kept token per 2 x 2 block, never the one a stride-2 sample reads
+        kept = torch.zeros(inp.shape[-2:])
+        kept[1::2, 1::2] = 1.0
+        fractions = _output_fractions(plain_model(model), sparse_regions(fast), {"layer3": inp * kept})
+    assert fractions == {"layer3": expected}

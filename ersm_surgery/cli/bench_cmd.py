@@ -126,7 +126,10 @@ def _render(out, report: dict) -> None:
               "convolutions (sparse folds them too: this column is what the masks buy)")
     for r in report["results"]:
         # a gated stage computes the tokens its input carries: the overlap of every mask before it
-        computed = ", ".join(f"{p} {v:.2f}" for p, v in r["computed_density"].items())
+        # and on its output grid, where a strided first block does most of the work (more under gate_pool=any)
+        outputs = r.get("computed_output_density", {})
+        computed = ", ".join(f"{p} {v:.2f}" + (f" (output grid {outputs[p]:.2f})" if p in outputs else "")
+                             for p, v in r["computed_density"].items())
         out.print(f"batch {r['batch']}: kept tokens the gated stages compute: {escape(computed)}")
         dense_regions = [p for p, ran in r["ran_sparse"].items() if not ran]
         if dense_regions:

@@ -23,7 +23,7 @@ import torch
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
-from ..layers.gate import kept_tokens
+from ..layers.gate import kept_tokens, pool_mask
 from ..mask_set import masks
 from ..surgery.placement import is_mask_key
 from .model import DEFAULT_BREAK_EVEN, SparseRegion, fold_model, sparse, sparse_regions
@@ -102,6 +102,21 @@ def _sparse_flop_share(model: nn.Module, regions: dict[str, SparseRegion], x: to
     return 1.0 - dense / total
 
 
+def _output_fractions(base: nn.Module, regions: dict[str, SparseRegion],
+                      inputs: dict[str, torch.Tensor]) -> dict[str, float]:
+    """Per gated region, the kept fraction of its output grid under its gate's rule (``mask.gate_pool``).
+
+    A stage whose first block is strided does nearly all its work on that grid: under ``sample`` it keeps
+    about what its input keeps, under ``any`` a coarse token is computed when any token of its stride block
+    is kept, so more.
+    """
+    out = {}
+    for path, inp in inputs.items():
+        size = base.get_submodule(path)(inp).shape[-2:]
+        out[path] = float(pool_mask(kept_tokens(inp), size, regions[path].pool).mean())
+    return out
+
+
 def float32_error(model: nn.Module, x: torch.Tensor, reference: torch.Tensor) -> float:
     """Max |logit| difference of ``model``'s float32 output ``reference`` against the model in float64."""
     if reference.dtype != torch.float32:
@@ -117,7 +132,8 @@ def measure_batch(model: nn.Module, x: torch.Tensor, repeat: int = 10, warmup: i
 
     Returns:
         ``{"batch", "density": {mask: mean kept fraction}, "computed_density": {gated region: kept fraction
-        of its input, what it computes}, "dense"/"dense_folded"/"sparse": {"wall_s", "cpu_s"},
+        of its input, what it computes}, "computed_output_density": {gated region: kept fraction of its output
+        grid under the gate's rule}, "dense"/"dense_folded"/"sparse": {"wall_s", "cpu_s"},
         "speedup" (over timm), "speedup_over_folded" (over timm with its BatchNorms folded), each also as
         "..._interval": [median paired ratio, 95% low, 95% high],
         "stages": {"dense"/"sparse", "speedup", "speedup_interval"}, "max_abs_logit_diff",
@@ -135,6 +151,7 @@ def measure_batch(model: nn.Module, x: torch.Tensor, repeat: int = 10, warmup: i
         out = fast(x)
         inputs = region_inputs(fast, x)
         computed = {path: float(kept_tokens(inp).mean()) for path, inp in inputs.items()}
+        computed_output = _output_fractions(base, regions, inputs)
         samples = interleaved_samples({"dense": lambda: base(x), "dense_folded": lambda: folded(x),
                                        "sparse": lambda: fast(x)}, repeat, warmup)
         whole = _medians(samples)
@@ -154,6 +171,7 @@ def measure_batch(model: nn.Module, x: torch.Tensor, repeat: int = 10, warmup: i
         "batch": int(x.shape[0]),
         "density": density,
         "computed_density": computed,
+        "computed_output_density": computed_output,
         "dense": whole["dense"],
         "dense_folded": whole["dense_folded"],
         "sparse": whole["sparse"],
