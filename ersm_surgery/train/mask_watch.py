@@ -15,6 +15,8 @@ __all__ = ["MaskWatch", "CLOSED_BELOW", "OPEN_ABOVE"]
 # is fully on has not started to select (the thresholds of issue #13's "collapsed" and "open" cells)
 CLOSED_BELOW = 0.05
 OPEN_ABOVE = 0.95
+# the price the advice names for a mask whose price is 0 (run's price for two masks is 0.21, for one 0.3)
+FREE_MASK_EXAMPLE = 0.2
 
 
 @dataclass
@@ -49,9 +51,11 @@ class MaskWatch:
                            "e.g. half of it, or --gamma")
             elif density > OPEN_ABOVE and update >= self.open_after and (name, "open") not in self.given:
                 self.given.add((name, "open"))
+                # a price of 0 charges nothing for a token: "twice it" would still be 0
+                example = f"e.g. {FREE_MASK_EXAMPLE:g}" if alpha is not None and alpha <= 0 else "e.g. twice it"
                 out.append(f"mask {name} stays open: it keeps {100 * density:.1f}% of the tokens after epoch "
                            f"{row['epoch']} with the price fully on; raise the price: --alpha{now}, "
-                           "e.g. twice it, or train longer (--epochs)"
+                           f"{example}, or train longer (--epochs)"
                            + (", or inject with --set mask.norm_prior=1 --set mask.init_logit=1 (the masks run "
                               "injects)" if name in self.without_prior else ""))
         return out
