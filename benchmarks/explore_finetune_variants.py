@@ -40,19 +40,29 @@ def main() -> None:
     for seed in seeds:
         ersm = _finetune(args, seed, no_masks=False)
         if len(seeds) > 1:
-            # the baseline does not depend on the variant: kept beside the run, keyed by seed
+            # the baseline does not depend on the mask variant: kept beside the run, keyed by seed and by the
+            # fine-tuning settings a run without masks reads (epochs, lr, ...; not gamma or the masks' lr)
             cache = Path(args.run) / "explore_baselines.json"
             known = json.loads(cache.read_text()) if cache.exists() else {}
-            if str(seed) not in known:
-                known[str(seed)] = _finetune(args, seed, no_masks=True)
+            key = _baseline_key(args, seed)
+            if key not in known:
+                known[key] = _finetune(args, seed, no_masks=True)
                 cache.write_text(json.dumps(known))
-            base = known[str(seed)]
+            base = known[key]
             gaps.append(ersm - base)
             print(f"seed {seed}: ERSM {ersm:.1f}% vs baseline {base:.1f}% (gap {ersm - base:+.1f})", flush=True)
     if gaps:
         mean = statistics.mean(gaps)
         spread = statistics.stdev(gaps) / len(gaps) ** 0.5 if len(gaps) > 1 else float("nan")
         print(f"mean gap {mean:+.2f} points (standard error over seeds {spread:.2f}) over seeds {seeds}")
+
+
+_MASK_ONLY = ("gamma", "gamma_warmup", "mask_lr_scale", "tau_end", "loss_brake")
+
+
+def _baseline_key(args: argparse.Namespace, seed: int) -> str:
+    plain = {k: v for k, v in apply_overrides({"model": "x"}, args.set)["finetune"].items() if k not in _MASK_ONLY}
+    return str(seed) + (" " + json.dumps(plain, sort_keys=True) if plain else "")
 
 
 def _finetune(args: argparse.Namespace, seed: int, no_masks: bool) -> float:
