@@ -114,10 +114,12 @@ def densities(row: dict) -> dict[str, tuple[float, float]]:
 
 
 def cell(model: str, where: str, stages: list[int], weights: str, tag: str, cache: Path, work: Path,
-         mask: dict, finetune: dict, seed: int, run: dict) -> dict:
+         mask: dict, finetune: dict, seed: int, run: dict, full_epochs: int | None = None) -> dict:
     settings = settings_for(model, stages, work, mask, finetune, seed, run)
     fingerprint = f"e{settings.epochs}-b{settings.batch_size}-lr{settings.lr:g}"
-    folder = work / f"{model}-{where}-{tag}-{_digest([mask, finetune, run])}{f'-s{seed}' if seed else ''}"
+    # bases of a fixed length are other bases than the budget's: their cells and baselines are kept apart
+    tag_id = tag if full_epochs is None else f"{tag}-e{full_epochs}"
+    folder = work / f"{model}-{where}-{tag_id}-{_digest([mask, finetune, run])}{f'-s{seed}' if seed else ''}"
     torch.manual_seed(seed)  # the heads' initial weights: the same for a cell whatever ran before it
     masked = inject(model, stages=stages, input_size=(3, IMG, IMG), num_classes=CLASSES, pretrained_path=weights,
                     config=_mask_config(settings))
@@ -128,7 +130,7 @@ def cell(model: str, where: str, stages: list[int], weights: str, tag: str, cach
     ersm = _train(str(folder / "injected"), folder / "ersm", settings, settings.epochs, settings.lr)
     t_ersm = time.perf_counter() - t0
     plain_ft = {k: v for k, v in finetune.items() if not k.startswith(("gamma", "mask_lr", "tau", "loss_brake"))}
-    base_key = cache / (f"baseline-{model}-{where}-{tag}-s{seed}-{fingerprint}"
+    base_key = cache / (f"baseline-{model}-{where}-{tag_id}-s{seed}-{fingerprint}"
                         f"{'-' + json.dumps(plain_ft, sort_keys=True) if plain_ft else ''}.json")
     if base_key.is_file():
         baseline = json.loads(base_key.read_text())
@@ -229,7 +231,8 @@ def main() -> int:
             for where in args.placements.split(","):
                 runs = []
                 for seed in seeds:
-                    c = cell(model, where, places[where], weights, tag, cache, work, mask, finetune, seed, run)
+                    c = cell(model, where, places[where], weights, tag, cache, work, mask, finetune, seed, run,
+                             args.full_epochs)
                     c["base_top1"], c["seed"] = 100 * base_top1, seed
                     c["pass"], c["why"] = verdict(c)
                     runs.append(c)
