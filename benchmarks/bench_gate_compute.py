@@ -19,7 +19,8 @@ import torch
 
 import ersm_surgery
 from ersm_surgery.data import create_dataset
-from ersm_surgery.layers import StageGate, kept_tokens, pool_mask
+from ersm_surgery.layers import StageGate
+from ersm_surgery.sparse.measure import kept_fractions
 
 
 def computed_fractions(model: torch.nn.Module, images: torch.Tensor, batch: int = 64) -> dict[str, tuple[float, float]]:
@@ -28,10 +29,9 @@ def computed_fractions(model: torch.nn.Module, images: torch.Tensor, batch: int 
     sums = {n: [0.0, 0.0] for n in gated}
 
     def hook(module, args, output, name):
-        keep = kept_tokens(args[0])
-        sums[name][0] += float(keep.sum()) / keep[0].numel()
-        coarse = pool_mask(keep, output.shape[-2:], module.ersm_gate.pool)
-        sums[name][1] += float(coarse.sum()) / coarse[0].numel()
+        fractions = kept_fractions(args[0], output.shape[-2:], module.ersm_gate.pool)
+        for i, fraction in enumerate(fractions):  # batch means, weighted by the batch's images
+            sums[name][i] += fraction * len(args[0])
 
     handles = [m.register_forward_hook(lambda mod, a, o, n=n: hook(mod, a, o, n)) for n, m in gated.items()]
     try:

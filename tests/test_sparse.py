@@ -307,15 +307,17 @@ def test_sparse_runs_on_cuda():
 
 @pytest.mark.parametrize("pool,expected", [("sample", 0.0), ("any", 1.0)])
 def test_bench_reports_what_a_strided_gated_stage_computes_on_its_output_grid(pool, expected):
-    from ersm_surgery.sparse.measure import _output_fractions, plain_model, region_inputs
+    from ersm_surgery.sparse.measure import kept_fractions, region_io
 
     model = ersm_surgery.inject("test_resnet", stages=[2], config={"gate": "stage", "gate_pool": pool},
                                 input_size=SIZE).eval()
     fast = ersm_surgery.sparse(model, break_even=1.0)
     with torch.no_grad():
-        inp = region_inputs(fast, torch.randn(2, *SIZE))["layer3"]
+        _, inputs, sizes = region_io(fast, torch.randn(2, *SIZE))
+        inp = inputs["layer3"]
+        assert sizes["layer3"] == tuple(model.layer3(inp).shape[-2:])  # the region's own output grid
         # one kept token per 2 x 2 block, never the one a stride-2 sample reads
         kept = torch.zeros(inp.shape[-2:])
         kept[1::2, 1::2] = 1.0
-        fractions = _output_fractions(plain_model(model), sparse_regions(fast), {"layer3": inp * kept})
-    assert fractions == {"layer3": expected}
+        fractions = kept_fractions(inp * kept, sizes["layer3"], sparse_regions(fast)["layer3"].pool)
+    assert fractions == (0.25, expected)

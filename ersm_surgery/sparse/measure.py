@@ -28,7 +28,8 @@ from ..mask_set import masks
 from ..surgery.placement import is_mask_key
 from .model import DEFAULT_BREAK_EVEN, SparseRegion, fold_model, sparse, sparse_regions
 
-__all__ = ["plain_model", "interleaved", "interleaved_samples", "paired_ratio", "region_inputs", "measure_batch"]
+__all__ = ["plain_model", "interleaved", "interleaved_samples", "paired_ratio", "region_io", "region_inputs",
+           "kept_fractions", "measure_batch"]
 
 
 def plain_model(model: nn.Module) -> nn.Module:
@@ -77,17 +78,39 @@ def paired_ratio(slow: list[float], fast: list[float], draws: int = 2000) -> tup
     return statistics.median(ratios), meds[int(0.025 * draws)], meds[int(0.975 * draws) - 1]
 
 
-def region_inputs(fast: nn.Module, x: torch.Tensor) -> dict[str, torch.Tensor]:
-    """The input each sparse region of ``fast`` (a ``sparse(model)``) sees on ``x``, by region path."""
-    captured: dict[str, torch.Tensor] = {}
-    hooks = [region.register_forward_pre_hook(lambda mod, args, path=path: captured.__setitem__(path, args[0]))
-             for path, region in sparse_regions(fast).items()]
+def region_io(fast: nn.Module, x: torch.Tensor) -> tuple[Any, dict[str, torch.Tensor], dict[str, tuple[int, int]]]:
+    """One forward of ``fast`` (a ``sparse(model)``) on ``x``: its output, the input each sparse region sees and
+    the (h, w) grid of each region's output, by region path."""
+    inputs: dict[str, torch.Tensor] = {}
+    sizes: dict[str, tuple[int, int]] = {}
+    hooks = []
+    for path, region in sparse_regions(fast).items():
+        hooks.append(region.register_forward_pre_hook(lambda mod, args, path=path: inputs.__setitem__(path, args[0])))
+        hooks.append(region.register_forward_hook(
+            lambda mod, args, out, path=path: sizes.__setitem__(path, tuple(out.shape[-2:]))))
     try:
-        fast(x)
+        out = fast(x)
     finally:
         for h in hooks:
             h.remove()
-    return captured
+    return out, inputs, sizes
+
+
+def region_inputs(fast: nn.Module, x: torch.Tensor) -> dict[str, torch.Tensor]:
+    """The input each sparse region of ``fast`` (a ``sparse(model)``) sees on ``x``, by region path."""
+    return region_io(fast, x)[1]
+
+
+def kept_fractions(inp: torch.Tensor, size: tuple[int, int], rule: str) -> tuple[float, float]:
+    """The kept fraction of a gated region's input grid (what its masks kept) and of its (h, w) output grid
+    under the gate's rule (``mask.gate_pool``).
+
+    A stage whose first block is strided does nearly all its work on the output grid: under ``sample`` it
+    keeps about what its input keeps, under ``any`` a coarse token is computed when any token of its stride
+    block is kept, so more.
+    """
+    keep = kept_tokens(inp)
+    return float(keep.mean()), float(pool_mask(keep, size, rule).mean())
 
 
 def _sparse_flop_share(model: nn.Module, regions: dict[str, SparseRegion], x: torch.Tensor) -> float | None:
@@ -100,21 +123,6 @@ def _sparse_flop_share(model: nn.Module, regions: dict[str, SparseRegion], x: to
         return None
     dense = sum(counts.get(name, 0) for r in regions.values() for name in r.dense_ops())
     return 1.0 - dense / total
-
-
-def _output_fractions(base: nn.Module, regions: dict[str, SparseRegion],
-                      inputs: dict[str, torch.Tensor]) -> dict[str, float]:
-    """Per gated region, the kept fraction of its output grid under its gate's rule (``mask.gate_pool``).
-
-    A stage whose first block is strided does nearly all its work on that grid: under ``sample`` it keeps
-    about what its input keeps, under ``any`` a coarse token is computed when any token of its stride block
-    is kept, so more.
-    """
-    out = {}
-    for path, inp in inputs.items():
-        size = base.get_submodule(path)(inp).shape[-2:]
-        out[path] = float(pool_mask(kept_tokens(inp), size, regions[path].pool).mean())
-    return out
 
 
 def float32_error(model: nn.Module, x: torch.Tensor, reference: torch.Tensor) -> float:
@@ -148,10 +156,10 @@ def measure_batch(model: nn.Module, x: torch.Tensor, repeat: int = 10, warmup: i
     with torch.no_grad():
         reference = model(x)
         density = {name: float(d.mean()) for name, d in masks(model).density().items()}
-        out = fast(x)
-        inputs = region_inputs(fast, x)
-        computed = {path: float(kept_tokens(inp).mean()) for path, inp in inputs.items()}
-        computed_output = _output_fractions(base, regions, inputs)
+        out, inputs, sizes = region_io(fast, x)
+        fractions = {path: kept_fractions(inp, sizes[path], regions[path].pool) for path, inp in inputs.items()}
+        computed = {path: f[0] for path, f in fractions.items()}
+        computed_output = {path: f[1] for path, f in fractions.items()}
         samples = interleaved_samples({"dense": lambda: base(x), "dense_folded": lambda: folded(x),
                                        "sparse": lambda: fast(x)}, repeat, warmup)
         whole = _medians(samples)
