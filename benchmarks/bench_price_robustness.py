@@ -12,8 +12,9 @@ Each cell is what ``ersm-surgery run`` does, with its defaults and nothing tuned
    or one earlier stage (``n-4``);
 3. two fine-tunings from the same injected model with ``run``'s settings (its protocol defaults: 2 epochs of
    2000 images, lr 3e-4, batch 32, the memory format of the base's rule; the same seed and data order): ERSM
-   with the masks ``run`` injects (``pipeline.run.PIPELINE_MASK``: magnitude prior, init_logit 1, alpha
-   0.3 / sqrt(masks)), and the baseline without masks.
+   with the masks ``run`` injects and its fine-tuning (``pipeline.run.PIPELINE_MASK``: magnitude prior,
+   init_logit 1, alpha 0.42 / sqrt(masks); ``PIPELINE_FINETUNE``: the masks stop learning at half-time),
+   and the baseline without masks.
 
 The default models are four families whose base learns in ``run``'s budget (benchmarks/README.md,
 bench_run_families.py); convnext_atto is left out because its base stays at chance there (``run`` stops it
@@ -50,7 +51,7 @@ IMG, CLASSES = 64, 4
 
 def placements(model: str) -> dict[str, list[int]]:
     n = len(timm.create_model(model, pretrained=False, features_only=True).feature_info)
-    # not in the matrix: "three" checks run's price shared over three masks (0.3 / sqrt 3 each); "second" and
+    # not in the matrix: "three" checks run's price shared over three masks (alpha / sqrt 3 each); "second" and
     # "last" split the late pair into its single masks (with --set mask.alpha=0.2121: which one costs)
     return {"late": [n - 3, n - 2], "early": [n - 4], "three": [n - 4, n - 3, n - 2], "second": [n - 3],
             "last": [n - 2]}
@@ -129,7 +130,7 @@ def cell(model: str, where: str, stages: list[int], weights: str, tag: str, cach
     t0 = time.perf_counter()
     ersm = _train(str(folder / "injected"), folder / "ersm", settings, settings.epochs, settings.lr)
     t_ersm = time.perf_counter() - t0
-    plain_ft = {k: v for k, v in finetune.items() if not k.startswith(("gamma", "mask_lr", "tau", "loss_brake"))}
+    plain_ft = {k: v for k, v in finetune.items() if not k.startswith(("gamma", "mask_", "tau", "loss_brake"))}
     base_key = cache / (f"baseline-{model}-{where}-{tag_id}-s{seed}-{fingerprint}"
                         f"{'-' + json.dumps(plain_ft, sort_keys=True) if plain_ft else ''}.json")
     if base_key.is_file():

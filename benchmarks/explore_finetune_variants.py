@@ -57,7 +57,7 @@ def main() -> None:
         print(f"mean gap {mean:+.2f} points (standard error over seeds {spread:.2f}) over seeds {seeds}")
 
 
-_MASK_ONLY = ("gamma", "gamma_warmup", "mask_lr_scale", "tau_end", "loss_brake")
+_MASK_ONLY = ("gamma", "gamma_warmup", "mask_lr_scale", "mask_freeze", "tau_end", "loss_brake")
 
 
 def _baseline_key(args: argparse.Namespace, seed: int) -> str:
@@ -75,8 +75,9 @@ def _finetune(args: argparse.Namespace, seed: int, no_masks: bool) -> float:
         if args.init_logit is not None and not no_masks:
             model = ersm_surgery.load(source)
             for layer in ersm_surgery.masks(model).layers.values():
+                alpha = float(overrides["mask"].get("alpha", layer.config.alpha))  # the price it will train with
                 with torch.no_grad():  # bias = alpha + init_logit * tau (layers/heads.py)
-                    layer.head.score.bias.fill_(layer.config.alpha + args.init_logit * layer.config.tau)
+                    layer.head.score.bias.fill_(alpha + args.init_logit * layer.config.tau)
             source = Path(tmp) / "injected"
             ersm_surgery.save(model, source, force=True)
         start = time.perf_counter()

@@ -47,7 +47,7 @@ def test_run_injects_with_the_prior_and_the_settings_of_before_stay_reachable():
 
     defaults = protocol_defaults(None, RUN_EPOCHS, RUN_BASE_IMAGES, "out")
     config = _mask_config(build_settings("test_resnet", "2", defaults))
-    assert (config.norm_prior, config.init_logit, config.alpha) == (1.0, 1.0, 0.3)
+    assert (config.norm_prior, config.init_logit, config.alpha) == (1.0, 1.0, 0.42)
     before = ["mask.norm_prior=0", "mask.init_logit=3", "mask.alpha=0.2"]
     assert _mask_config(build_settings("test_resnet", "2", defaults, overrides=before)) == MaskConfig()
 
@@ -58,8 +58,8 @@ def test_run_shares_the_price_over_its_masks_unless_the_user_names_one():
 
     defaults = protocol_defaults(None, RUN_EPOCHS, RUN_BASE_IMAGES, "out")
     one, two = (_mask_config(build_settings("test_resnet", s, defaults)).alpha for s in ("2", "2,3"))
-    assert one == 0.3 and two == pytest.approx(0.3 / 2**0.5, abs=1e-4)
-    assert _mask_config(build_settings("test_resnet", "2,3", defaults, overrides=["mask.alpha=0.3"])).alpha == 0.3
+    assert one == 0.42 and two == pytest.approx(0.42 / 2**0.5, abs=1e-4)
+    assert _mask_config(build_settings("test_resnet", "2,3", defaults, overrides=["mask.alpha=0.42"])).alpha == 0.42
 
 
 def test_a_recipe_without_the_key_has_no_prior_and_a_saved_prior_comes_back(tmp_path):

@@ -60,6 +60,10 @@ class FinetuneConfig:
         loss_brake: the tolerated relative rise of the task loss over its value in the first updates; gamma
             is eased off linearly as the running task loss climbs towards ``(1 + loss_brake)`` times it, and
             is off beyond (``train.loss_brake``). None: no brake (the behaviour before it existed).
+        mask_freeze: the fraction of the updates after which the mask layers stop learning (their parameters
+            get no more updates; the masks keep deciding per image with what they learned while the backbone
+            and classifier adapt to them, ``train.loop``). None: they learn to the end (the behaviour before
+            it existed).
         no_masks: baseline: strip the masks and train the base model with the same loop.
         mean: normalisation mean (None: the recorded one, else the model's pretrained config).
         std: normalisation std (None: as ``mean``).
@@ -105,6 +109,7 @@ class FinetuneConfig:
     tau_end: float | None = None
     mask_lr_scale: float = 10.0
     loss_brake: float | None = None
+    mask_freeze: float | None = None
     no_masks: bool = False
     mean: list[float] | None = None
     std: list[float] | None = None
@@ -154,6 +159,8 @@ class FinetuneConfig:
         need(self.tau_end is None or (is_num(self.tau_end) and self.tau_end > 0), "tau_end", "must be > 0")
         need(self.loss_brake is None or (is_num(self.loss_brake) and self.loss_brake > 0), "loss_brake",
              "must be > 0 (or null: no brake)")
+        need(self.mask_freeze is None or (is_num(self.mask_freeze) and 0 <= self.mask_freeze <= 1), "mask_freeze",
+             "must be a fraction in [0, 1] (or null: the masks learn to the end)")
         need(self.img_size is None or (is_int(self.img_size) and self.img_size >= 8), "img_size", "must be >= 8")
         need(self.num_classes is None or (is_int(self.num_classes) and self.num_classes >= 1), "num_classes",
              "must be a positive integer")
@@ -224,7 +231,7 @@ class FinetuneConfig:
             setattr(config, key, float(getattr(config, key)))
         for key in ("smoothing", "mixup", "cutmix", "model_ema_decay"):
             setattr(config, key, float(getattr(config, key)))
-        for key in ("clip_grad", "tau_end", "crop_pct", "drop_path", "loss_brake"):
+        for key in ("clip_grad", "tau_end", "crop_pct", "drop_path", "loss_brake", "mask_freeze"):
             if getattr(config, key) is not None:
                 setattr(config, key, float(getattr(config, key)))
         for key in ("mean", "std"):

@@ -87,6 +87,7 @@ class _Run:
     ema: Any = None  # timm ModelEmaV3: its module is what is validated and saved
     brake: LossBrake = field(default_factory=lambda: LossBrake(None, 1))
     relative_price: bool = False  # some mask charges mask.price=relative (layers.price)
+    masks_frozen_from: int | None = None  # finetune.mask_freeze as an update index (None: the masks learn to the end)
     update: int = 0
     gamma: float = 0.0
     tau: float = 1.0
@@ -107,6 +108,12 @@ def _forward_loss(run: _Run, x: torch.Tensor, target: torch.Tensor) -> tuple[tor
 
 
 def _optimizer_step(run: _Run) -> None:
+    if run.masks_frozen_from is not None and run.update >= run.masks_frozen_from:
+        # gradients dropped after backward (DDP has already reduced them): the optimizer skips a parameter
+        # without one entirely (no step, no decay, no momentum), so the masks are exactly those learned so far
+        for layer in run.layers:
+            for p in layer.parameters():
+                p.grad = None
     if run.config.clip_grad is not None:
         if run.scaler is not None:
             run.scaler.unscale_(run.optimizer)
@@ -233,7 +240,8 @@ def _make_run(model: nn.Module, config: FinetuneConfig, info: DistInfo, steps_pe
     return _Run(wrapped, masks(model), config, info, optimizer, scheduler, scaler, schedule, autocast,
                 frozen_norms(model) if config.freeze_backbone else [], task_criterion(config),
                 create_mixup(config, num_classes), ema, LossBrake(config.loss_brake, total), tau=tau_start,
-                relative_price=any(layer.config.price == "relative" for layer in masks(model)))
+                relative_price=any(layer.config.price == "relative" for layer in masks(model)),
+                masks_frozen_from=None if config.mask_freeze is None else round(config.mask_freeze * total))
 
 
 def fit(

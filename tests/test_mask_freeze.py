@@ -1,0 +1,80 @@
+"""finetune.mask_freeze: the masks learn for a fraction of the updates, then the backbone adapts to them."""
+import pytest
+import torch
+
+import ersm_surgery
+from ersm_surgery.data import create_dataset
+from ersm_surgery.layers import MaskConfig
+from ersm_surgery.train import Callbacks, FinetuneConfig, fit
+
+
+def _mask_params(model) -> dict[str, torch.Tensor]:
+    return {f"{name}.{p}": t.detach().clone() for name, layer in ersm_surgery.masks(model).items()
+            for p, t in layer.named_parameters()}
+
+
+def _backbone_params(model) -> dict[str, torch.Tensor]:
+    mask_ids = {id(t) for layer in ersm_surgery.masks(model) for t in layer.parameters()}
+    return {n: t.detach().clone() for n, t in model.named_parameters() if id(t) not in mask_ids}
+
+
+def _changed(before: dict, after: dict) -> bool:
+    return any(not torch.equal(before[k], after[k]) for k in before)
+
+
+class _Snapshots(Callbacks):
+    def __init__(self, model) -> None:
+        self.model = model
+        self.masks: list[dict[str, torch.Tensor]] = []
+        self.backbone: list[dict[str, torch.Tensor]] = []
+
+    def on_epoch_end(self, row) -> None:
+        self.masks.append(_mask_params(self.model))
+        self.backbone.append(_backbone_params(self.model))
+
+
+def _fit(freeze: float | None):
+    torch.manual_seed(0)
+    model = ersm_surgery.inject("test_resnet", stages=[2, 3], input_size=(3, 32, 32), num_classes=4,
+                                config=MaskConfig(alpha=0.3, init_logit=1.0, norm_prior=1.0))
+    data = {"num_classes": 4, "size": 16}
+    train = create_dataset("builtin:clutter", "train", img_size=32, seed=0, **data)
+    val = create_dataset("builtin:clutter", "validation", img_size=32, seed=0, **data)
+    config = FinetuneConfig(epochs=2, batch_size=4, lr=1e-3, workers=0, mask_freeze=freeze)
+    start = _mask_params(model)
+    snaps = _Snapshots(model)
+    fit(model, train, val, config, None, callbacks=snaps)
+    return start, snaps
+
+
+def test_frozen_masks_keep_what_they_learned_while_the_backbone_adapts():
+    # 2 epochs of 4 updates, frozen from update 4: the masks learn in epoch 1 only, the backbone in both
+    start, snaps = _fit(0.5)
+    assert _changed(start, snaps.masks[0])  # they did learn before the freeze
+    assert not _changed(snaps.masks[0], snaps.masks[1])  # exactly the same weights after it
+    assert _changed(snaps.backbone[0], snaps.backbone[1])  # while the backbone kept training
+
+
+def test_without_a_freeze_the_masks_learn_to_the_end():
+    _, snaps = _fit(None)
+    assert _changed(snaps.masks[0], snaps.masks[1])
+
+
+def test_mask_freeze_is_off_by_default_and_validated():
+    assert FinetuneConfig().mask_freeze is None
+    assert FinetuneConfig.from_sources({"mask_freeze": 0.5}).mask_freeze == 0.5
+    for bad in (1.5, -0.1, "half"):
+        with pytest.raises(Exception, match="mask_freeze"):
+            FinetuneConfig.from_sources({"mask_freeze": bad})
+
+
+def test_run_freezes_the_masks_halfway_unless_told_otherwise():
+    from ersm_surgery.pipeline.run import PipelineSettings, _config
+
+    settings = PipelineSettings(model="test_resnet", stages=[2], data_options={"num_classes": 4, "size": 8})
+    assert _config(settings, 2, 3e-4).mask_freeze == 0.5
+    settings.finetune = {"mask_freeze": None}
+    assert _config(settings, 2, 3e-4).mask_freeze is None
+    settings.finetune = {"mask_freeze": 0.25}
+    assert _config(settings, 2, 3e-4).mask_freeze == 0.25
+    assert _config(settings, 2, 3e-4, base=True).mask_freeze is None  # base training has no masks to freeze
