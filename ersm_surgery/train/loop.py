@@ -112,8 +112,7 @@ def _optimizer_step(run: _Run) -> None:
         # gradients dropped after backward (DDP has already reduced them): the optimizer skips a parameter
         # without one entirely (no step, no decay, no momentum), so the masks are exactly those learned so far
         for layer in run.layers:
-            for p in layer.parameters():
-                p.grad = None
+            layer.zero_grad(set_to_none=True)
     if run.config.clip_grad is not None:
         if run.scaler is not None:
             run.scaler.unscale_(run.optimizer)
