@@ -8,6 +8,7 @@ the dense computation, so the zero row makes the gathered product equal the dens
 """
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass, field
 
 import torch
@@ -76,18 +77,36 @@ class Grid:
 
 
 def _neighbourhood(out: Grid, src: Grid, kernel, stride, padding, dilation, outside_row: int | None) -> torch.Tensor:
-    device = out.index.device
-    within = out.index - out.image * (out.height * out.width)
-    oi, oj = torch.div(within, out.width, rounding_mode="floor"), within % out.width
-    ki = torch.arange(kernel[0], device=device) * dilation[0]
-    kj = torch.arange(kernel[1], device=device) * dilation[1]
-    ii = (oi * stride[0] - padding[0])[:, None, None] + ki[None, :, None]
-    jj = (oj * stride[1] - padding[1])[:, None, None] + kj[None, None, :]
-    inside = (ii >= 0) & (ii < src.height) & (jj >= 0) & (jj < src.width)
-    pos = (out.image[:, None, None] * src.height + ii) * src.width + jj
-    rows = src.row_of[pos.clamp_(0, src.row_of.numel() - 1)]
+    # the source's row numbers on a map padded with the outside row, read at each kept output token's taps
+    # through a per-shape offset table: a handful of ops per forward (the index arithmetic of every tap, redone
+    # each forward, cost more than the gathers it feeds at batch 1)
+    offsets, pad = _tap_offsets(out.height, out.width, src.height, src.width, kernel, stride, padding, dilation,
+                                str(out.index.device))
     outside = src.count if outside_row is None else outside_row
-    return torch.where(inside, rows, torch.full_like(rows, outside)).reshape(out.count, kernel[0] * kernel[1])
+    rows = src.row_of.view(src.batch, src.height, src.width)
+    padded = torch.nn.functional.pad(rows, pad, value=outside).flatten(1)  # (B, Hp * Wp)
+    within = out.index - out.image * (out.height * out.width)
+    return padded[out.image[:, None], offsets[within]]
+
+
+@functools.lru_cache(maxsize=256)
+def _tap_offsets(out_h: int, out_w: int, src_h: int, src_w: int, kernel, stride, padding, dilation,
+                 device: str) -> tuple[torch.Tensor, tuple[int, int, int, int]]:
+    """(out_h * out_w, kh * kw) flat positions on the padded source map of each output token's taps, and the
+    padding (left, right, top, bottom) that map needs: every tap, outside ones included, lands on it."""
+    ki = torch.arange(kernel[0]) * dilation[0]
+    kj = torch.arange(kernel[1]) * dilation[1]
+    oi = torch.arange(out_h) * stride[0]
+    oj = torch.arange(out_w) * stride[1]
+    # padded coordinates: source row r sits at r + padding; the last tap may reach past the right padding
+    # (a ceil-mode pool's last window), so the map is padded as far as the taps reach
+    bottom = max(0, int(oi[-1] + ki[-1]) + 1 - padding[0] - src_h)
+    right = max(0, int(oj[-1] + kj[-1]) + 1 - padding[1] - src_w)
+    width = padding[1] + src_w + right
+    ii = oi[:, None, None, None] + ki[None, None, :, None]
+    jj = oj[None, :, None, None] + kj[None, None, None, :]
+    flat = (ii * width + jj).reshape(out_h * out_w, kernel[0] * kernel[1])
+    return flat.to(device), (padding[1], right, padding[0], bottom)
 
 
 @dataclass(eq=False)
