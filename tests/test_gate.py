@@ -6,6 +6,7 @@ from torch import nn
 import ersm_surgery
 from ersm_surgery.errors import RecipeError
 from ersm_surgery.layers import StageGate, pool_mask
+from ersm_surgery.layers.gate import kept_tokens
 from ersm_surgery.recipe import Recipe
 from tests.sparse_helpers import fix_masks, randomise_norms
 
@@ -216,3 +217,18 @@ def test_every_gated_stage_finds_the_mask_it_reads_in_training(name, stages):
     model(torch.randn(2, *SIZE))
     # the gradient path reaches every gated module, also the second of a stage gated in two (blocks.3, blocks.4)
     assert gated and found == [True] * len(gated)
+
+
+def test_kept_tokens_are_the_tokens_with_any_nonzero_channel():
+    # the sum of magnitudes stands for (x != 0).any(1): tiny, huge, negative, inf and NaN values all count
+    x = torch.zeros(2, 5, 3, 4)
+    x[0, 2, 0, 0] = 1e-38  # a subnormal-sized value alone
+    x[0, 4, 1, 2] = -3.0
+    x[1, :, 2, 3] = torch.tensor([3e38, 3e38, 3e38, 0.0, 0.0])  # the sum overflows to inf
+    x[1, 0, 0, 1] = float("nan")
+    x[1, 1, 1, 1] = float("-inf")
+    x[1, 3, 0, 0] = -0.0
+    expected = (x != 0).any(dim=1, keepdim=True).float()
+    assert torch.equal(kept_tokens(x), expected)
+    assert torch.equal(kept_tokens(x.contiguous(memory_format=torch.channels_last)), expected)
+    assert int(expected.sum()) == 5

@@ -41,6 +41,22 @@ def test_with_a_prior_the_weakest_tokens_of_each_image_score_lowest_and_the_weig
         MaskConfig(norm_prior=float("nan"))
 
 
+def test_the_head_reads_the_prior_off_its_norm_statistics_without_changing_the_score():
+    # the head shares the LayerNorm's mean square with the prior in float32; the prior computed on its own
+    # (its definition) gives the same score
+    torch.manual_seed(1)
+    layer = EnergyMask(16, MaskConfig(norm_prior=1.0, init_logit=1.0), hidden=4).eval()
+    head = layer.head
+    x = torch.randn(2, 16, 7, 5) * torch.rand(2, 1, 7, 5) * 10
+    x[1, :, 2:4] = 0.0  # switched-off tokens sit at the floor either way
+    with torch.no_grad():
+        z, _ = head._reduce_normalised(x.flatten(2))
+        hidden = head.act(z)
+        plain = (torch.matmul(head.score.weight.flatten(1), hidden) + head.score.bias[:, None]).view(2, 1, 7, 5)
+        expected = plain + head.norm_weight * relative_log_norm(x)
+        assert torch.allclose(head(x), expected, atol=1e-5)
+
+
 def test_run_injects_with_the_prior_and_the_settings_of_before_stay_reachable():
     from ersm_surgery.pipeline.run import _mask_config
     from ersm_surgery.pipeline.settings import RUN_BASE_IMAGES, RUN_EPOCHS, build_settings, protocol_defaults
