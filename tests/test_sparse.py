@@ -321,3 +321,37 @@ def test_bench_reports_what_a_strided_gated_stage_computes_on_its_output_grid(po
         kept[1::2, 1::2] = 1.0
         fractions = kept_fractions(inp * kept, sizes["layer3"], sparse_regions(fast)["layer3"].pool)
     assert fractions == (0.25, expected)
+
+
+def test_the_row_program_reads_values_inside_nested_arguments_and_slices():
+    from torch import fx
+
+    from ersm_surgery.sparse.executor import _reader
+
+    graph = fx.Graph()
+    a, b = graph.placeholder("a"), graph.placeholder("b")
+    slots, vals = {a: 0, b: 1}, [10, 3]
+    template = (a, [b, 2], {"k": b}, slice(None, b), (1, (a,)))
+    assert _reader(template, slots)(vals) == (10, [3, 2], {"k": 3}, slice(None, 3), (1, (10,)))
+    assert _reader((1, slice(0, 2)), slots)(vals) == (1, slice(0, 2))
+
+
+def test_identities_take_no_step_and_a_dropout_that_drops_keeps_its_own():
+    import timm
+
+    base = timm.create_model("test_resnet")
+    base.layer3[0].drop_block = nn.Dropout(0.5)  # the identity in eval only: it keeps its step
+    model = ersm_surgery.inject(base, stages=[2], config={"gate": "stage"}, input_size=SIZE).eval()
+    randomise_norms(model)
+    fix_masks(model)
+    fast = ersm_surgery.sparse(model, break_even=1.0)
+    x = torch.randn(3, *SIZE)
+    with torch.no_grad():
+        torch.testing.assert_close(fast(x), model(x), atol=1e-4, rtol=1e-4)
+    program = next(iter(sparse_regions(fast)["layer3"]._programs.values()))
+    identities = [n.target for n in program.graph.nodes if n.op == "call_module"
+                  and isinstance(program.module.get_submodule(n.target), nn.Identity)]
+    # every node but the output and the identities has a slot of its own: the dropout of p 0.5 too
+    assert identities and "0.drop_block" not in identities
+    assert len(program._program) + len(program._constants) + len(program._inputs) \
+        == len(list(program.graph.nodes)) - 1 - len(identities)
