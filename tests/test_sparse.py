@@ -241,11 +241,12 @@ def test_dense_gated_path_runs_folded_and_matches(name, stages):
         assert not any(isinstance(m, FoldedConv) for m in region.gated.modules())  # the row programs' source
 
 
-def test_unknown_op_runs_dense_is_listed_and_changes_nothing():
+def _layer3_swapped_and_checked(attribute: str, module: nn.Module):
+    """test_resnet gated after stage 2 with ``layer3[0].<attribute>`` replaced; the sparse copy, checked equal."""
     import timm
 
     base = timm.create_model("test_resnet")
-    base.layer3[0].act1 = nn.Softmax2d()  # a module the runtime has no row form for
+    setattr(base.layer3[0], attribute, module)
     model = ersm_surgery.inject(base, stages=[2], config={"gate": "stage"}, input_size=SIZE).eval()
     randomise_norms(model)
     fix_masks(model)
@@ -253,6 +254,11 @@ def test_unknown_op_runs_dense_is_listed_and_changes_nothing():
     x = torch.randn(4, *SIZE)
     with torch.no_grad():
         torch.testing.assert_close(fast(x), model(x), atol=1e-4, rtol=1e-4)
+    return fast
+
+
+def test_unknown_op_runs_dense_is_listed_and_changes_nothing():
+    fast = _layer3_swapped_and_checked("act1", nn.Softmax2d())  # a module the runtime has no row form for
     assert sparse_regions(fast)["layer3"].dense_ops() == ["layer3.0.act1"]
 
 
@@ -337,17 +343,7 @@ def test_the_row_program_reads_values_inside_nested_arguments_and_slices():
 
 
 def test_identities_take_no_step_and_a_dropout_that_drops_keeps_its_own():
-    import timm
-
-    base = timm.create_model("test_resnet")
-    base.layer3[0].drop_block = nn.Dropout(0.5)  # the identity in eval only: it keeps its step
-    model = ersm_surgery.inject(base, stages=[2], config={"gate": "stage"}, input_size=SIZE).eval()
-    randomise_norms(model)
-    fix_masks(model)
-    fast = ersm_surgery.sparse(model, break_even=1.0)
-    x = torch.randn(3, *SIZE)
-    with torch.no_grad():
-        torch.testing.assert_close(fast(x), model(x), atol=1e-4, rtol=1e-4)
+    fast = _layer3_swapped_and_checked("drop_block", nn.Dropout(0.5))  # the identity in eval only: keeps its step
     program = next(iter(sparse_regions(fast)["layer3"]._programs.values()))
     identities = [n.target for n in program.graph.nodes if n.op == "call_module"
                   and isinstance(program.module.get_submodule(n.target), nn.Identity)]
