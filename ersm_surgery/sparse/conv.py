@@ -170,8 +170,7 @@ def avg_pool_rows(pool: nn.AvgPool2d, rows: Rows, grids: GridSet) -> Rows:
 
 
 def _divisor(grid: Grid, src: Grid, kernel, stride, padding, include_pad: bool) -> torch.Tensor:
-    within = grid.index - grid.image * (grid.height * grid.width)
-    oi, oj = torch.div(within, grid.width, rounding_mode="floor"), within % grid.width
+    oi, oj = torch.div(grid.within, grid.width, rounding_mode="floor"), grid.within % grid.width
     lo_i, lo_j = oi * stride[0] - padding[0], oj * stride[1] - padding[1]
     if include_pad:  # the window clipped to the padded map
         hi_i = (lo_i + kernel[0]).clamp(max=src.height + padding[0])

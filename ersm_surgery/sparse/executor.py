@@ -383,43 +383,9 @@ def _is_identity(module: nn.Module) -> bool:
     return False
 
 
-def _has_node(template) -> bool:
-    if isinstance(template, fx.Node):
-        return True
-    if isinstance(template, (tuple, list)):
-        return any(_has_node(t) for t in template)
-    if isinstance(template, dict):
-        return any(_has_node(t) for t in template.values())
-    if isinstance(template, slice):
-        return any(_has_node(t) for t in (template.start, template.stop, template.step))
-    return False
-
-
 def _reader(template, slot: dict[fx.Node, int]) -> Callable[[list], Any]:
     """A function of the slots that builds ``template`` (a node's args or kwargs) with every node's value."""
-    if isinstance(template, fx.Node):
-        i = slot[template]
-        return lambda vals: vals[i]
-    if isinstance(template, (tuple, list)):
-        if not _has_node(template):
-            return lambda vals: template
-        if all(not isinstance(t, (tuple, list, dict, slice)) for t in template):
-            # the common case: a flat list of values and constants, read without a call per item
-            picks = [(slot[t], None) if isinstance(t, fx.Node) else (None, t) for t in template]
-            kind = type(template)
-            return lambda vals: kind([c if i is None else vals[i] for i, c in picks])
-        parts = [_reader(t, slot) for t in template]
-        kind = type(template)
-        return lambda vals: kind(part(vals) for part in parts)
-    if isinstance(template, dict):
-        if not _has_node(template):
-            return lambda vals: template
-        parts = {k: _reader(v, slot) for k, v in template.items()}
-        return lambda vals: {k: part(vals) for k, part in parts.items()}
-    if isinstance(template, slice):
-        start, stop, step = (_reader(v, slot) for v in (template.start, template.stop, template.step))
-        return lambda vals: slice(start(vals), stop(vals), step(vals))
-    return lambda vals: template
+    return lambda vals: fx.node.map_arg(template, lambda node: vals[slot[node]])
 
 
 _DENSE_ATTRIBUTES = ("shape", "ndim", "dtype", "device", "is_cuda")

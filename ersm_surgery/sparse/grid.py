@@ -51,13 +51,17 @@ class Grid:
     def count(self) -> int:
         return int(self.index.numel())
 
+    @functools.cached_property
+    def within(self) -> torch.Tensor:
+        """(N,) each kept token's position within its image, ``i * w + j``."""
+        return self.index - self.image * (self.height * self.width)
+
     def gather(self, dense: torch.Tensor, channels_last: bool = False) -> torch.Tensor:
         """(B, C, h, w) (or (B, h, w, C)) -> (N, C) rows of the kept tokens."""
         if channels_last:
             return dense.reshape(-1, dense.shape[-1]).index_select(0, self.index)
         # per-token reads of the NCHW map: no copy of the whole map into channels-last first
-        within = self.index - self.image * (self.height * self.width)
-        return dense.flatten(2)[self.image, :, within]
+        return dense.flatten(2)[self.image, :, self.within]
 
     def scatter(self, rows: torch.Tensor, channels_last: bool = False) -> torch.Tensor:
         """(N, C) rows -> a dense map with zeros at the switched-off tokens."""
@@ -85,8 +89,7 @@ def _neighbourhood(out: Grid, src: Grid, kernel, stride, padding, dilation, outs
     outside = src.count if outside_row is None else outside_row
     rows = src.row_of.view(src.batch, src.height, src.width)
     padded = torch.nn.functional.pad(rows, pad, value=outside).flatten(1)  # (B, Hp * Wp)
-    within = out.index - out.image * (out.height * out.width)
-    return padded[out.image[:, None], offsets[within]]
+    return padded[out.image[:, None], offsets[out.within]]
 
 
 @functools.lru_cache(maxsize=256)
