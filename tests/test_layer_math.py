@@ -203,3 +203,20 @@ def test_border_is_a_validated_mask_setting():
     assert layer(x).shape == x.shape and "border=normalise" in repr(layer)
     with pytest.raises(ValueError, match="mask.border must be one of zero, normalise"):
         MaskConfig(border="reflect")
+
+
+@pytest.mark.parametrize("border", ["zero", "normalise"])
+@pytest.mark.parametrize("neighbourhood", [4, 8])
+@pytest.mark.parametrize("weighted", [False, True])
+def test_mean_field_without_autograd_matches_the_differentiable_steps(border, neighbourhood, weighted):
+    # inference takes a shorter route (a padded buffer, the pull's linear part folded); it must be the same map
+    torch.manual_seed(neighbourhood + 2 * weighted)
+    for shape, steps in [((1, 1, 1, 1), 3), ((3, 1, 2, 7), 0), ((2, 1, 9, 5), 1), ((2, 1, 6, 6), 4)]:
+        unary = 2 * torch.randn(shape)
+        weights = torch.rand(shape[0], neighbourhood, *shape[2:]) if weighted else None
+        with torch.no_grad():
+            q_fast, e_fast = mean_field(unary, 0.3, 0.7, steps, neighbourhood, weights, border)
+        q, e = mean_field(unary.requires_grad_(), 0.3, 0.7, steps, neighbourhood, weights, border)
+        assert e.requires_grad and not e_fast.requires_grad
+        torch.testing.assert_close(q_fast, q.detach(), rtol=0, atol=2e-6)
+        torch.testing.assert_close(e_fast, e.detach(), rtol=0, atol=2e-6)

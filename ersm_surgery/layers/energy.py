@@ -132,6 +132,9 @@ def mean_field(
     """
     if border not in BORDERS:
         raise ValueError(f"border must be one of {', '.join(BORDERS)}, got {border!r}")
+    needs_grad = unary.requires_grad or (pairwise_weights is not None and pairwise_weights.requires_grad)
+    if not (needs_grad and torch.is_grad_enabled()):
+        return _mean_field_inference(unary, beta, tau, steps, neighbourhood, pairwise_weights, border)
     scale = border_scale(*unary.shape[-2:], neighbourhood, unary) if border == "normalise" else None
 
     def pull(q: torch.Tensor) -> torch.Tensor:
@@ -203,3 +206,58 @@ def straight_through(q: torch.Tensor) -> torch.Tensor:
     hard = (q >= 0.5).to(q.dtype)
     # (q - q.detach()) is exactly 0 in the forward pass, so the mask is exactly binary
     return hard + (q - q.detach())
+
+
+def _mean_field_inference(
+    unary: torch.Tensor,
+    beta: float,
+    tau: float,
+    steps: int,
+    neighbourhood: int,
+    pairwise_weights: torch.Tensor | None,
+    border: str,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """:func:`mean_field` without autograd, in a third of the operations (the same values to float rounding).
+
+    The pull is linear in q: sum_j w_ij (1 - 2 q_j) = n_i - 2 sum_j w_ij q_j, with n_i the (weighted) count of
+    i's neighbours inside the grid, so each step is one neighbour sum, one multiply-add and one sigmoid, written
+    into the inside of a zero-padded buffer whose shifted views are the neighbours. At batch 1 a mask's
+    mean-field steps were about a hundred small operations, a third of its time (docs/sparse.md).
+    """
+    b, _, h, w = unary.shape
+    k = neighbourhood if pairwise_weights is None else pairwise_weights.shape[1]
+    padded = unary.new_zeros(b, 1, h + 2, w + 2)
+    inside = padded[..., 1 : h + 1, 1 : w + 1]
+    views = [padded[..., 1 + dy : 1 + dy + h, 1 + dx : 1 + dx + w] for dy, dx in neighbour_offsets(k)]
+
+    def neighbours() -> torch.Tensor:  # sum_j w_ij q_j of the q held inside the buffer
+        if pairwise_weights is None:
+            total = views[0] + views[1]
+            for view in views[2:]:
+                total += view
+        else:
+            total = pairwise_weights[:, :1] * views[0]
+            for j, view in enumerate(views[1:], start=1):
+                total.addcmul_(pairwise_weights[:, j : j + 1], view)
+        return total
+
+    inside.fill_(1.0)
+    count = neighbours()
+    # energy = base - slope * sum_j w_ij q_j, with the border's rescaling (if any) folded into both
+    if border == "normalise":
+        scale = border_scale(h, w, neighbourhood, unary)
+        base = unary + (beta * scale) * count
+        slope = (2.0 * beta) * scale
+    else:
+        base = unary + beta * count
+        slope = 2.0 * beta
+
+    def energy_of_buffer() -> torch.Tensor:
+        if isinstance(slope, float):
+            return torch.add(base, neighbours(), alpha=-slope)
+        return torch.addcmul(base, slope, neighbours(), value=-1.0)
+
+    torch.sigmoid(unary / -tau, out=inside)
+    for _ in range(steps):
+        torch.sigmoid(energy_of_buffer() / -tau, out=inside)
+    return inside.contiguous(), energy_of_buffer()
