@@ -23,6 +23,7 @@ from ..surgery.graph_module import DualGraphModule
 from .executor import StageProgram
 from .fold import fold_batchnorms
 from .grid import GridSet, Rows
+from .inplace import adds_in_place
 
 __all__ = ["sparse", "SparseRegion", "sparse_regions", "fold_model", "DEFAULT_BREAK_EVEN"]
 
@@ -85,6 +86,8 @@ class SparseRegion(nn.Module):
             self._without_gates = _drop_gates(self.gated)
             if self.fold:  # the gated module's own convolutions are not touched: the graph module holds references
                 fold_batchnorms(self._without_gates, [self._without_gates.graph])
+            if adds_in_place(self._without_gates, self._without_gates.graph):
+                self._without_gates.recompile()
         return self._without_gates
 
     def _dense(self) -> nn.Module:
@@ -96,6 +99,8 @@ class SparseRegion(nn.Module):
                 graph_module = fx.GraphModule(self.gated, copy.deepcopy(self.gated.eval_graph),
                                               class_name=f"Folded{type(self.gated).__name__}")
                 if fold_batchnorms(graph_module, [graph_module.graph]):
+                    if adds_in_place(graph_module, graph_module.graph):  # a copy: the row programs read the original
+                        graph_module.recompile()
                     self._dense_gated = graph_module
         return self._dense_gated
 
@@ -187,7 +192,15 @@ def sparse(model: nn.Module, break_even: float = DEFAULT_BREAK_EVEN, fold: bool 
         set_submodule(out, path, SparseRegion(module, path, break_even, fold=fold))
     if fold:
         fold_model(out)
+    for module in _graph_modules_outside_regions(out):  # the copy's own eval graphs: the user's model keeps its own
+        if adds_in_place(module, module.eval_graph) and module.graph is module.eval_graph:
+            module.recompile()
     return out.eval()
+
+
+def _graph_modules_outside_regions(model: nn.Module) -> list[DualGraphModule]:
+    inside_regions = {id(m) for region in sparse_regions(model).values() for m in region.modules()}
+    return [m for m in model.modules() if isinstance(m, DualGraphModule) and id(m) not in inside_regions]
 
 
 def fold_model(model: nn.Module) -> int:
@@ -202,8 +215,7 @@ def fold_model(model: nn.Module) -> int:
     except Exception:  # noqa: BLE001 - a model fx cannot trace whole runs unfolded outside its graph modules
         graphs = []
     folded = fold_batchnorms(model, graphs)  # no pairs without graphs
-    inside_regions = {id(m) for region in sparse_regions(model).values() for m in region.modules()}
-    for module in [m for m in model.modules() if isinstance(m, DualGraphModule) and id(m) not in inside_regions]:
+    for module in _graph_modules_outside_regions(model):
         folded += fold_batchnorms(module, [module.eval_graph, module.train_graph])
     return folded
 
