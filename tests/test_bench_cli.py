@@ -70,3 +70,25 @@ def test_finetune_can_switch_the_gate_on_or_change_its_pooling(folders, tmp_path
     x = torch.randn(2, 3, 32, 32)
     with torch.no_grad():
         torch.testing.assert_close(ersm_surgery.sparse(model, break_even=1.0)(x), model(x), atol=1e-4, rtol=1e-4)
+
+
+def test_bench_isolate_times_each_model_alone_in_its_own_processes(folders):
+    result = run_quiet("bench", folders / "gated", "-b", "2", "--repeat", "2", "--warmup", "1", "--json",
+                       "--isolate", "--rounds", "2", "--threads", "1")
+    assert result.exit_code == 0, result.output
+    iso = json.loads(result.stdout)["results"][0]["isolated"]
+    assert iso["rounds"] == 2 and len(iso["dense_s"]) == len(iso["sparse_s"]) == 2
+    assert all(t > 0 for t in iso["dense_s"] + iso["sparse_s"])
+    low, high = iso["speedup_interval"]
+    assert 0 < low <= iso["speedup"] <= high
+    table = run("bench", folders / "gated", "-b", "1", "--repeat", "1", "--warmup", "0", "--isolate", "--rounds", "1")
+    assert table.exit_code == 0 and "each model alone in its own process (1 round)" in table.output, table.output
+
+
+def test_isolated_timing_fails_with_one_line(monkeypatch, folders):
+    from ersm_surgery.sparse import isolated
+
+    monkeypatch.setattr(isolated, "__name__", "ersm_surgery.no_such_module")  # the child cannot start
+    model = ersm_surgery.load(folders / "gated")
+    with pytest.raises(ersm_surgery.errors.SparseError, match="the dense timing process failed: .*leave out --isolate"):
+        isolated.isolated_latency(model, torch.randn(1, 3, 32, 32), rounds=1, repeat=1, warmup=0)

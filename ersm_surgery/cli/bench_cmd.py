@@ -1,6 +1,9 @@
 """``ersm-surgery bench MODEL_OR_DIR``: dense timm model against the sparse runtime, side by side."""
 from __future__ import annotations
 
+import math
+import statistics
+
 import click
 
 from ._common import console, emit_json
@@ -26,11 +29,15 @@ def _batch_sizes(_ctx, _param, value: str) -> list[int]:
 @click.option("--threads", type=click.IntRange(min=1), help="torch threads (default: torch's choice).")
 @click.option("--break-even", type=click.FloatRange(0.0, 1.0),
               help="Kept fraction above which a gated stage runs densely (default: the measured one).")
+@click.option("--isolate", is_flag=True,
+              help="Also time each model alone in fresh processes (what one deployed model sees at large batches).")
+@click.option("--rounds", type=click.IntRange(min=1), default=3, show_default=True,
+              help="With --isolate: process pairs per batch size (the interval is over rounds).")
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
 @click.pass_context
 def bench(ctx: click.Context, source: str, batch_sizes: list[int], img_size, data_dir, dataset, split, repeat,
-          warmup, threads, break_even, seed, as_json) -> None:
+          warmup, threads, break_even, isolate, rounds, seed, as_json) -> None:
     """Time the original timm model against ersm_surgery.sparse(MODEL_OR_DIR) (a mask.gate=stage model).
 
     Reports per batch size: per-mask density, dense and sparse latency (median wall and CPU time,
@@ -38,6 +45,8 @@ def bench(ctx: click.Context, source: str, batch_sizes: list[int], img_size, dat
     as the sparse model's are) and of the gated stages, max |logit difference|
     against the dense gated model, the ops that ran densely and the share of the gated stages' FLOPs
     that ran sparse. Without --data-dir/--dataset the inputs are random (masks of random inputs).
+    With --isolate each model is also timed alone in fresh processes: at larger batches a model's time
+    depends on what its process allocated before, and a deployment runs one model per process.
 
     \b
       ersm-surgery bench r50-ersm/ --dataset builtin:clutter -b 1,16 --img-size 224
@@ -46,6 +55,7 @@ def bench(ctx: click.Context, source: str, batch_sizes: list[int], img_size, dat
 
     from ..io.source import load_source
     from ..models import default_input_size
+    from ..sparse.isolated import isolated_latency
     from ..sparse.measure import measure_batch, plain_model
     from ..sparse.model import DEFAULT_BREAK_EVEN, check_sparsable
 
@@ -66,6 +76,9 @@ def bench(ctx: click.Context, source: str, batch_sizes: list[int], img_size, dat
         for b in batch_sizes:
             results.append(measure_batch(model, x[:b], repeat=repeat, warmup=warmup, base=base,
                                          break_even=DEFAULT_BREAK_EVEN if break_even is None else break_even))
+            if isolate:
+                results[-1]["isolated"] = isolated_latency(model, x[:b], rounds=rounds, repeat=repeat, warmup=warmup,
+                                                           threads=torch.get_num_threads(), break_even=break_even)
             advance()
     report = {"source": source, "model": recipe.model, "img_size": size, "threads": torch.get_num_threads(),
               "inputs": data_dir or dataset or "random", "repeat": repeat, "results": results}
@@ -134,5 +147,13 @@ def _render(out, report: dict) -> None:
         dense_regions = [p for p, ran in r["ran_sparse"].items() if not ran]
         if dense_regions:
             out.print(f"batch {r['batch']}: above the break-even, ran densely: {escape(', '.join(dense_regions))}")
+        iso = r.get("isolated")
+        if iso:
+            low, high = iso["speedup_interval"]
+            interval = "" if math.isnan(low) else f" [{low:.2f}, {high:.2f}]"
+            rounds = f"{iso['rounds']} round" + "s" * (iso["rounds"] != 1)
+            out.print(f"batch {r['batch']}, each model alone in its own process ({rounds}): dense "
+                      f"{statistics.median(iso['dense_s']) * 1e3:.1f} ms, sparse "
+                      f"{statistics.median(iso['sparse_s']) * 1e3:.1f} ms, speed-up {iso['speedup']:.2f}x{interval}")
     ops = sorted({op for r in report["results"] for op in r["dense_ops"]})
     out.print(f"ops that ran densely: {escape(', '.join(ops)) if ops else 'none'}")
