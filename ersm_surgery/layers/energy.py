@@ -133,7 +133,7 @@ def mean_field(
     if border not in BORDERS:
         raise ValueError(f"border must be one of {', '.join(BORDERS)}, got {border!r}")
     needs_grad = unary.requires_grad or (pairwise_weights is not None and pairwise_weights.requires_grad)
-    if not (needs_grad and torch.is_grad_enabled()):
+    if not (needs_grad and torch.is_grad_enabled()) and not _tracing():
         return _mean_field_inference(unary, beta, tau, steps, neighbourhood, pairwise_weights, border)
     scale = border_scale(*unary.shape[-2:], neighbourhood, unary) if border == "normalise" else None
 
@@ -206,6 +206,12 @@ def straight_through(q: torch.Tensor) -> torch.Tensor:
     hard = (q >= 0.5).to(q.dtype)
     # (q - q.detach()) is exactly 0 in the forward pass, so the mask is exactly binary
     return hard + (q - q.detach())
+
+
+def _tracing() -> bool:
+    """An exporter or compiler is recording the ops (ONNX, TorchScript, torch.export/compile): they get the plain
+    steps, whose out-of-place ops every exporter reads (the in-place writes into a buffer's views are not)."""
+    return torch.jit.is_tracing() or torch.onnx.is_in_onnx_export() or torch.compiler.is_compiling()
 
 
 def _mean_field_inference(
