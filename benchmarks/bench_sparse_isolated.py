@@ -13,7 +13,7 @@ measures that, the process-to-process variation inside its interval.
 How: the masked models are prepared exactly as in bench_sparse.py (``prepared``: mask heads trained
 ``--steps`` steps at 64 px; ``shift_price`` to 0.4 of the tokens at 224 px on its 16 validation images),
 each mask's shifted price folded into its score bias (u = alpha - s is unchanged, so the saved recipe's alpha
-holds) and the model saved with ``ersm_surgery.save``. Then ``ersm_surgery.sparse.isolated.isolated_latency``
+holds) and the model saved with ``ersm_surgery.save``. Then ``ersm_surgery.eval.isolated.isolated_latency``
 (what ``ersm-surgery bench --isolate`` runs): for ``--rounds`` rounds, two fresh processes per batch size (their
 order alternating by round) each load the model, build either the plain timm model (same weights, no masks) or
 ``ersm_surgery.sparse(model)``, run ``--warmup`` calls and time ``--repeat``; a round's ratio is the two
@@ -31,7 +31,7 @@ from pathlib import Path
 
 import torch
 
-from ersm_surgery.sparse.isolated import isolated_latency
+from ersm_surgery.eval.isolated import isolated_latency
 
 HERE = Path(__file__).resolve().parent
 

@@ -86,7 +86,7 @@ def test_bench_isolate_times_each_model_alone_in_its_own_processes(folders):
 
 
 def test_isolated_timing_fails_with_one_line(monkeypatch, folders):
-    from ersm_surgery.sparse import isolated
+    from ersm_surgery.eval import isolated
 
     monkeypatch.setattr(isolated, "__name__", "ersm_surgery.no_such_module")  # the child cannot start
     model = ersm_surgery.load(folders / "gated")

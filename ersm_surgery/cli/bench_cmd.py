@@ -53,9 +53,9 @@ def bench(ctx: click.Context, source: str, batch_sizes: list[int], img_size, dat
     """
     import torch
 
+    from ..eval.isolated import isolated_latency
     from ..io.source import load_source
     from ..models import default_input_size
-    from ..sparse.isolated import isolated_latency
     from ..sparse.measure import measure_batch, plain_model
     from ..sparse.model import DEFAULT_BREAK_EVEN, check_sparsable
 

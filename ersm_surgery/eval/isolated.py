@@ -75,8 +75,8 @@ def _run(folder: Path, x_path: Path, which: str, repeat: int, warmup: int, threa
 
 def _child(folder: str, x_path: str, which: str, repeat: str, warmup: str, threads: str, break_even: str) -> None:
     from ..io.artifact import load
-    from .measure import plain_model
-    from .model import DEFAULT_BREAK_EVEN, sparse
+    from ..sparse.measure import plain_model
+    from ..sparse.model import DEFAULT_BREAK_EVEN, sparse
 
     torch.set_num_threads(int(threads))
     masked = load(folder).eval()
