@@ -74,7 +74,7 @@ def test_finetune_can_switch_the_gate_on_or_change_its_pooling(folders, tmp_path
 
 def test_bench_isolate_times_each_model_alone_in_its_own_processes(folders):
     result = run_quiet("bench", folders / "gated", "-b", "2", "--repeat", "2", "--warmup", "1", "--json",
-                       "--isolate", "--rounds", "2", "--threads", "1")
+                       "--isolate", "--rounds", "2")
     assert result.exit_code == 0, result.output
     iso = json.loads(result.stdout)["results"][0]["isolated"]
     assert iso["rounds"] == 2 and len(iso["dense_s"]) == len(iso["sparse_s"]) == 2
