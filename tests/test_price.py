@@ -99,7 +99,7 @@ def test_watch_warns_once_on_a_closing_and_on_an_open_mask():
     assert watch.check({"epoch": 3, "density/a": 0.99, "density/b": 0.01}, update=20) == []  # said once
     assert "norm_prior" not in lines[0]  # this mask has the prior: the injection advice would not help
     plain = MaskWatch(open_after=0, alphas={"a": 0.2}, without_prior={"a"})
-    assert "--set mask.norm_prior=1" in plain.check({"epoch": 1, "density/a": 1.0}, update=1)[0]
+    assert "--set mask.norm_prior=2" in plain.check({"epoch": 1, "density/a": 1.0}, update=1)[0]
     free = MaskWatch(open_after=0, alphas={"a": 0.0}).check({"epoch": 1, "density/a": 1.0}, update=1)[0]
     assert "mask.alpha is 0" in free and "twice" not in free and "e.g. 0.2" in free  # twice 0 is still 0
 

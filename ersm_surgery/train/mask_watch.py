@@ -56,6 +56,6 @@ class MaskWatch:
                 out.append(f"mask {name} stays open: it keeps {100 * density:.1f}% of the tokens after epoch "
                            f"{row['epoch']} with the price fully on; raise the price: --alpha{now}, "
                            f"{example}, or train longer (--epochs)"
-                           + (", or inject with --set mask.norm_prior=1 --set mask.init_logit=1 (the masks run "
+                           + (", or inject with --set mask.norm_prior=2 --set mask.init_logit=1 (the masks run "
                               "injects)" if name in self.without_prior else ""))
         return out
