@@ -36,9 +36,11 @@ from ersm_surgery.eval.isolated import isolated_latency
 HERE = Path(__file__).resolve().parent
 
 
-def prepare(name: str, steps: int, folder: Path, target: float) -> tuple[torch.nn.Module, dict[str, float]]:
-    """``name`` with masks at ``target`` (bench_sparse's preparation), saved and loaded back, with its masks'
-    densities on the 16 images; its batch-1 and batch-16 inputs saved beside it."""
+def prepare(name: str, steps: int, folder: Path, target: float) -> tuple[torch.nn.Module, dict[str, float],
+                                                                        dict[int, torch.Tensor]]:
+    """``name`` with masks at ``target`` (bench_sparse's preparation), saved and loaded back (the price folded
+    into the bias must survive the file the timing processes read), its masks' densities on the 16 images and
+    its batch-1 and batch-16 inputs."""
     sys.path.insert(0, str(HERE))
     from bench_sparse import batches, images, prepared, shift_price
 
@@ -56,12 +58,11 @@ def prepare(name: str, steps: int, folder: Path, target: float) -> tuple[torch.n
             layer.config.alpha = base_alpha
     x1, _ = batches(model, x16, target)
     ersm_surgery.save(model, folder, force=True)
-    torch.save(x1, folder / "batch1.pt")
-    torch.save(x16, folder / "batch16.pt")
     reloaded = ersm_surgery.load(folder).eval()  # what is timed: the saved model with its price in the bias
     with torch.no_grad():
         reloaded(x16)
-    return reloaded, {k: float(v.mean()) for k, v in ersm_surgery.masks(reloaded).density().items()}
+    density = {k: float(v.mean()) for k, v in ersm_surgery.masks(reloaded).density().items()}
+    return reloaded, density, {1: x1, 16: x16}
 
 
 def main() -> int:
@@ -81,9 +82,9 @@ def main() -> int:
     for name in args.models.split(","):
         with tempfile.TemporaryDirectory() as tmp:
             folder = Path(tmp) / name
-            model, density = prepare(name, args.steps, folder, args.target)
+            model, density, inputs = prepare(name, args.steps, folder, args.target)
             for batch in [int(b) for b in args.batches.split(",")]:
-                x = torch.load(folder / f"batch{batch}.pt")
+                x = inputs[batch]
                 iso = isolated_latency(model, x, rounds=args.rounds, repeat=args.repeat or (41 if batch == 1 else 15),
                                        warmup=args.warmup, threads=args.threads)
                 row = {"model": name, "batch": batch, "density": density,

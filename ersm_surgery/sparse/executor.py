@@ -24,6 +24,7 @@ from ..surgery.gating import GATE_ATTR, NCHW, NHWC, node_kinds
 from .conv import RowConv, avg_pool_rows, avg_pool_supported, conv_supported, max_pool_rows, max_pool_supported
 from .fold import AfterFold, bn_affine, fold_bn, is_batchnorm, norm_affine
 from .grid import GridSet, Rows
+from .inplace import is_timm_drop_path
 from .rowops import (
     ELEMENTWISE_FUNCTIONS,
     ELEMENTWISE_METHODS,
@@ -378,7 +379,7 @@ def _is_identity(module: nn.Module) -> bool:
         return True
     if isinstance(module, (nn.Dropout, nn.Dropout2d)):
         return module.p == 0
-    if type(module).__name__ == "DropPath" and type(module).__module__.startswith("timm."):
+    if is_timm_drop_path(module):
         return getattr(module, "drop_prob", None) == 0
     return False
 

@@ -18,7 +18,7 @@ from torch import fx, nn
 
 from .fold import AfterFold, FoldedConv
 
-__all__ = ["add_into_first", "adds_in_place"]
+__all__ = ["add_into_first", "adds_in_place", "is_timm_drop_path"]
 
 # ops whose output is a new tensor, never a view or one of their inputs
 _FRESH_MODULES = (nn.Conv2d, nn.Linear, nn.modules.batchnorm._BatchNorm, nn.LayerNorm, nn.GroupNorm, FoldedConv)
@@ -42,11 +42,14 @@ def add_into_first(a: torch.Tensor, b: torch.Tensor | float) -> torch.Tensor:
     return a.add_(b)
 
 
+def is_timm_drop_path(module: nn.Module) -> bool:
+    """timm's DropPath (matched by name: timm is not imported for it)."""
+    return type(module).__name__ == "DropPath" and type(module).__module__.startswith("timm.")
+
+
 def _passes_input_on(module: nn.Module) -> bool:
     """A module whose eval-mode output may be its input itself."""
-    if isinstance(module, (nn.Identity, nn.Dropout, nn.Dropout2d, AfterFold)):
-        return True
-    if type(module).__name__ == "DropPath" and type(module).__module__.startswith("timm."):
+    if isinstance(module, (nn.Identity, nn.Dropout, nn.Dropout2d, AfterFold)) or is_timm_drop_path(module):
         return True
     return getattr(module, "inplace", False) is True
 
