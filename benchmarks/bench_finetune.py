@@ -102,14 +102,15 @@ def mask_settings(args) -> tuple[dict, dict]:
     if args.price == "relative" and args.alpha is None:
         mask["alpha"] = 0.5  # the relative price's measured point (docs/finetune.md), not the absolute 0.2
     ft = {k: getattr(args, k) if getattr(args, k) is not None else v for k, v in ERSM_FT.items()}
-    if args.tau_end is not None:
-        ft["tau_end"] = args.tau_end
+    for name in ("tau_end", "mask_freeze"):
+        if getattr(args, name) is not None:
+            ft[name] = getattr(args, name)
     return mask, ft
 
 
 def ft_config(args, masks: bool) -> FinetuneConfig:
     _, ft = mask_settings(args)
-    extra = ft if masks else {k: v for k, v in ft.items() if k not in ("mask_lr_scale", "tau_end")}
+    extra = ft if masks else {k: v for k, v in ft.items() if k not in ("mask_lr_scale", "tau_end", "mask_freeze")}
     return FinetuneConfig(epochs=args.ft_epochs, batch_size=args.batch_size, lr=args.ft_lr, workers=0,
                           seed=ft_seed(args), weight_decay=0.05, **extra)
 
@@ -202,7 +203,7 @@ def main() -> None:
                    help="mask.price (absolute: the alpha-0.2 results of docs/finetune.md's first table)")
     p.add_argument("--save", help="folder to save the two fine-tuned models in (ersm/, baseline/) for `evaluate`")
     for name in ("alpha", "beta", "tau", "tau_end", "init_logit", "norm_prior", "gamma", "gamma_warmup",
-                 "mask_lr_scale"):
+                 "mask_lr_scale", "mask_freeze"):
         p.add_argument(f"--{name.replace('_', '-')}", type=float)
     args = p.parse_args()
     torch.set_num_threads(args.threads)
