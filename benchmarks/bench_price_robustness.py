@@ -30,7 +30,7 @@ on the price.
 
 ``--held-out N`` judges each cell on N validation pictures (the last epoch of both fine-tunings, the same
 generator and preprocessing as ``run``'s 500, its first 500 included): with 500 the paired gap of a base still
-learning carries about 2 points of sampling noise, as much as the criterion's margin. ``--ft-seeds`` averages
+learning carries an estimated 2 points of sampling noise, as much as the criterion's margin. ``--ft-seeds`` averages
 the other noise, the fine-tuning's own.
 """
 from __future__ import annotations
@@ -122,7 +122,7 @@ def _digest(value) -> str:
 def held_out_eval(folder: Path, images: int, seed: int) -> dict:
     """Top-1 and each mask's density (mean, std across images) of a fine-tuned model on ``images`` validation
     pictures of builtin:clutter: the same generator and preprocessing as ``run``'s validation split, more
-    pictures. With 500 a paired gap between two models carries about 2 points of sampling noise on a base still
+    pictures. With 500 a paired gap between two models carries an estimated 2 points of sampling noise on a base still
     learning, as much as the criterion's margin."""
     model = load(folder).eval()
     data = create_dataset("builtin:clutter", "validation", seed=seed, num_classes=CLASSES, size=images,
