@@ -128,16 +128,13 @@ def held_out_eval(folder: Path, images: int, seed: int) -> dict:
     model = load(folder).eval()
     data = create_dataset("builtin:clutter", "validation", seed=seed, num_classes=CLASSES, size=images,
                           preprocessing=resolve_preprocessing(model, "builtin:clutter", img_size=IMG))
-    layers = masks(model)
-    hits, kept = 0, {short_name(name): [] for name in layers.names()} if len(layers) else {}
+    layers = masks(model)  # none on the baseline: no densities
+    hits, kept = 0, {}
     for x, y in make_loader(data, 250, False, 0, 0):
         hits += int((model(x).argmax(1) == y).sum())
-        for name, layer in zip(kept, layers, strict=True):
-            kept[name].append(layer.state.hard.flatten(1).mean(1))
-    dens = {}
-    for name, parts in kept.items():
-        d = torch.cat(parts)
-        dens[name] = (float(d.mean()), float(d.std()))
+        for name, per_image in layers.density().items():
+            kept.setdefault(short_name(name), []).append(per_image)
+    dens = {name: (float(torch.cat(parts).mean()), float(torch.cat(parts).std())) for name, parts in kept.items()}
     return {"top1": 100.0 * hits / len(data), "densities": dens}
 
 

@@ -68,6 +68,17 @@ def test_run_injects_with_the_prior_and_the_settings_of_before_stay_reachable():
     assert _mask_config(build_settings("test_resnet", "2", defaults, overrides=before)) == MaskConfig()
 
 
+def test_the_open_mask_warning_advises_the_injection_settings_run_uses():
+    # the warning lives in train, which may not import the pipeline: its text is checked against run's values
+    from ersm_surgery.pipeline.run import PIPELINE_MASK
+    from ersm_surgery.train.mask_watch import MaskWatch
+
+    line = MaskWatch(open_after=0, alphas={"a": 0.2}, without_prior={"a"}).check({"epoch": 1, "density/a": 1.0},
+                                                                                 update=1)[0]
+    for key in ("norm_prior", "init_logit"):
+        assert f"--set mask.{key}={PIPELINE_MASK[key]:g} " in line + " "
+
+
 def test_run_shares_the_price_over_its_masks_unless_the_user_names_one():
     from ersm_surgery.pipeline.run import _mask_config
     from ersm_surgery.pipeline.settings import RUN_BASE_IMAGES, RUN_EPOCHS, build_settings, protocol_defaults
