@@ -20,7 +20,8 @@ Each cell is what ``ersm-surgery run`` does, with its defaults and nothing tuned
 The default models are four families whose base learns in ``run``'s budget (benchmarks/README.md,
 bench_run_families.py); convnext_atto is left out because its base stays at chance there (``run`` stops it
 at the gate), so its cells would measure masks on a network that learned nothing; with ``--full-epochs 8`` it
-memorises instead (train top-1 64%, validation 25-27%, chance 25%; 2026-12-05).
+memorises instead (train top-1 64%, validation 25-27%, chance 25%; 2026-12-05), and neither timm's training
+augmentation nor another learning rate (1e-4, 2e-3) gave it a base that learns (docs/finetune.md).
 
 Per cell: validation top-1 of both (the last epoch, as ``run`` reports), per mask the mean hard-mask density
 on the validation images and its std across images. Criteria, fixed before the run (issue #13): a cell
