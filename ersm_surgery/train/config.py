@@ -64,6 +64,11 @@ class FinetuneConfig:
             get no more updates; the masks keep deciding per image with what they learned while the backbone
             and classifier adapt to them, ``train.loop``). None: they learn to the end (the behaviour before
             it existed).
+        mask_updates: the most optimizer updates the masks learn for: their phase (the price's ramp and
+            ``mask_freeze``) ends after at most this many updates, however many the run has. The density the
+            masks reach is set by how many updates they get, not by an equilibrium (docs/finetune.md), so a
+            fixed count keeps it when the data set or the epochs grow. None: fractions only (the behaviour
+            before it existed).
         no_masks: baseline: strip the masks and train the base model with the same loop.
         mean: normalisation mean (None: the recorded one, else the model's pretrained config).
         std: normalisation std (None: as ``mean``).
@@ -110,6 +115,7 @@ class FinetuneConfig:
     mask_lr_scale: float = 10.0
     loss_brake: float | None = None
     mask_freeze: float | None = None
+    mask_updates: int | None = None
     no_masks: bool = False
     mean: list[float] | None = None
     std: list[float] | None = None
@@ -161,6 +167,8 @@ class FinetuneConfig:
              "must be > 0 (or null: no brake)")
         need(self.mask_freeze is None or (is_num(self.mask_freeze) and 0 <= self.mask_freeze <= 1), "mask_freeze",
              "must be a fraction in [0, 1] (or null: the masks learn to the end)")
+        need(self.mask_updates is None or (is_int(self.mask_updates) and self.mask_updates >= 1), "mask_updates",
+             "must be an integer >= 1 (or null: the masks' phase is set by the fractions alone)")
         need(self.img_size is None or (is_int(self.img_size) and self.img_size >= 8), "img_size", "must be >= 8")
         need(self.num_classes is None or (is_int(self.num_classes) and self.num_classes >= 1), "num_classes",
              "must be a positive integer")
@@ -234,6 +242,8 @@ class FinetuneConfig:
         for key in ("clip_grad", "tau_end", "crop_pct", "drop_path", "loss_brake", "mask_freeze"):
             if getattr(config, key) is not None:
                 setattr(config, key, float(getattr(config, key)))
+        if config.mask_updates is not None:
+            config.mask_updates = int(config.mask_updates)
         for key in ("mean", "std"):
             if getattr(config, key) is not None:
                 setattr(config, key, [float(v) for v in getattr(config, key)])

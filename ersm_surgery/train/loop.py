@@ -31,7 +31,7 @@ from .metrics import EpochMeter, short_name
 from .optim import base_lr, create_optimizer, create_scheduler, updates_per_epoch
 from .regularization import amp_dtype, autocast_factory, create_ema, create_mixup, task_criterion, to_channels_last
 from .run_state import checkpoint, restore
-from .schedule import MaskSchedule
+from .schedule import MaskSchedule, mask_phase
 from .source import freeze_backbone, frozen_norms
 from .tensorboard import TensorboardLog, require_tensorboard
 
@@ -87,7 +87,7 @@ class _Run:
     ema: Any = None  # timm ModelEmaV3: its module is what is validated and saved
     brake: LossBrake = field(default_factory=lambda: LossBrake(None, 1))
     relative_price: bool = False  # some mask charges mask.price=relative (layers.price)
-    masks_frozen_from: int | None = None  # finetune.mask_freeze as an update index (None: the masks learn to the end)
+    masks_frozen_from: int | None = None  # mask_freeze / mask_updates as an update index (None: learn to the end)
     update: int = 0
     gamma: float = 0.0
     tau: float = 1.0
@@ -235,12 +235,13 @@ def _make_run(model: nn.Module, config: FinetuneConfig, info: DistInfo, steps_pe
     if info.distributed:
         wrapped = nn.parallel.DistributedDataParallel(model, device_ids=[info.device.index] if cuda else None)
     total = config.epochs * updates_per_epoch(steps_per_epoch, config.grad_accum_steps)
-    schedule = MaskSchedule(total, config.gamma, config.gamma_warmup, tau_start, config.tau_end)
+    warmup, frozen_from = mask_phase(total, config.gamma_warmup, config.mask_freeze, config.mask_updates)
+    schedule = MaskSchedule(total, config.gamma, warmup, tau_start, config.tau_end)
     return _Run(wrapped, masks(model), config, info, optimizer, scheduler, scaler, schedule, autocast,
                 frozen_norms(model) if config.freeze_backbone else [], task_criterion(config),
                 create_mixup(config, num_classes), ema, LossBrake(config.loss_brake, total), tau=tau_start,
                 relative_price=any(layer.config.price == "relative" for layer in masks(model)),
-                masks_frozen_from=None if config.mask_freeze is None else round(config.mask_freeze * total))
+                masks_frozen_from=frozen_from)
 
 
 def fit(
@@ -326,7 +327,7 @@ def _epochs(run: _Run, result: FitResult, config: FinetuneConfig, info: DistInfo
                             "model_ema": run.ema is not None})
     labels = list(train_set.classes)
     per_epoch = max(1, run.schedule.total_updates // max(1, config.epochs))
-    watch = MaskWatch(round(config.gamma_warmup * run.schedule.total_updates) + per_epoch,
+    watch = MaskWatch(round(run.schedule.gamma_warmup * run.schedule.total_updates) + per_epoch,
                       {short_name(name): layer.config.alpha for name, layer in run.layers.items()},
                       {short_name(name) for name, layer in run.layers.items()
                        if not layer.config.norm_prior and layer.config.init_logit >= 3})

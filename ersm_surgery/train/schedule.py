@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from ..layers import gamma_at
 from ..mask_set import MaskSet
 
-__all__ = ["MaskSchedule"]
+__all__ = ["MaskSchedule", "mask_phase"]
 
 
 @dataclass
@@ -47,3 +47,18 @@ class MaskSchedule:
         for layer in layers:
             layer.config.tau = tau
         return self.gamma_at(update), tau
+
+
+def mask_phase(total_updates: int, gamma_warmup: float, mask_freeze: float | None,
+               mask_updates: int | None) -> tuple[float, int | None]:
+    """The price's ramp (a fraction of the run) and the update from which the masks stop learning (None: never).
+
+    ``gamma_warmup`` and ``mask_freeze`` are fractions of ``total_updates``; ``mask_updates`` caps both in
+    updates (``finetune.mask_updates``): a run with more data or more epochs gives its masks no more updates
+    than that, and the rest of it to the backbone.
+    """
+    freeze = None if mask_freeze is None else round(mask_freeze * total_updates)
+    if mask_updates is None:
+        return gamma_warmup, freeze
+    warmup = min(gamma_warmup, mask_updates / max(1, total_updates))
+    return warmup, mask_updates if freeze is None else min(freeze, mask_updates)
