@@ -33,13 +33,18 @@ class _Snapshots(Callbacks):
         self.backbone.append(_backbone_params(self.model))
 
 
-def _fit(freeze: float | None):
+def _model_and_data():
     torch.manual_seed(0)
     model = ersm_surgery.inject("test_resnet", stages=[2, 3], input_size=(3, 32, 32), num_classes=4,
                                 config=MaskConfig(alpha=0.3, init_logit=1.0, norm_prior=1.0))
     data = {"num_classes": 4, "size": 16}
     train = create_dataset("builtin:clutter", "train", img_size=32, seed=0, **data)
     val = create_dataset("builtin:clutter", "validation", img_size=32, seed=0, **data)
+    return model, train, val
+
+
+def _fit(freeze: float | None):
+    model, train, val = _model_and_data()
     config = FinetuneConfig(epochs=2, batch_size=4, lr=1e-3, workers=0, mask_freeze=freeze)
     start = _mask_params(model)
     snaps = _Snapshots(model)
@@ -92,12 +97,7 @@ class _PerUpdate(Callbacks):
 def test_mask_updates_caps_the_masks_phase_in_updates():
     # 2 epochs of 4 updates with the masks' phase capped at 3: they change in updates 1-3 and never after,
     # although mask_freeze alone (0.5) would let them learn 4
-    torch.manual_seed(0)
-    model = ersm_surgery.inject("test_resnet", stages=[2, 3], input_size=(3, 32, 32), num_classes=4,
-                                config=MaskConfig(alpha=0.3, init_logit=1.0, norm_prior=1.0))
-    data = {"num_classes": 4, "size": 16}
-    train = create_dataset("builtin:clutter", "train", img_size=32, seed=0, **data)
-    val = create_dataset("builtin:clutter", "validation", img_size=32, seed=0, **data)
+    model, train, val = _model_and_data()
     config = FinetuneConfig(epochs=2, batch_size=4, lr=1e-3, workers=0, mask_freeze=0.5, mask_updates=3)
     start = _mask_params(model)
     snaps = _PerUpdate(model)
