@@ -242,8 +242,6 @@ class FinetuneConfig:
         for key in ("clip_grad", "tau_end", "crop_pct", "drop_path", "loss_brake", "mask_freeze"):
             if getattr(config, key) is not None:
                 setattr(config, key, float(getattr(config, key)))
-        if config.mask_updates is not None:
-            config.mask_updates = int(config.mask_updates)
         for key in ("mean", "std"):
             if getattr(config, key) is not None:
                 setattr(config, key, [float(v) for v in getattr(config, key)])
