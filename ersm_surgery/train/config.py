@@ -69,6 +69,10 @@ class FinetuneConfig:
             masks reach is set by how many updates they get, not by an equilibrium (docs/finetune.md), so a
             fixed count keeps it when the data set or the epochs grow. None: fractions only (the behaviour
             before it existed).
+        mask_pull: the weight of a pull of the mask layers towards the values they started the run with, added
+            to the loss as ``mask_pull * sum ||theta - theta_0||^2`` (``train.mask_pull``): a restoring force that
+            grows as the masks move, so they settle where it balances the price instead of closing for as long
+            as they learn. None or 0: no pull (the behaviour before it existed).
         no_masks: baseline: strip the masks and train the base model with the same loop.
         mean: normalisation mean (None: the recorded one, else the model's pretrained config).
         std: normalisation std (None: as ``mean``).
@@ -116,6 +120,7 @@ class FinetuneConfig:
     loss_brake: float | None = None
     mask_freeze: float | None = None
     mask_updates: int | None = None
+    mask_pull: float | None = None
     no_masks: bool = False
     mean: list[float] | None = None
     std: list[float] | None = None
@@ -169,6 +174,8 @@ class FinetuneConfig:
              "must be a fraction in [0, 1] (or null: the masks learn to the end)")
         need(self.mask_updates is None or (is_int(self.mask_updates) and self.mask_updates >= 1), "mask_updates",
              "must be an integer >= 1 (or null: the masks' phase is set by the fractions alone)")
+        need(self.mask_pull is None or (is_num(self.mask_pull) and self.mask_pull >= 0), "mask_pull",
+             "must be a number >= 0 (or null: no pull)")
         need(self.img_size is None or (is_int(self.img_size) and self.img_size >= 8), "img_size", "must be >= 8")
         need(self.num_classes is None or (is_int(self.num_classes) and self.num_classes >= 1), "num_classes",
              "must be a positive integer")
@@ -239,7 +246,8 @@ class FinetuneConfig:
             setattr(config, key, float(getattr(config, key)))
         for key in ("smoothing", "mixup", "cutmix", "model_ema_decay"):
             setattr(config, key, float(getattr(config, key)))
-        for key in ("clip_grad", "tau_end", "crop_pct", "drop_path", "loss_brake", "mask_freeze"):
+        for key in ("clip_grad", "tau_end", "crop_pct", "drop_path", "loss_brake", "mask_freeze",
+                    "mask_pull"):
             if getattr(config, key) is not None:
                 setattr(config, key, float(getattr(config, key)))
         for key in ("mean", "std"):

@@ -96,8 +96,8 @@ def set_mask_settings(model: nn.Module, settings: dict[str, Any]) -> None:
 def recorded_settings(resume: str | Path) -> dict[str, Any]:
     """The ``finetune`` settings a run was saved with (the starting point of ``--resume``)."""
     state, _ = load_train_state(resume)
-    # a run saved before the loss brake or the masks' freeze existed resumes without them, as it started
-    return {"loss_brake": None, "mask_freeze": None, "mask_updates": None, **dict(state["config"])}
+    # a run saved before the loss brake, the masks' freeze or their pull existed resumes without them, as it started
+    return {"loss_brake": None, "mask_freeze": None, "mask_updates": None, "mask_pull": None, **dict(state["config"])}
 
 
 def _peek_source(source: str) -> Recipe:

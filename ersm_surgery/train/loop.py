@@ -26,6 +26,7 @@ from .data import build_loader, set_epoch
 from .distributed import DistInfo, all_true, broadcast_buffers, gather_objects, no_sync, ranks_agree
 from .errors import DivergedError
 from .loss_brake import LossBrake
+from .mask_pull import MaskPull
 from .mask_watch import MaskWatch
 from .metrics import EpochMeter, short_name
 from .optim import base_lr, create_optimizer, create_scheduler, updates_per_epoch
@@ -88,6 +89,7 @@ class _Run:
     brake: LossBrake = field(default_factory=lambda: LossBrake(None, 1))
     relative_price: bool = False  # some mask charges mask.price=relative (layers.price)
     masks_frozen_from: int | None = None  # mask_freeze / mask_updates as an update index (None: learn to the end)
+    pull: MaskPull | None = None
     update: int = 0
     gamma: float = 0.0
     tau: float = 1.0
@@ -104,7 +106,10 @@ def _forward_loss(run: _Run, x: torch.Tensor, target: torch.Tensor) -> tuple[tor
         logits = run.model(x)
     task = run.criterion(logits.float(), target)
     energy = run.layers.regularizer() if len(run.layers) else task.new_zeros(())
-    return logits, task, energy, task + run.gamma * energy
+    loss = task + run.gamma * energy
+    frozen = run.masks_frozen_from is not None and run.update >= run.masks_frozen_from
+    pull = run.pull.penalty() if run.pull is not None and not frozen else None
+    return logits, task, energy, loss if pull is None else loss + pull
 
 
 def _optimizer_step(run: _Run) -> None:
@@ -241,7 +246,7 @@ def _make_run(model: nn.Module, config: FinetuneConfig, info: DistInfo, steps_pe
                 frozen_norms(model) if config.freeze_backbone else [], task_criterion(config),
                 create_mixup(config, num_classes), ema, LossBrake(config.loss_brake, total), tau=tau_start,
                 relative_price=any(layer.config.price == "relative" for layer in masks(model)),
-                masks_frozen_from=frozen_from)
+                masks_frozen_from=frozen_from, pull=MaskPull(config.mask_pull, masks(model)))
 
 
 def fit(

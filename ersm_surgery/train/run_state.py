@@ -54,6 +54,7 @@ def checkpoint(folder: RunFolder, result: Any, run: Any, config: FinetuneConfig,
         "tau_start": run.schedule.tau_start,
         "price_scale": run.layers.price_state(),
         "loss_brake": run.brake.state(),
+        "mask_pull_anchor": run.pull.state() if run.pull is not None else {},
         "best": dict(result.best),
         "history": [dict(r) for r in result.rows],
         "config": config.to_dict(),
@@ -80,6 +81,8 @@ def restore(run: Any, state: dict[str, Any], result: Any) -> int:
     run.layers.load_price_state(state.get("price_scale") or {})
     if state.get("loss_brake"):
         run.brake.load_state(state["loss_brake"])
+    if run.pull is not None:
+        run.pull.load_state(state.get("mask_pull_anchor"))
     run.saved_epoch = int(state["epoch"])
     result.rows = [dict(r) for r in state.get("history", [])]
     result.best = dict(state.get("best") or {})
