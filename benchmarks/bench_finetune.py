@@ -36,6 +36,7 @@ from ersm_surgery.data import create_dataset, make_loader
 from ersm_surgery.layers import MaskConfig
 from ersm_surgery.recipe import Recipe
 from ersm_surgery.train import Callbacks, FinetuneConfig, fit
+from ersm_surgery.train.mask_pull import MaskPull
 
 # ERSM settings of this benchmark; alpha 0.2 is the absolute price (--price absolute) of docs/finetune.md's
 # first table; with the default relative price alpha defaults to MaskConfig's
@@ -102,7 +103,7 @@ def mask_settings(args) -> tuple[dict, dict]:
     if args.price == "relative" and args.alpha is None:
         mask["alpha"] = 0.5  # the relative price's measured point (docs/finetune.md), not the absolute 0.2
     ft = {k: getattr(args, k) if getattr(args, k) is not None else v for k, v in ERSM_FT.items()}
-    for name in ("tau_end", "mask_freeze"):
+    for name in ("tau_end", "mask_freeze", "mask_pull"):
         if getattr(args, name) is not None:
             ft[name] = getattr(args, name)
     return mask, ft
@@ -110,7 +111,8 @@ def mask_settings(args) -> tuple[dict, dict]:
 
 def ft_config(args, masks: bool) -> FinetuneConfig:
     _, ft = mask_settings(args)
-    extra = ft if masks else {k: v for k, v in ft.items() if k not in ("mask_lr_scale", "tau_end", "mask_freeze")}
+    extra = ft if masks else {k: v for k, v in ft.items() if k not in ("mask_lr_scale", "tau_end", "mask_freeze",
+                                                                     "mask_pull")}
     return FinetuneConfig(epochs=args.ft_epochs, batch_size=args.batch_size, lr=args.ft_lr, workers=0,
                           seed=ft_seed(args), weight_decay=0.05, **extra)
 
@@ -120,19 +122,23 @@ def ft_seed(args) -> int:
     return args.seed + 1 if args.ft_seed is None else args.ft_seed
 
 
-def train_step(model, opt, x, y) -> None:
+def train_step(model, opt, x, y, pull: MaskPull | None = None) -> None:
     layers = ersm_surgery.masks(model)
     loss = F.cross_entropy(model(x), y)
     if len(layers):
         loss = loss + layers.regularizer()
+    term = pull.penalty() if pull is not None else None
+    if term is not None:  # --mask-pull: the loop's pull of the masks towards their start, timed with the step
+        loss = loss + term
     loss.backward()
     opt.step()
     opt.zero_grad(set_to_none=True)
     layers.clear()
 
 
-def step_times(models: dict, batches, repeats: int) -> dict[str, float]:
+def step_times(models: dict, batches, repeats: int, pull: float | None = None) -> dict[str, float]:
     """Median seconds of one training step, with the variants interleaved step by step on the same batches."""
+    pulls = {k: MaskPull(pull, ersm_surgery.masks(m)) for k, m in models.items()}
     opts = {k: torch.optim.AdamW(m.parameters(), 1e-5) for k, m in models.items()}
     times: dict[str, list[float]] = {k: [] for k in models}
     for m in models.values():
@@ -141,13 +147,13 @@ def step_times(models: dict, batches, repeats: int) -> dict[str, float]:
         x, y = batches[r % len(batches)]
         for k in (list(models) if r % 2 else list(models)[::-1]):
             t = time.perf_counter()
-            train_step(models[k], opts[k], x, y)
+            train_step(models[k], opts[k], x, y, pulls[k])
             if r:  # the first round warms up allocator and optimizer state
                 times[k].append(time.perf_counter() - t)
     return {k: statistics.median(v) for k, v in times.items()}
 
 
-def peak_step_bytes(model, x, y) -> tuple[int, int]:
+def peak_step_bytes(model, x, y, pull: float | None = None) -> tuple[int, int]:
     """(peak bytes of tensors allocated during one training step, bytes held before it).
 
     The step's allocations and frees are the CPU allocator events that ``torch.profiler`` records with
@@ -159,12 +165,14 @@ def peak_step_bytes(model, x, y) -> tuple[int, int]:
 
     opt = torch.optim.AdamW(model.parameters(), 1e-5)
     model.train()
-    train_step(model, opt, x, y)
+    holder = MaskPull(pull, ersm_surgery.masks(model))
+    train_step(model, opt, x, y, holder)
     held = sum(t.numel() * t.element_size() for t in model.state_dict().values())
+    held += sum(t.numel() * t.element_size() for t in holder.anchor.values())
     held += sum(t.numel() * t.element_size() for s in opt.state.values() for t in s.values()
                 if torch.is_tensor(t))
     with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
-        train_step(model, opt, x, y)
+        train_step(model, opt, x, y, holder)
     events = sorted((e for e in prof.profiler.kineto_results.events() if e.name() == "[memory]"),
                     key=lambda e: e.start_ns())
     live = peak = 0
@@ -203,7 +211,7 @@ def main() -> None:
                    help="mask.price (absolute: the alpha-0.2 results of docs/finetune.md's first table)")
     p.add_argument("--save", help="folder to save the two fine-tuned models in (ersm/, baseline/) for `evaluate`")
     for name in ("alpha", "beta", "tau", "tau_end", "init_logit", "norm_prior", "gamma", "gamma_warmup",
-                 "mask_lr_scale", "mask_freeze"):
+                 "mask_lr_scale", "mask_freeze", "mask_pull"):
         p.add_argument(f"--{name.replace('_', '-')}", type=float)
     args = p.parse_args()
     torch.set_num_threads(args.threads)
@@ -241,8 +249,9 @@ def main() -> None:
     loader = make_loader(train, args.batch_size, shuffle=True, workers=0, seed=123)
     batches = [b for _, b in zip(range(3), loader, strict=False)]
     timing = step_times({"ersm": copy.deepcopy(ersm), "baseline": copy.deepcopy(plain_copy)}, batches,
-                        args.timing_steps)
-    mem = {k: peak_step_bytes(copy.deepcopy(m), *batches[0]) for k, m in (("ersm", ersm), ("baseline", plain_copy))}
+                        args.timing_steps, args.mask_pull)
+    mem = {k: peak_step_bytes(copy.deepcopy(m), *batches[0], args.mask_pull)
+           for k, m in (("ersm", ersm), ("baseline", plain_copy))}
     report(args, base_top1, results, timing, mem, time.perf_counter() - start)
 
 

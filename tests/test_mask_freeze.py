@@ -73,13 +73,11 @@ def test_mask_freeze_is_off_by_default_and_validated():
             FinetuneConfig.from_sources({"mask_freeze": bad})
 
 
-def test_run_freezes_the_masks_halfway_unless_told_otherwise():
+def test_run_lets_the_masks_learn_to_the_end_unless_told_otherwise():
     from ersm_surgery.pipeline.run import PipelineSettings, _config
 
     settings = PipelineSettings(model="test_resnet", stages=[2], data_options={"num_classes": 4, "size": 8})
-    assert _config(settings, 2, 3e-4).mask_freeze == 0.5
-    settings.finetune = {"mask_freeze": None}
-    assert _config(settings, 2, 3e-4).mask_freeze is None
+    assert _config(settings, 2, 3e-4).mask_freeze is None  # the pull holds them instead (test_mask_pull.py)
     settings.finetune = {"mask_freeze": 0.25}
     assert _config(settings, 2, 3e-4).mask_freeze == 0.25
     assert _config(settings, 2, 3e-4, base=True).mask_freeze is None  # base training has no masks to freeze
@@ -125,17 +123,3 @@ def test_mask_updates_is_off_by_default_and_validated():
     for bad in (0, -3, 2.5, "many", True):
         with pytest.raises(Exception, match="mask_updates"):
             FinetuneConfig.from_sources({"mask_updates": bad})
-
-
-def test_run_caps_the_masks_phase_at_its_own_length():
-    from ersm_surgery.pipeline.run import PipelineSettings, _config
-    from ersm_surgery.train.schedule import mask_phase
-
-    settings = PipelineSettings(model="test_resnet", stages=[2], data_options={"num_classes": 4, "size": 8})
-    config = _config(settings, 2, 3e-4)
-    assert config.mask_updates == 63
-    # run's own length (2 epochs of 63 updates): exactly the phase of before
-    assert mask_phase(126, config.gamma_warmup, config.mask_freeze, config.mask_updates) == (0.5, 63)
-    settings.finetune = {"mask_updates": None}
-    assert _config(settings, 2, 3e-4).mask_updates is None
-    assert _config(settings, 2, 3e-4, base=True).mask_updates is None

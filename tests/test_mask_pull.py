@@ -97,3 +97,44 @@ def test_a_resumed_run_is_pulled_towards_the_first_start_and_ends_with_the_same_
     a = ersm_surgery.load(full / "last").state_dict()
     b = ersm_surgery.load(part / "last").state_dict()
     assert all(torch.equal(a[k], b[k]) for k in a), [k for k in a if not torch.equal(a[k], b[k])][:5]
+
+
+def test_run_pulls_the_masks_and_leaves_their_phase_uncapped_unless_told_otherwise():
+    from ersm_surgery.pipeline.run import PipelineSettings, _config
+
+    settings = PipelineSettings(model="test_resnet", stages=[2], data_options={"num_classes": 4, "size": 8})
+    config = _config(settings, 2, 3e-4)
+    assert config.mask_pull == 0.1 and config.mask_freeze is None and config.mask_updates is None
+    settings.finetune = {"mask_pull": None, "mask_freeze": 0.5, "mask_updates": 63}  # the fine-tuning of before
+    config = _config(settings, 2, 3e-4)
+    assert config.mask_pull is None and config.mask_freeze == 0.5 and config.mask_updates == 63
+    assert _config(settings, 2, 3e-4, base=True).mask_pull is None  # base training has no masks to pull
+
+
+def _toy_densities(pull: float | None, steps: int = 300) -> list[float]:
+    """The mean density of one mask that nothing but the price acts on, every 100 Adam steps (the loop's lr)."""
+    from ersm_surgery.layers import EnergyMask, energy_regularizer
+    from ersm_surgery.mask_set import MaskSet
+
+    torch.manual_seed(0)
+    layer = EnergyMask(4, MaskConfig(alpha=0.3, beta=0.0, init_logit=1.0, train_mode="soft"), hidden=8).train()
+    holder = MaskPull(pull, MaskSet({"m": layer}))
+    opt = torch.optim.Adam(layer.parameters(), lr=3e-3)
+    out = []
+    for step in range(1, steps + 1):
+        layer(torch.randn(16, 4, 6, 6))
+        loss = energy_regularizer([layer])
+        term = holder.penalty()
+        (loss if term is None else loss + term).backward()
+        opt.step()
+        opt.zero_grad()
+        if step % 100 == 0:
+            out.append(layer.state.q.mean().item())
+    return out
+
+
+def test_the_price_alone_closes_the_mask_for_as_long_as_it_learns_and_the_pull_makes_it_settle():
+    free = _toy_densities(None)
+    assert free[0] - free[2] > 0.1 and free[2] < 0.3  # still closing after 300 updates
+    pulled = _toy_densities(0.1)
+    assert pulled[2] > 0.5 and abs(pulled[2] - pulled[1]) < 0.02, pulled  # twice the updates, the same density
