@@ -59,7 +59,8 @@ def _densities(summary: dict) -> str:
     s = summary.get("summary", {})
     means = {k.removeprefix("density.").removesuffix(".mean"): v for k, v in s.items()
              if k.startswith("density.") and k.endswith(".mean")}
-    return " ".join(f"{name} {v:.2f}" for name, v in means.items())
+    # the std across images too: the price matrix's cell rule asks for more than 0.05
+    return " ".join(f"{name} {v:.2f}±{s.get(f'density.{name}.std', float('nan')):.2f}" for name, v in means.items())
 
 
 def main() -> None:

@@ -141,8 +141,10 @@ PIPELINE_MASK = {"alpha": 0.42, "init_logit": 1.0, "norm_prior": 2.0}
 # injected with (finetune.mask_pull, L2-SP on the masks). The price alone has no equilibrium in a fine-tuning's
 # length: the masks close for as long as they learn, so until 2026-12-05 run froze them at half-time and capped their
 # phase at 63 updates, and the density was whatever that many updates reached. The pull is a restoring force that
-# grows as they move, so they settle: with 2x the updates (4 epochs) or 4x the pictures (8000) the densities stayed
-# within 0.07 of run's. On the price matrix over two seeds 14/16 cells against the freeze's 12/16 (docs/finetune.md);
+# grows as they move, so they settle: from 4 epochs of 2000 pictures on, twice the updates moved no density by more
+# than 0.07 (run's own 2 epochs are on the approach: 8000 pictures end 0.02-0.17 lower, in range). On the price
+# matrix over two seeds 14/16 cells against the freeze's 12/16, paired +0.65 points [-0.11, +1.42];
+# step time 1.07x the baseline's (docs/finetune.md);
 # --set finetune.mask_pull=null finetune.mask_freeze=0.5 finetune.mask_updates=63 gives the fine-tuning of before.
 PIPELINE_FINETUNE = {"mask_pull": 0.1}
 
