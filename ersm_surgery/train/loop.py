@@ -107,13 +107,17 @@ def _forward_loss(run: _Run, x: torch.Tensor, target: torch.Tensor) -> tuple[tor
     task = run.criterion(logits.float(), target)
     energy = run.layers.regularizer() if len(run.layers) else task.new_zeros(())
     loss = task + run.gamma * energy
-    frozen = run.masks_frozen_from is not None and run.update >= run.masks_frozen_from
-    pull = run.pull.penalty() if run.pull is not None and not frozen else None
+    pull = run.pull.penalty() if run.pull is not None and not _masks_frozen(run) else None
     return logits, task, energy, loss if pull is None else loss + pull
 
 
+def _masks_frozen(run: _Run) -> bool:
+    """Whether mask_freeze / mask_updates have stopped the masks at this update."""
+    return run.masks_frozen_from is not None and run.update >= run.masks_frozen_from
+
+
 def _optimizer_step(run: _Run) -> None:
-    if run.masks_frozen_from is not None and run.update >= run.masks_frozen_from:
+    if _masks_frozen(run):
         # gradients dropped after backward (DDP has already reduced them): the optimizer skips a parameter
         # without one entirely (no step, no decay, no momentum), so the masks are exactly those learned so far
         for layer in run.layers:

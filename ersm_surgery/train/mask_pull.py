@@ -48,8 +48,8 @@ class MaskPull:
         """``weight * sum ||theta - theta_0||^2`` in float32 (None when the pull is off)."""
         if not self.active:
             return None
-        terms = [(p.float() - self.anchor[name].to(p.device, torch.float32)).pow(2).sum()
-                 for name, p in self._parameters() if name in self.anchor]
+        # the anchor holds every name (taken at the start; load_state only replaces entries), on the parameters' device
+        terms = [(p.float() - self.anchor[name].float()).pow(2).sum() for name, p in self._parameters()]
         return self.weight * torch.stack(terms).sum() if terms else None
 
     def state(self) -> dict[str, torch.Tensor]:
