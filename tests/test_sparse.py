@@ -151,6 +151,24 @@ def test_max_pool_on_rows_equals_dense_pool(kernel, stride, padding, dilation, c
     torch.testing.assert_close(out.dense(), dense * pool_mask(mask, dense.shape[-2:]))
 
 
+@pytest.mark.parametrize("op", [nn.Conv2d(6, 12, 3, 2, 1, groups=3), nn.Conv2d(6, 6, 3, 1, 1, groups=6),
+                                nn.Conv2d(6, 12, 3, 2, 1), nn.AvgPool2d(2, 2), nn.MaxPool2d(3, 2, 1)])
+def test_a_batch_with_every_token_off_gives_empty_rows_not_an_error(op):
+    # every picture of the batch switched off at the stage's input: zero rows in, zero rows out, an all-zero map
+    from ersm_surgery.sparse.conv import max_pool_rows
+
+    mask = torch.zeros(2, 1, 9, 11)
+    x = torch.randn(2, 6, 9, 11) * mask
+    grids = GridSet(mask, "sample")
+    grid = grids.at(9, 11)
+    rows = Rows(grid.gather(x), grid)
+    pool_rows = {nn.AvgPool2d: avg_pool_rows, nn.MaxPool2d: max_pool_rows}.get(type(op))
+    out = pool_rows(op, rows, grids) if pool_rows else RowConv.from_module(op)(rows, grids)
+    dense = op(x)
+    assert out.data.shape == (0, dense.shape[1])
+    assert torch.equal(out.dense(), torch.zeros_like(dense))
+
+
 def test_segment_mean_and_per_image_operands():
     x, mask, grids, rows = _rows()
     torch.testing.assert_close(segment_mean(rows, keepdim=True), x.mean((2, 3), keepdim=True))

@@ -99,9 +99,11 @@ class RowConv:
                 out = out + self.bias
         else:
             g = self.groups
-            gathered = table.index_select(0, taps.reshape(-1)).reshape(n, taps.shape[1], g, -1)
-            out = torch.bmm(gathered.permute(2, 0, 1, 3).reshape(g, n, -1), self.matrix)
-            out = out.permute(1, 0, 2).reshape(n, -1)
+            # sizes spelled out: a grid with no kept token (n = 0) leaves -1 undetermined
+            per_group = x.shape[1] // g
+            gathered = table.index_select(0, taps.reshape(-1)).reshape(n, taps.shape[1], g, per_group)
+            out = torch.bmm(gathered.permute(2, 0, 1, 3).reshape(g, n, taps.shape[1] * per_group), self.matrix)
+            out = out.permute(1, 0, 2).reshape(n, g * self.matrix.shape[2])
             if self.bias is not None:
                 out = out + self.bias
         return Rows(out, grid)
@@ -153,7 +155,7 @@ def max_pool_rows(pool: nn.MaxPool2d, rows: Rows, grids: GridSet) -> Rows:
     taps = grid.taps(src, kernel, stride, padding, dilation, outside_row=src.count + 1)
     x = rows.data
     table = torch.cat([x, x.new_zeros(1, x.shape[1]), x.new_full((1, x.shape[1]), float("-inf"))])
-    out = table.index_select(0, taps.reshape(-1)).reshape(grid.count, taps.shape[1], -1).amax(1)
+    out = table.index_select(0, taps.reshape(-1)).reshape(grid.count, taps.shape[1], x.shape[1]).amax(1)
     return Rows(out, grid)
 
 
@@ -164,7 +166,8 @@ def avg_pool_rows(pool: nn.AvgPool2d, rows: Rows, grids: GridSet) -> Rows:
     grid = _pool_grid(src, grids, kernel, stride, padding, (1, 1), pool.ceil_mode)
     taps = grid.taps(src, kernel, stride, padding, (1, 1))
     table = torch.cat([rows.data, rows.data.new_zeros(1, rows.data.shape[1])])
-    total = table.index_select(0, taps.reshape(-1)).reshape(grid.count, taps.shape[1], -1).sum(1)
+    # the channel count spelled out: a grid with no kept token (count 0) leaves -1 undetermined
+    total = table.index_select(0, taps.reshape(-1)).reshape(grid.count, taps.shape[1], table.shape[1]).sum(1)
     divisor = _divisor(grid, src, kernel, stride, padding, pool.count_include_pad).to(total.dtype)
     return Rows(total / divisor.unsqueeze(1), grid)
 
