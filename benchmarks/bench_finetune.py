@@ -91,6 +91,8 @@ def mask_settings(args) -> tuple[dict, dict]:
         mask["init_logit"] = args.init_logit
     if args.norm_prior is not None:
         mask["norm_prior"] = args.norm_prior
+    if args.norm_prior_stats is not None:
+        mask["norm_prior_stats"] = args.norm_prior_stats
     if args.mask_mode is not None:
         mask["train_mode"] = args.mask_mode
     if args.border is not None:
@@ -207,6 +209,8 @@ def main() -> None:
     p.add_argument("--gate", choices=["features", "stage"], help="mask.gate (stage: each mask gates the next stage)")
     p.add_argument("--gate-pool", choices=["sample", "any"],
                    help="mask.gate_pool under --gate stage (which coarse tokens a strided gated block computes)")
+    p.add_argument("--norm-prior-stats", choices=["image", "running"],
+                   help="mask.norm_prior_stats (running: the prior standardised by the data's statistics, run's)")
     p.add_argument("--price", choices=["relative", "absolute"], default="absolute",
                    help="mask.price (absolute: the alpha-0.2 results of docs/finetune.md's first table)")
     p.add_argument("--save", help="folder to save the two fine-tuned models in (ersm/, baseline/) for `evaluate`")

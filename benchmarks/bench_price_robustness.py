@@ -13,9 +13,9 @@ Each cell is what ``ersm-surgery run`` does, with its defaults and nothing tuned
    or one earlier stage (``n-4``);
 3. two fine-tunings from the same injected model with ``run``'s settings (its protocol defaults: 2 epochs of
    2000 images, lr 3e-4, batch 32, the memory format of the base's rule; the same seed and data order): ERSM
-   with the masks ``run`` injects and its fine-tuning (``pipeline.run.PIPELINE_MASK``: magnitude prior,
-   init_logit 1, alpha 0.42 / sqrt(masks); ``PIPELINE_FINETUNE``: the masks learn to the end, pulled towards
-   their injected values, ``finetune.mask_pull=0.1``),
+   with the masks ``run`` injects and its fine-tuning (``pipeline.run.PIPELINE_MASK``: magnitude prior
+   standardised by the data, init_logit 1, alpha 0.42 / sqrt(masks); ``PIPELINE_FINETUNE``: the masks learn to
+   the end, pulled towards their injected values, ``finetune.mask_pull=0.1``),
    and the baseline without masks.
 
 The default models are four families whose base learns in ``run``'s budget (benchmarks/README.md,

@@ -42,7 +42,9 @@ __all__ = ["Recipe", "RECIPE_VERSION", "RECIPE_ATTR", "load_recipe", "apply_over
 # price of that time; a version-3 recipe always writes it.
 # 4: mask.gate_pool (layers.gate). A gated recipe (mask.gate "stage") of version 1 to 3 has no such key and
 # means "sample", the only rule of that time; a version-4 gated recipe always writes it.
-RECIPE_VERSION = 4
+# 5: mask.norm_prior_stats (layers.heads.RunningLogNorm). A recipe of version 1 to 4 has no such key and means
+# "image", the only rule of that time; the key is left out when "image" in any version.
+RECIPE_VERSION = 5
 
 # the recipe travels with the model as a plain attribute (not in the state dict)
 RECIPE_ATTR = "ersm_recipe"

@@ -64,7 +64,8 @@ def test_run_injects_with_the_prior_and_the_settings_of_before_stay_reachable():
     defaults = protocol_defaults(None, RUN_EPOCHS, RUN_BASE_IMAGES, "out")
     config = _mask_config(build_settings("test_resnet", "2", defaults))
     assert (config.norm_prior, config.init_logit, config.alpha) == (2.0, 1.0, 0.42)
-    before = ["mask.norm_prior=0", "mask.init_logit=3", "mask.alpha=0.2"]
+    assert config.norm_prior_stats == "running"
+    before = ["mask.norm_prior=0", "mask.init_logit=3", "mask.alpha=0.2", "mask.norm_prior_stats=image"]
     assert _mask_config(build_settings("test_resnet", "2", defaults, overrides=before)) == MaskConfig()
 
 

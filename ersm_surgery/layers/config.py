@@ -5,7 +5,8 @@ import math
 from dataclasses import asdict, dataclass, field, fields
 from typing import Any
 
-__all__ = ["MaskConfig", "MAX_STEPS", "TRAIN_MODES", "EVAL_MODES", "BORDERS", "GATES", "GATE_POOLS", "PRICES"]
+__all__ = ["MaskConfig", "MAX_STEPS", "TRAIN_MODES", "EVAL_MODES", "BORDERS", "GATES", "GATE_POOLS", "PRICES",
+           "NORM_PRIOR_STATS"]
 
 TRAIN_MODES = ("straight_through", "soft")
 EVAL_MODES = ("hard", "soft")
@@ -14,6 +15,7 @@ BORDERS = ("zero", "normalise")  # how the pairwise pull treats tokens at the bo
 GATES = ("features", "stage")
 GATE_POOLS = ("sample", "any")  # how a gating mask is taken to the coarser grids of its stage (layers.gate)
 PRICES = ("relative", "absolute")  # what alpha is measured in (layers.price)
+NORM_PRIOR_STATS = ("image", "running")  # what the magnitude prior standardises a token's log norm by (layers.heads)
 # Mean-field converges in a handful of steps (default 3); each step is one 3x3 convolution per mask and
 # forward, kept in memory for the backward. 100 is ~30x what any setting needs and still finishes, while
 # an unbounded value (steps: 1e20) would hang injection's function-preservation check.
@@ -68,6 +70,12 @@ class MaskConfig:
             a mask gives up first are the weakest of their image (``heads.relative_log_norm``). The weight is
             learned with the head. 0 (the default; recipes written before it existed): no prior and no
             parameter. Left out of a recipe when 0.
+        norm_prior_stats: what the prior standardises a token's log norm by: "image" (the default, and the only
+            rule before recipe version 5: its own picture's mean and std, so the prior ranks tokens within a
+            picture and a mask led by it keeps about the same share of each) or "running" (the data's: the
+            batch's statistics in training, running averages in evaluation, as BatchNorm; a picture with more
+            strong tokens than usual keeps more; ``heads.RunningLogNorm``, three buffers a mask). Left out of
+            a recipe when "image".
         price: "absolute" (alpha is in units of the loss; the only price before recipe version 3, so a
             recipe of version 1 or 2 reads as "absolute") or "relative" (alpha is a fraction of the task
             gradient's scale).
@@ -91,6 +99,7 @@ class MaskConfig:
     gate_pool: str = "sample"
     price: str = "absolute"
     norm_prior: float = 0.0
+    norm_prior_stats: str = "image"
 
     def __post_init__(self) -> None:
         if self.pairwise_args is None:  # "pairwise_args: null" in a recipe
@@ -124,7 +133,8 @@ class MaskConfig:
         need(_is_int(self.steps) and 0 <= self.steps <= MAX_STEPS, "steps", f"must be an integer in [0, {MAX_STEPS}]")
         need(_is_int(self.neighbourhood) and self.neighbourhood in (4, 8), "neighbourhood", "must be 4 or 8")
         for key, choices in (("border", BORDERS), ("train_mode", TRAIN_MODES), ("eval_mode", EVAL_MODES),
-                             ("gate", GATES), ("gate_pool", GATE_POOLS), ("price", PRICES)):
+                             ("gate", GATES), ("gate_pool", GATE_POOLS), ("price", PRICES),
+                             ("norm_prior_stats", NORM_PRIOR_STATS)):
             need(getattr(self, key) in choices, key, f"must be one of {', '.join(choices)}")
         need(self.hidden is None or (_is_int(self.hidden) and self.hidden >= 1), "hidden",
              "must be a positive integer or null")
@@ -140,6 +150,8 @@ class MaskConfig:
             del d["gate"], d["gate_pool"]
         if self.norm_prior == 0:
             del d["norm_prior"]
+        if self.norm_prior_stats == "image":
+            del d["norm_prior_stats"]
         return d
 
     @classmethod

@@ -26,7 +26,9 @@ __all__ = [
     "create_unary_head",
     "create_pairwise",
     "auto_hidden",
+    "log_norm",
     "relative_log_norm",
+    "RunningLogNorm",
 ]
 
 UnaryHeadFactory = Callable[[int, int, MaskConfig], nn.Module]
@@ -107,20 +109,80 @@ def auto_hidden(channels: int, param_budget: int | None = None) -> int:
 PRIOR_CLAMP = 3.0
 
 
+def log_norm(x: torch.Tensor, squared_norm: torch.Tensor | None = None) -> torch.Tensor:
+    """(B, 1, H, W): each token's log feature norm in float32.
+
+    A token whose features are all zero (switched off by an earlier gate) sits at the floor: log of a
+    millionth of its image's mean squared norm. ``squared_norm``: each token's squared norm (B, 1, H, W) in
+    float32 when the caller has it already (the head's LayerNorm statistics).
+    """
+    n2 = x.float().pow(2).sum(dim=1, keepdim=True) if squared_norm is None else squared_norm
+    floor = 1e-6 * n2.mean(dim=(2, 3), keepdim=True) + torch.finfo(torch.float32).tiny
+    return 0.5 * torch.log(n2 + floor)
+
+
+def _standardise(value: torch.Tensor, mean: torch.Tensor, std: torch.Tensor) -> torch.Tensor:
+    return ((value - mean) / (std + 1e-3)).clamp(-PRIOR_CLAMP, PRIOR_CLAMP)
+
+
+def _per_image(ln: torch.Tensor) -> torch.Tensor:
+    return _standardise(ln, ln.mean(dim=(2, 3), keepdim=True), ln.std(dim=(2, 3), keepdim=True, correction=0))
+
+
 def relative_log_norm(x: torch.Tensor, squared_norm: torch.Tensor | None = None) -> torch.Tensor:
     """(B, 1, H, W): each token's log feature norm, standardised over its image's tokens, clamped to +-3.
 
     Scale-free (multiplying the features changes nothing) and per image: it ranks a token against the others
-    of the same picture. A token whose features are all zero (switched off by an earlier gate) sits at the
-    floor: log of a millionth of the image's mean squared norm. ``squared_norm``: each token's squared norm
-    (B, 1, H, W) in float32 when the caller has it already (the head's LayerNorm statistics).
+    of the same picture, so a mask led by it keeps about the same share of every picture.
     """
-    n2 = x.float().pow(2).sum(dim=1, keepdim=True) if squared_norm is None else squared_norm
-    floor = 1e-6 * n2.mean(dim=(2, 3), keepdim=True) + torch.finfo(torch.float32).tiny
-    log_norm = 0.5 * torch.log(n2 + floor)
-    mean = log_norm.mean(dim=(2, 3), keepdim=True)
-    std = log_norm.std(dim=(2, 3), keepdim=True, correction=0)
-    return ((log_norm - mean) / (std + 1e-3)).clamp(-PRIOR_CLAMP, PRIOR_CLAMP)
+    return _per_image(log_norm(x, squared_norm))
+
+
+class RunningLogNorm(nn.Module):
+    """Standardises log feature norms by the data's statistics, as BatchNorm does its features.
+
+    In training: the mean and variance over every token of the batch (the gradient flows through them), and
+    running averages of both (momentum 0.1; the first batch sets them). In evaluation: the running averages, so
+    a picture with more strong tokens than the data's usual scores them higher and its mask keeps more of it,
+    where :func:`relative_log_norm` keeps a fixed share of every picture. Free of the model's feature scale
+    (a constant scale shifts every log norm alike and the statistics absorb it), but, as BatchNorm, tied to
+    the data it was fine-tuned on: pictures whose features are weaker across the board than that data's keep
+    fewer tokens. Before any training step (a freshly injected model, no statistics yet) it standardises per
+    image, as :func:`relative_log_norm`.
+    """
+
+    def __init__(self, momentum: float = 0.1) -> None:
+        super().__init__()
+        self.momentum = momentum
+        self.register_buffer("running_mean", torch.zeros(()))
+        self.register_buffer("running_var", torch.ones(()))
+        self.register_buffer("num_batches_tracked", torch.zeros((), dtype=torch.long))
+        # a Python flag, not a test of the buffer, so exporters and compilers see no data-dependent branch
+        self.tracked = False
+        self.register_load_state_dict_post_hook(_sync_tracked)
+
+    def forward(self, ln: torch.Tensor) -> torch.Tensor:
+        if self.training:
+            mean, var = ln.mean(), ln.var(correction=0)
+            with torch.no_grad():
+                if self.tracked:
+                    self.running_mean.lerp_(mean.detach().to(self.running_mean.dtype), self.momentum)
+                    self.running_var.lerp_(var.detach().to(self.running_var.dtype), self.momentum)
+                else:
+                    self.running_mean.copy_(mean)
+                    self.running_var.copy_(var)
+                self.num_batches_tracked.add_(1)
+            self.tracked = True
+        elif self.tracked:
+            mean, var = self.running_mean.float(), self.running_var.float()
+        else:
+            return _per_image(ln)
+        # clamped below so that a batch of identical tokens has a finite gradient
+        return _standardise(ln, mean, var.clamp_min(1e-12).sqrt())
+
+
+def _sync_tracked(module: RunningLogNorm, incompatible_keys: object) -> None:
+    module.tracked = bool(module.num_batches_tracked > 0)
 
 
 class ConvUnaryHead(nn.Module):
@@ -144,6 +206,7 @@ class ConvUnaryHead(nn.Module):
         self.context = nn.Linear(channels, 1, bias=False) if config.global_context else None
         # only with a prior: a model without one keeps the state dict it always had
         self.norm_weight = nn.Parameter(torch.tensor(float(config.norm_prior))) if config.norm_prior else None
+        self.prior_stats = RunningLogNorm() if config.norm_prior and config.norm_prior_stats == "running" else None
         nn.init.normal_(self.score.weight, std=1e-3)
         nn.init.constant_(self.score.bias, config.alpha + config.init_logit * config.tau)
         if self.context is not None:
@@ -162,7 +225,9 @@ class ConvUnaryHead(nn.Module):
             # strided sum over the channels was a fifth of a mask's time at batch 1); in lower precision the
             # prior sums its own in float32
             shared = mean_sq.view(b, 1, h, w) * x.shape[1] if x.dtype == torch.float32 else None
-            s = s + self.norm_weight.to(s.dtype) * relative_log_norm(x, shared).to(s.dtype)
+            prior = (relative_log_norm(x, shared) if self.prior_stats is None
+                     else self.prior_stats(log_norm(x, shared)))
+            s = s + self.norm_weight.to(s.dtype) * prior.to(s.dtype)
         return s
 
     def _reduce_normalised(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

@@ -40,6 +40,7 @@ def unreached_masks(model: nn.Module, masks: dict[str, nn.Module], input_size: t
     passes through, reach the head) means unreached.
     """
     from ..layers import EnergyMask
+    from ..layers.heads import RunningLogNorm
 
     outputs: dict[str, list[torch.Tensor]] = {name: [] for name in masks}
     handles = []
@@ -57,8 +58,8 @@ def unreached_masks(model: nn.Module, masks: dict[str, nn.Module], input_size: t
         device = param.device if param is not None else torch.device("cpu")
         with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []), training_mode(model, True):
             for m in model.modules():
-                if isinstance(m, (nn.modules.batchnorm._NormBase, nn.Dropout)):
-                    m.eval()  # batch statistics of one image are not what is asked; restored on exit
+                if isinstance(m, (nn.modules.batchnorm._NormBase, nn.Dropout, RunningLogNorm)):
+                    m.eval()  # batch statistics of one random image are not what is asked, nor kept; restored on exit
             torch.manual_seed(0)
             with torch.no_grad():
                 for p in zeros:

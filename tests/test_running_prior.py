@@ -1,0 +1,111 @@
+"""The magnitude prior standardised by the data's statistics (``mask.norm_prior_stats=running``)."""
+import pytest
+import torch
+
+import ersm_surgery
+from ersm_surgery.layers import EnergyMask, MaskConfig
+from ersm_surgery.layers.heads import RunningLogNorm, log_norm, relative_log_norm
+from ersm_surgery.recipe import Recipe
+
+RUNNING = MaskConfig(norm_prior=1.0, init_logit=1.0, norm_prior_stats="running")
+
+
+def test_training_standardises_by_the_batch_and_tracks_running_statistics():
+    stats = RunningLogNorm().train()
+    ln = torch.randn(4, 1, 5, 5) * 2 + 7
+    z = stats(ln)
+    expected = ((ln - ln.mean()) / (ln.var(correction=0).sqrt() + 1e-3)).clamp(-3, 3)
+    assert torch.allclose(z, expected, atol=1e-6)
+    assert stats.running_mean == pytest.approx(ln.mean().item()) and stats.num_batches_tracked == 1
+    second = torch.randn(4, 1, 5, 5) + 9
+    stats(second)
+    assert stats.running_mean == pytest.approx(0.9 * ln.mean().item() + 0.1 * second.mean().item(), abs=1e-5)
+    stats.eval()
+    mean, std = stats.running_mean, stats.running_var.sqrt()
+    assert torch.allclose(stats(second), ((second - mean) / (std + 1e-3)).clamp(-3, 3), atol=1e-6)
+
+
+def test_before_any_statistics_it_ranks_within_each_picture():
+    x = torch.randn(2, 8, 5, 5)
+    assert torch.equal(RunningLogNorm().eval()(log_norm(x)), relative_log_norm(x))
+
+
+def test_a_picture_with_stronger_tokens_than_usual_keeps_more_than_under_the_per_picture_rule():
+    torch.manual_seed(0)
+    data = torch.randn(16, 8, 6, 6) * torch.rand(16, 1, 6, 6)
+    weak, strong = data[:1] * 0.3, data[:1] * 3.0
+    image, running = (EnergyMask(8, MaskConfig(norm_prior=1.0, init_logit=1.0, norm_prior_stats=rule), hidden=4)
+                      for rule in ("image", "running"))
+    running.load_state_dict(image.state_dict(), strict=False)  # the same head; only the statistics differ
+    running.train()(data)  # one training batch sets the statistics
+    image.eval(), running.eval()
+    with torch.no_grad():
+        kept = {name: [_kept(layer, x) for x in (weak, strong)] for name, layer in (("image", image),
+                                                                                     ("running", running))}
+    assert kept["image"][0] == kept["image"][1]  # a fixed share of every picture, whatever its strength
+    assert kept["running"][0] < kept["running"][1]
+
+
+def _kept(layer: EnergyMask, x: torch.Tensor) -> float:
+    layer(x)
+    return layer.state.hard.mean().item()
+
+
+def test_the_statistics_and_the_flag_come_back_with_the_model(tmp_path):
+    model = ersm_surgery.inject("test_resnet", stages=[2], input_size=(3, 32, 32), num_classes=3, config=RUNNING)
+    head = next(iter(ersm_surgery.masks(model))).head
+    assert not head.prior_stats.tracked
+    ersm_surgery.save(model, tmp_path / "fresh")
+    assert not next(iter(ersm_surgery.masks(ersm_surgery.load(tmp_path / "fresh")))).head.prior_stats.tracked
+    model.train()(torch.randn(4, 3, 32, 32) * 5)
+    assert head.prior_stats.tracked and head.prior_stats.num_batches_tracked == 1
+    ersm_surgery.save(model, tmp_path / "m")
+    loaded = ersm_surgery.load(tmp_path / "m").eval()
+    assert next(iter(ersm_surgery.masks(loaded))).head.prior_stats.tracked
+    assert loaded.ersm_recipe.mask.norm_prior_stats == "running"
+    x = torch.randn(2, 3, 32, 32)
+    assert torch.equal(loaded(x), model.eval()(x))
+
+
+def test_recipes_without_the_key_rank_per_picture_and_the_key_is_checked():
+    old = Recipe.from_dict({"model": "test_resnet", "version": 4, "mask": {"alpha": 0.2, "norm_prior": 2.0}})
+    assert old.mask.norm_prior_stats == "image"
+    assert "norm_prior_stats" not in MaskConfig(norm_prior=2.0).to_dict()
+    assert RUNNING.to_dict()["norm_prior_stats"] == "running"
+    assert EnergyMask(8, MaskConfig(norm_prior=1.0), hidden=4).head.prior_stats is None
+    with pytest.raises(ValueError, match="norm_prior_stats"):
+        MaskConfig(norm_prior_stats="batch")
+
+
+def _trained_once(config: dict, size=(3, 64, 64)) -> torch.nn.Module:
+    model = ersm_surgery.inject("test_resnet", stages=[2, 3], input_size=size,
+                                config={"norm_prior": 2.0, "init_logit": 1.0, "norm_prior_stats": "running", **config})
+    torch.manual_seed(0)
+    model.eval()
+    for layer in ersm_surgery.masks(model):
+        layer.train()  # the masks alone: the backbone's BatchNorm keeps the statistics evaluation uses
+    with torch.no_grad():
+        model(torch.randn(8, *size) * torch.rand(8, 1, *size[1:]))  # sets the prior's statistics
+    return model.eval()
+
+
+def test_the_sparse_runtime_reads_the_running_statistics():
+    model = _trained_once({"gate": "stage"})
+    fast = ersm_surgery.sparse(model, break_even=1.0)
+    x = torch.randn(4, 3, 64, 64) * torch.rand(4, 1, 64, 64)
+    with torch.no_grad():
+        torch.testing.assert_close(fast(x), model(x), atol=1e-4, rtol=1e-4)
+    densities = [layer.state.hard.mean().item() for layer in ersm_surgery.masks(model)]
+    assert all(0.0 < d < 1.0 for d in densities), densities  # the sparse path had tokens to skip
+
+
+def test_onnx_parity_with_the_running_prior(tmp_path):
+    from ersm_surgery.io.onnx_export import export_onnx
+    from ersm_surgery.io.onnx_validation import validate_onnx
+
+    pytest.importorskip("onnxruntime")
+    model = _trained_once({})
+    size = (3, 64, 64)
+    export_onnx(model, tmp_path / "m.onnx", size, with_masks=True)
+    parity = validate_onnx(model, tmp_path / "m.onnx", torch.randn(3, *size), size, with_masks=True)
+    assert parity["max_abs_diff"] <= 1e-4 and not any(parity["mask_flips"].values()), parity
