@@ -360,3 +360,24 @@ def test_density_histogram_and_random_masks_of_equal_density() -> None:
     assert as_token_maps(rand).flatten(1).sum(dim=1).tolist() == [0.0, 10.0, 25.0, 2.0]  # round(1.5) = 2
     assert torch.equal(rand, random_mask_like(masks, gen(2)))
     assert not torch.equal(rand[1], masks[1])  # not the same 10 tokens (for this seed)
+
+
+def test_sparsity_counts_the_images_a_mask_empties_or_keeps_whole_and_evaluate_says_so():
+    from ersm_surgery.eval import sparsity_summary
+    from ersm_surgery.eval.runner import _empty_mask_notes
+
+    hard = torch.ones(20, 4, 4)
+    hard[:3] = 0.0  # three images switched off entirely, two of class 1
+    hard[3:10, 0] = 0.0  # partly kept
+    labels = torch.tensor([1, 1, 0] + [0, 1] * 8 + [2])
+    s = sparsity_summary(hard, hard, labels, ["a", "b", "c"])
+    assert s["empty"] == {"images": 3, "share": pytest.approx(0.15), "per_class": {"a": 1, "b": 2}}
+    assert s["full"] == {"images": 10, "share": 0.5}
+    logits = torch.zeros(20, 3)
+    logits[:, 1] = 1.0  # every image called "b": two of the three empty ones right
+    (note,) = _empty_mask_notes({"layer3.ersm_mask": s}, {"layer3.ersm_mask": {"hard": hard}}, logits, labels)
+    assert note.startswith("layer3 keeps no token of 3 images (15%; 67% of them b, top-1 on them 67%)")
+    hard[:3] = 1.0
+    hard[0, 1:] = 0.0  # nearly empty, not empty: no note
+    s = sparsity_summary(hard, hard, labels, ["a", "b", "c"])
+    assert _empty_mask_notes({"layer3.ersm_mask": s}, {"layer3.ersm_mask": {"hard": hard}}, logits, labels) == []

@@ -37,6 +37,7 @@ from .results_schema import SCHEMA_NAME, SCHEMA_VERSION, PerImage
 from .settings import METRICS, OCCLUDERS, RANKINGS, EvalError, EvalSettings, Progress, SilentProgress
 from .side_by_side import run_side_by_side
 from .summaries import localization_summary, sparsity_summary
+from .tables import short_name
 
 __all__ = ["METRICS", "RANKINGS", "OCCLUDERS", "EvalError", "EvalSettings", "EvalResult", "Progress", "evaluate"]
 
@@ -270,6 +271,28 @@ def headline(results: dict[str, Any]) -> dict[str, float]:
     return out
 
 
+# at or above this share of images with an empty mask, evaluate says so: their masks locate nothing
+EMPTY_MASK_NOTE_SHARE = 0.05
+
+
+def _empty_mask_notes(layers: dict, maps: dict, logits: torch.Tensor, labels: torch.Tensor) -> list[str]:
+    """One note per mask that keeps no token of at least 5% of the images: how many, their main class, top-1."""
+    notes = []
+    for name, s in layers.items():
+        empty = s["empty"]
+        if empty["share"] < EMPTY_MASK_NOTE_SHARE:
+            continue
+        chosen = maps[name]["hard"].flatten(1).sum(1) == 0
+        top1 = 100 * float((logits.argmax(1)[chosen] == labels[chosen]).float().mean())
+        top_class, count = max(empty["per_class"].items(), key=lambda kv: kv[1], default=("an unknown class", 0))
+        share, main = 100 * empty["share"], 100 * count / empty["images"]
+        notes.append(f"{short_name(name)} keeps no token of {empty['images']} images ({share:.0f}%; {main:.0f}% of "
+                     f"them {top_class}, top-1 on them {top1:.0f}%): the layers after it see an all-zero map for "
+                     "each of them (one output for all, where nothing bypasses the mask), so their class comes from "
+                     "the mask's emptiness and their masks locate nothing (docs/layer.md)")
+    return notes
+
+
 def _summaries(results: dict, subjects: list[Subject], passes: dict, images: EvalImages,
                settings: EvalSettings, metrics: set[str]) -> None:
     model = subjects[0]
@@ -284,6 +307,8 @@ def _summaries(results: dict, subjects: list[Subject], passes: dict, images: Eva
             name: sparsity_summary(maps[name]["hard"], maps[name]["q"], images.labels, images.classes,
                                    settings.histogram_bins, settings.seed + i)
             for i, name in enumerate(model.masks)}}
+        results["notes"].extend(_empty_mask_notes(results["sparsity"]["layers"], maps, passes["model"]["logits"],
+                                                  images.labels))
     rows = boxed_rows(images.boxes)
     if "localization" in metrics and model.masks and rows is not None:
         base_maps = passes["baseline"]["maps"] if "baseline" in passes else {}

@@ -39,8 +39,11 @@ def sparsity_summary(
     Returns:
         ``{"tokens", "grid", "density" {mean, std, min, max}, "soft_density" (mean q), "histogram"
         {counts, edges}, "adaptivity" {std, iqr, p10, p90, cv, per_class}, "coherence" {mask, random},
-        "components" {mask, random}}``. Coherence is the mean |m_i - m_j| over neighbour pairs (lower
-        is more coherent); components counts 4-connected kept regions (mean per image).
+        "components" {mask, random}, "empty" {images, share, per_class}, "full" {images, share}}``.
+        Coherence is the mean |m_i - m_j| over neighbour pairs (lower is more coherent); components counts
+        4-connected kept regions (mean per image); "empty" counts the images whose mask keeps no token (after
+        it the network sees nothing of them, so they all get one output; ``per_class``: their true classes) and
+        "full" those whose mask keeps every token.
     """
     n, h, w = hard.shape
     stats = density_stats(hard)
@@ -53,6 +56,8 @@ def sparsity_summary(
         if chosen.numel():
             per_class[name] = float(chosen.mean())
     mean = stats["mean"]
+    empty, full = per_image == 0, per_image == 1
+    empty_classes = {name: int((labels[empty] == c).sum()) for c, name in enumerate(classes)}
     return {
         "tokens": h * w,
         "grid": [h, w],
@@ -73,6 +78,9 @@ def sparsity_summary(
             "mask": float(connected_components(hard).float().mean()),
             "random": float(connected_components(random_masks).float().mean()),
         },
+        "empty": {"images": int(empty.sum()), "share": float(empty.float().mean()),
+                  "per_class": {k: v for k, v in empty_classes.items() if v}},
+        "full": {"images": int(full.sum()), "share": float(full.float().mean())},
     }
 
 

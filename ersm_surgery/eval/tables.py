@@ -59,13 +59,20 @@ def _sparsity(r: Results) -> dict:
         rows.append([short_name(name), f"{s['grid'][0]}x{s['grid'][1]}", _num(d["mean"]), _num(d["std"]),
                      f"{_num(d['min'], 2)} - {_num(d['max'], 2)}", f"{_num(a['p10'], 2)} - {_num(a['p90'], 2)}",
                      _num(s["soft_density"]), f"{_num(s['coherence']['mask'])} ({_num(s['coherence']['random'])})",
-                     f"{s['components']['mask']:.1f} ({s['components']['random']:.1f})"])
+                     f"{s['components']['mask']:.1f} ({s['components']['random']:.1f})",
+                     _empty_full(s)])
     return _table("sparsity", "Sparsity (hard masks)",
                   ["mask", "grid", "density", "std", "min - max", "p10 - p90", "mean q",
-                   "coherence (random)", "components (random)"], rows,
+                   "coherence (random)", "components (random)", "empty / full"], rows,
                   "density: kept fraction per image; std and p10-p90 show input adaptivity; coherence: mean "
                   "|m_i - m_j| over neighbour pairs (lower is more coherent), against random masks of the same "
-                  "density per image")
+                  "density per image; empty / full: share of images whose mask keeps no token / every token")
+
+
+def _empty_full(s: dict) -> str:
+    if "empty" not in s:  # results written before the count existed
+        return "-"
+    return f"{_pct(s['empty']['share'])} / {_pct(s['full']['share'])}"
 
 
 def _compute(cp: dict) -> dict:
