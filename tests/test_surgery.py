@@ -264,6 +264,14 @@ def test_a_stage_whose_output_never_reaches_the_loss_is_refused_in_one_line():
     assert "inspect" in info.value.fix
 
 
+def test_a_gated_mask_that_starts_closing_a_small_map_is_not_called_unreached():
+    # run's masks (a magnitude prior, init_logit 1) switch some tokens off at injection; at 32 px the map after
+    # stage 3 is 2 x 2 and the gated stage 4's 1 x 1: the probe used to see no gradient and refuse the placement
+    config = {"norm_prior": 2.0, "init_logit": 1.0, "gate": "stage"}
+    model = ersm_surgery.inject("test_resnet", stages=[2, 3], input_size=(3, 32, 32), config=config)
+    assert {layer.config.train_mode for layer in ersm_surgery.masks(model)} == {"straight_through"}  # restored
+
+
 def test_a_headless_model_ending_in_a_layernorm_is_not_refused():
     """The sum of a LayerNorm's output does not depend on its input: the probe projects at random instead."""
 
