@@ -109,3 +109,19 @@ def test_onnx_parity_with_the_running_prior(tmp_path):
     export_onnx(model, tmp_path / "m.onnx", size, with_masks=True)
     parity = validate_onnx(model, tmp_path / "m.onnx", torch.randn(3, *size), size, with_masks=True)
     assert parity["max_abs_diff"] <= 1e-4 and not any(parity["mask_flips"].values()), parity
+
+
+def test_the_features_scale_does_not_move_the_running_prior():
+    # a model whose features are k times larger trains the statistics on them: the same scores come out
+    torch.manual_seed(0)
+    x = torch.randn(8, 16, 6, 6) * torch.rand(8, 1, 6, 6)
+    scores = []
+    for k in (1.0, 1e4):
+        torch.manual_seed(1)  # the same head weights for both scales
+        layer = EnergyMask(16, RUNNING, hidden=4)
+        with torch.no_grad():
+            train = layer.head.train()(k * x)
+            layer.head.eval()
+            scores.append((train, layer.head(k * x[:2])))
+    torch.testing.assert_close(scores[0][0], scores[1][0], atol=1e-4, rtol=1e-4)
+    torch.testing.assert_close(scores[0][1], scores[1][1], atol=1e-4, rtol=1e-4)
