@@ -41,9 +41,9 @@ def sparsity_summary(
         {counts, edges}, "adaptivity" {std, iqr, p10, p90, cv, per_class}, "coherence" {mask, random},
         "components" {mask, random}, "empty" {images, share, per_class}, "full" {images, share}}``.
         Coherence is the mean |m_i - m_j| over neighbour pairs (lower is more coherent); components counts
-        4-connected kept regions (mean per image); "empty" counts the images whose mask keeps no token (after
-        it the network sees nothing of them, so they all get one output; ``per_class``: their true classes) and
-        "full" those whose mask keeps every token.
+        4-connected kept regions (mean per image); "empty" counts the images whose mask keeps no token (the
+        layers after it see zeros for them: where nothing bypasses the mask they all get one output;
+        ``per_class``: their true classes) and "full" those whose mask keeps every token.
     """
     n, h, w = hard.shape
     stats = density_stats(hard)

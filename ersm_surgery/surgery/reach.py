@@ -49,13 +49,13 @@ def unreached_masks(model: nn.Module, masks: dict[str, nn.Module], input_size: t
             if isinstance(m, EnergyMask):
                 handles.append(m.register_forward_hook(
                     lambda _m, _args, out, name=name: outputs[name].append(out)))
-    # a zero-initialised tensor (Hiera's classifier, residual branches' last norm) would zero every gradient
-    # before it: for this structural question such tensors hold small random values, then zeros again
     # the masks run soft (q > 0 on every token): a mask that starts with some tokens off (a magnitude prior) may
     # switch off all of a small map, which under mask.gate=stage zeroes the next stage and every gradient through
     # it, and the check would call a mask unreached that reaches the output; restored on exit
     energy_masks = [m for layer in masks.values() for m in layer.modules() if isinstance(m, EnergyMask)]
     train_modes = [(m.config, m.config.train_mode) for m in energy_masks]
+    # a zero-initialised tensor (Hiera's classifier, residual branches' last norm) would zero every gradient
+    # before it: for this structural question such tensors hold small random values, then zeros again
     mask_params = {id(p) for layer in masks.values() for p in layer.parameters()}
     zeros = [p for p in model.parameters() if id(p) not in mask_params and p.numel() and not bool(p.detach().any())]
     try:
