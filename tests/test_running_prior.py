@@ -125,3 +125,18 @@ def test_the_features_scale_does_not_move_the_running_prior():
             scores.append((train, layer.head(k * x[:2])))
     torch.testing.assert_close(scores[0][0], scores[1][0], atol=1e-4, rtol=1e-4)
     torch.testing.assert_close(scores[0][1], scores[1][1], atol=1e-4, rtol=1e-4)
+
+
+def test_a_mask_closed_in_evaluation_but_not_in_training_gets_the_advice_for_its_statistics():
+    from ersm_surgery.train.mask_watch import MaskWatch
+
+    row = {"epoch": 1, "density/a": 0.0, "train_density/a": 0.62}
+    (line,) = MaskWatch(open_after=0, alphas={"a": 0.3}, running_prior={"a"}).check(row, update=2)
+    assert "0.0% of the tokens in evaluation but 62.0% in training" in line
+    assert "--set mask.norm_prior_stats=image" in line
+    # the price's advice where the statistics are not the question: no running prior, or closed in training too
+    closed_in_training = {**row, "train_density/a": 0.01}
+    for watch, r in ((MaskWatch(open_after=0, alphas={"a": 0.3}), row),
+                     (MaskWatch(open_after=0, alphas={"a": 0.3}, running_prior={"a"}), closed_in_training)):
+        (line,) = watch.check(r, update=2)
+        assert "is closing" in line and "lower the price" in line

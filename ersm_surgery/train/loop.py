@@ -339,7 +339,9 @@ def _epochs(run: _Run, result: FitResult, config: FinetuneConfig, info: DistInfo
     watch = MaskWatch(round(run.schedule.gamma_warmup * run.schedule.total_updates) + per_epoch,
                       {short_name(name): layer.config.alpha for name, layer in run.layers.items()},
                       {short_name(name) for name, layer in run.layers.items()
-                       if not layer.config.norm_prior and layer.config.init_logit >= 3})
+                       if not layer.config.norm_prior and layer.config.init_logit >= 3},
+                      {short_name(name) for name, layer in run.layers.items()
+                       if layer.config.norm_prior and layer.config.norm_prior_stats == "running"})
     for epoch in range(start, config.epochs):
         if stop_after is not None and epoch >= stop_after:
             result.stopped_early = True

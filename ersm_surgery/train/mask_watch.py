@@ -17,6 +17,8 @@ CLOSED_BELOW = 0.05
 OPEN_ABOVE = 0.95
 # the price the advice names for a mask whose price is 0 (run's price for two masks is 0.21, for one 0.3)
 FREE_MASK_EXAMPLE = 0.2
+# a mask closed in evaluation that keeps at least this much in training is not closing: its evaluation differs
+TRAIN_KEEPS = 0.2
 
 
 @dataclass
@@ -29,11 +31,14 @@ class MaskWatch:
         alphas: each mask's ``mask.alpha``, to name the current value in the advice.
         without_prior: masks injected without the magnitude prior and started at the layer's default
             ``init_logit`` (3): the advice for an open one names the injection settings ``run`` uses.
+        running_prior: masks whose prior is standardised by running statistics (``mask.norm_prior_stats``):
+            one closed in evaluation while it keeps tokens in training gets the advice for that instead.
     """
 
     open_after: int
     alphas: dict[str, float]
     without_prior: set[str] = field(default_factory=set)
+    running_prior: set[str] = field(default_factory=set)
     given: set[tuple[str, str]] = field(default_factory=set)
 
     def check(self, row: dict[str, Any], update: int) -> list[str]:
@@ -44,7 +49,18 @@ class MaskWatch:
             name = key[len("density/"):]
             alpha = self.alphas.get(name)
             now = f" (mask.alpha is {alpha:g})" if alpha is not None else ""
-            if density < CLOSED_BELOW and (name, "closed") not in self.given:
+            train = row.get(f"train_density/{name}")
+            if (density < CLOSED_BELOW and name in self.running_prior and train is not None and train >= TRAIN_KEEPS
+                    and (name, "closed") not in self.given):
+                self.given.add((name, "closed"))
+                # the prior's statistics are gathered on training features; with the backbone's BatchNorm
+                # statistics still lagging (a few updates), evaluation's features are on another scale
+                out.append(f"mask {name} keeps {100 * density:.1f}% of the tokens in evaluation but {100 * train:.1f}% "
+                           f"in training after epoch {row['epoch']}: its prior's running statistics, gathered in "
+                           "training, do not fit the evaluation features (the backbone's BatchNorm statistics still "
+                           "lag, as after few updates); train longer (--epochs), or inject with --set "
+                           "mask.norm_prior_stats=image")
+            elif density < CLOSED_BELOW and (name, "closed") not in self.given:
                 self.given.add((name, "closed"))
                 out.append(f"mask {name} is closing: it keeps {100 * density:.1f}% of the tokens after epoch "
                            f"{row['epoch']}, so its stage is all but erased; lower the price: --alpha{now}, "
