@@ -49,22 +49,21 @@ class MaskWatch:
             name = key[len("density/"):]
             alpha = self.alphas.get(name)
             now = f" (mask.alpha is {alpha:g})" if alpha is not None else ""
-            train = row.get(f"train_density/{name}")
-            if (density < CLOSED_BELOW and name in self.running_prior and train is not None and train >= TRAIN_KEEPS
-                    and (name, "closed") not in self.given):
+            if density < CLOSED_BELOW and (name, "closed") not in self.given:
                 self.given.add((name, "closed"))
-                # the prior's statistics are gathered on training features; with the backbone's BatchNorm
-                # statistics still lagging (a few updates), evaluation's features are on another scale
-                out.append(f"mask {name} keeps {100 * density:.1f}% of the tokens in evaluation but {100 * train:.1f}% "
-                           f"in training after epoch {row['epoch']}: its prior's running statistics, gathered in "
-                           "training, do not fit the evaluation features (the backbone's BatchNorm statistics still "
-                           "lag, as after few updates); train longer (--epochs), or inject with --set "
-                           "mask.norm_prior_stats=image")
-            elif density < CLOSED_BELOW and (name, "closed") not in self.given:
-                self.given.add((name, "closed"))
-                out.append(f"mask {name} is closing: it keeps {100 * density:.1f}% of the tokens after epoch "
-                           f"{row['epoch']}, so its stage is all but erased; lower the price: --alpha{now}, "
-                           "e.g. half of it, or --gamma")
+                train = row.get(f"train_density/{name}")
+                if name in self.running_prior and train is not None and train >= TRAIN_KEEPS:
+                    # the prior's statistics are gathered on training features; with the backbone's BatchNorm
+                    # statistics still lagging (a few updates), evaluation's features are on another scale
+                    out.append(f"mask {name} keeps {100 * density:.1f}% of the tokens in evaluation but "
+                               f"{100 * train:.1f}% in training after epoch {row['epoch']}: its prior's running "
+                               "statistics, gathered in training, do not fit the evaluation features (the backbone's "
+                               "BatchNorm statistics still lag, as after few updates); train longer (--epochs), or "
+                               "inject with --set mask.norm_prior_stats=image")
+                else:
+                    out.append(f"mask {name} is closing: it keeps {100 * density:.1f}% of the tokens after epoch "
+                               f"{row['epoch']}, so its stage is all but erased; lower the price: --alpha{now}, "
+                               "e.g. half of it, or --gamma")
             elif density > OPEN_ABOVE and update >= self.open_after and (name, "open") not in self.given:
                 self.given.add((name, "open"))
                 # a price of 0 charges nothing for a token: "twice it" would still be 0
