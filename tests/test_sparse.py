@@ -300,6 +300,22 @@ def test_models_that_cannot_run_sparsely_get_one_clear_error():
         ersm_surgery.sparse(features)
 
 
+def test_a_map_stacked_into_five_dimensions_is_refused_at_injection():
+    # skresnet's selective kernel stacks its branches, (B, 2, C, H, W): the gate's (B, 1, H, W) mask broadcast
+    # against it only at batch 1 and crashed at any other batch (found by benchmarks/bench_sparse_coverage.py)
+    from ersm_surgery.errors import PlacementError
+
+    with pytest.raises(PlacementError, match="'stack'.*use mask.gate=features"):
+        ersm_surgery.inject("skresnet18", stages=[2, 3], config={"gate": "stage"}, input_size=SIZE)
+
+
+def test_a_gate_on_a_channels_last_map_runs_sparse_and_matches():
+    # tiny_vit gates channels-last maps inside its attention blocks: planning the gated graph read the kept
+    # tokens as a channels-first map and refused the gate as mixing layouts, at the first sparse forward
+    regions = _sparse_against_dense("tiny_vit_5m_224", (1, 2), SIZE)
+    assert regions
+
+
 def test_train_mode_runs_the_dense_gated_graph():
     model = ersm_surgery.inject("test_resnet", stages=[2], config={"gate": "stage"}, input_size=SIZE)
     fast = ersm_surgery.sparse(model).train()

@@ -29,8 +29,10 @@ GATE_ATTR = "ersm_gate"
 NCHW, NHWC, IMAGE, OTHER = "nchw", "nhwc", "image", "other"
 
 _TO_NHWC, _TO_NCHW = (0, 2, 3, 1), (0, 3, 1, 2)
+# ops that change a map's dimensions; stack adds one (selective kernels stack their branches: (B, K, C, H, W)),
+# which no gate broadcast and no row of a token can follow
 _RESHAPES = {"view", "reshape", "flatten", "transpose", "unsqueeze", "squeeze", "unflatten", "expand",
-             torch.reshape, torch.flatten, torch.transpose, torch.unsqueeze, torch.squeeze}
+             torch.reshape, torch.flatten, torch.transpose, torch.unsqueeze, torch.squeeze, torch.stack}
 _SHAPE_QUERIES = {"size", "dim", "numel"}
 _POOLS = (nn.AdaptiveAvgPool2d, nn.AdaptiveMaxPool2d)
 
@@ -116,7 +118,9 @@ def node_kinds(graph: fx.Graph, owner: nn.Module) -> dict[fx.Node, str]:
         if node.op == "placeholder":
             kinds[node] = NCHW
             continue
-        if node.op in ("get_attr", "output"):
+        if node.op in ("get_attr", "output") or (node.op == "call_function" and node.target is kept_tokens):
+            # the kept tokens of a graph already gated are the gates' operand, not a map of the stage: read as a
+            # map they would make every gate of a channels-last map mix layouts
             kinds[node] = OTHER
             continue
         inputs = {kinds[n] for n in _flat_nodes((node.args, node.kwargs))}
