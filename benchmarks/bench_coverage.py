@@ -192,7 +192,7 @@ def _progress_file(pid: int) -> Path:
     return Path(tempfile.gettempdir()) / f"ersm-coverage-{pid}.step"
 
 
-def _child(name: str, threads: int, queue) -> None:
+def _child(name: str, threads: int, queue, check=None) -> None:
     import os
 
     import torch
@@ -201,16 +201,18 @@ def _child(name: str, threads: int, queue) -> None:
         torch.set_num_threads(threads)
     result: dict = {}
     progress = _progress_file(os.getpid())
-    check_family(name, result, on_step=progress.write_text)
+    (check or check_family)(name, result, on_step=progress.write_text)
     progress.unlink(missing_ok=True)
     queue.put(result)
 
 
-def run_one(name: str, timeout: float, threads: int = 0) -> dict:
+def run_one(name: str, timeout: float, threads: int = 0, check=None) -> dict:
+    """Runs ``check(name, result, on_step)`` (default :func:`check_family`; a module-level function, for the
+    spawned child) in a child process with a time limit; returns its ``result`` and the seconds it took."""
     ctx = mp.get_context("spawn")
     queue = ctx.Queue()
     start = time.perf_counter()
-    proc = ctx.Process(target=_child, args=(name, threads, queue))
+    proc = ctx.Process(target=_child, args=(name, threads, queue, check))
     proc.start()
     try:
         result = queue.get(timeout=timeout)
