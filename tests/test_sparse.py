@@ -11,7 +11,7 @@ from ersm_surgery.sparse import sparse_regions
 from ersm_surgery.sparse.conv import RowConv, avg_pool_rows, out_size
 from ersm_surgery.sparse.fold import fold_bn
 from ersm_surgery.sparse.grid import GridSet, Rows
-from ersm_surgery.sparse.rowops import segment_mean, to_row_operand
+from ersm_surgery.sparse.rowops import group_norm_rows, segment_mean, to_row_operand
 from tests.sparse_helpers import blob_masks, fix_masks, randomise_norms
 
 SIZE = (3, 64, 64)
@@ -40,6 +40,24 @@ def test_conv_on_rows_equals_dense_conv(kernel, stride, padding, dilation, group
     assert out.grid.height == dense.shape[2] and out.grid.width == dense.shape[3]
     keep = pool_mask(mask, dense.shape[-2:], pool)
     torch.testing.assert_close(out.dense(), dense * keep, atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("kernel,dilation,padding,groups", [
+    (3, 1, "same", 1), (5, 2, "same", 6), ((1, 7), 1, "same", 1), (3, 1, "valid", 1), (7, 1, "same", 6)])
+def test_conv_with_padding_by_name_on_rows_equals_dense_conv(kernel, dilation, padding, groups):
+    # convmixer's depthwise convolutions pad "same": they ran densely before
+    x, mask, grids, rows = _rows(seed=2)
+    conv = nn.Conv2d(6, 6, kernel, 1, padding, dilation, groups=groups)
+    assert sparse_conv.conv_supported(conv)
+    dense = conv(x)
+    out = RowConv.from_module(conv)(rows, grids)
+    torch.testing.assert_close(out.dense(), dense * pool_mask(mask, dense.shape[-2:]), atol=1e-5, rtol=1e-5)
+
+
+def test_same_padding_of_an_even_kernel_runs_densely():
+    # torch pads an even dilated kernel's extra row at the end only: not a symmetric padding the taps know
+    assert not sparse_conv.conv_supported(nn.Conv2d(6, 6, 4, 1, "same"))
+    assert sparse_conv.conv_padding(nn.Conv2d(6, 6, 4, 1, "same", dilation=2)) == (3, 3)
 
 
 @pytest.mark.parametrize("path", ["taps", "dense"])
@@ -169,6 +187,17 @@ def test_a_batch_with_every_token_off_gives_empty_rows_not_an_error(op):
     assert torch.equal(out.dense(), torch.zeros_like(dense))
 
 
+@pytest.mark.parametrize("groups", [1, 3, 6])
+def test_group_norm_on_rows_equals_dense_group_norm(groups):
+    # poolformer's GroupNorm1 (one group): each image's statistics over every token, the switched-off zeros counted
+    x, mask, grids, rows = _rows(seed=3)
+    norm = nn.GroupNorm(groups, 6)
+    norm.weight.data.normal_()
+    norm.bias.data.normal_()
+    out = group_norm_rows(rows, groups, norm.weight, norm.bias, norm.eps)
+    torch.testing.assert_close(Rows(out, rows.grid).dense(), norm(x) * mask, atol=1e-5, rtol=1e-5)
+
+
 def test_segment_mean_and_per_image_operands():
     x, mask, grids, rows = _rows()
     torch.testing.assert_close(segment_mean(rows, keepdim=True), x.mean((2, 3), keepdim=True))
@@ -201,6 +230,7 @@ FAMILIES = [
     ("densenet121", (2, 3)),  # dense blocks' channel cat, a traced BatchNormAct2d (F.batch_norm, x.shape)
     ("dla34", (2, 3)),  # Tree traced with shortcut=None, children=None fixed; roots' cat; max-pool downsample
     ("inception_v3", (2, 3)),  # branches pooled with F.avg_pool2d / F.max_pool2d (needs more than 64 px)
+    ("poolformerv2_s12", (1, 2)),  # F.group_norm of one group (timm's GroupNorm1, traced), StarReLU's pow
 ]
 FAMILY_SIZE = {"inception_v3": (3, 96, 96)}
 
@@ -278,6 +308,23 @@ def _layer3_swapped_and_checked(attribute: str, module: nn.Module):
 def test_unknown_op_runs_dense_is_listed_and_changes_nothing():
     fast = _layer3_swapped_and_checked("act1", nn.Softmax2d())  # a module the runtime has no row form for
     assert sparse_regions(fast)["layer3"].dense_ops() == ["layer3.0.act1"]
+
+
+class _FunctionalConv(nn.Conv2d):
+    """A convolution fx traces through: ``F.conv2d`` on the module's own weight (a ``get_attr`` in the graph), as
+    vgg's gated ``features.16`` becomes when it is a gated module by itself."""
+
+    def forward(self, x):
+        return torch.nn.functional.conv2d(x, self.weight, self.bias, self.stride, self.padding, self.dilation,
+                                          self.groups)
+
+
+@pytest.mark.parametrize("kernel,padding,groups", [(3, 1, 1), (5, 2, 4), (3, 1, 48)])
+def test_a_traced_functional_convolution_runs_on_rows(kernel, padding, groups):
+    # in place of test_resnet's layer3.0.conv2 (48 -> 48 channels, stride 2)
+    conv = _FunctionalConv(48, 48, kernel, 2, padding, groups=groups)
+    fast = _layer3_swapped_and_checked("conv2", conv)
+    assert sparse_regions(fast)["layer3"].dense_ops() == []
 
 
 def test_sparse_from_a_loaded_export(tmp_path):

@@ -15,8 +15,8 @@ from torch import nn
 
 from .grid import Grid, GridSet, Rows
 
-__all__ = ["RowConv", "conv_supported", "out_size", "avg_pool_rows", "avg_pool_supported", "max_pool_rows",
-           "max_pool_supported", "DEPTHWISE_DENSE_ABOVE"]
+__all__ = ["RowConv", "conv_supported", "conv_padding", "out_size", "avg_pool_rows", "avg_pool_supported",
+           "max_pool_rows", "max_pool_supported", "DEPTHWISE_DENSE_ABOVE"]
 
 # Gathered taps (kept outputs x kernel taps) per position of the input map above which a depthwise
 # convolution runs densely on the scattered map. benchmarks/bench_sparse_depthwise.py, 2-core x86 CPU: a
@@ -30,9 +30,26 @@ def _pair(v) -> tuple[int, int]:
     return (int(v[0]), int(v[1])) if isinstance(v, (tuple, list)) else (int(v), int(v))
 
 
+def _numeric_padding(padding, kernel: tuple[int, int], dilation: tuple[int, int]) -> tuple[int, int] | None:
+    if not isinstance(padding, str):
+        return _pair(padding)
+    if padding == "valid":
+        return (0, 0)
+    span = [d * (k - 1) for d, k in zip(dilation, kernel, strict=True)]
+    if padding != "same" or any(s % 2 for s in span):
+        return None
+    return (span[0] // 2, span[1] // 2)
+
+
+def conv_padding(conv: nn.Conv2d) -> tuple[int, int] | None:
+    """``conv``'s zero padding as numbers: ``"valid"`` is none, ``"same"`` (stride 1) is half the dilated kernel
+    each side; None where "same" pads unevenly (an even dilated kernel: torch puts the extra row at the end)."""
+    return _numeric_padding(conv.padding, _pair(conv.kernel_size), _pair(conv.dilation))
+
+
 def conv_supported(conv: nn.Module) -> bool:
-    """A plain ``nn.Conv2d`` with zero padding given as numbers (timm's Conv2dSame pads at run time)."""
-    return type(conv) is nn.Conv2d and conv.padding_mode == "zeros" and not isinstance(conv.padding, str)
+    """A plain ``nn.Conv2d`` with zero padding the same on both sides (timm's Conv2dSame pads at run time)."""
+    return type(conv) is nn.Conv2d and conv.padding_mode == "zeros" and conv_padding(conv) is not None
 
 
 def out_size(size: int, kernel: int, stride: int, padding: int, dilation: int, ceil: bool = False) -> int:
@@ -69,8 +86,21 @@ class RowConv:
     @classmethod
     def from_module(cls, conv: nn.Conv2d) -> RowConv:
         bias = conv.bias.detach() if conv.bias is not None else None
-        return cls(conv.weight.detach(), bias, _pair(conv.kernel_size), _pair(conv.stride), _pair(conv.padding),
-                   _pair(conv.dilation), int(conv.groups))
+        made = cls.from_tensors(conv.weight.detach(), bias, conv.stride, conv.padding, conv.dilation, conv.groups)
+        if made is None:
+            raise ValueError(f"{conv} pads unevenly; see conv_supported")
+        return made
+
+    @classmethod
+    def from_tensors(cls, weight: torch.Tensor, bias: torch.Tensor | None, stride=1, padding=0, dilation=1,
+                     groups: int = 1) -> RowConv | None:
+        """The convolution ``F.conv2d(x, weight, bias, stride, padding, dilation, groups)`` computes; None where its
+        padding is not the same on both sides."""
+        kernel = (int(weight.shape[2]), int(weight.shape[3]))
+        numeric = _numeric_padding(padding, kernel, _pair(dilation))
+        if numeric is None:
+            return None
+        return cls(weight, bias, kernel, _pair(stride), numeric, _pair(dilation), int(groups))
 
     def out_grid(self, grid: Grid, grids: GridSet) -> Grid:
         if self.pointwise:

@@ -29,6 +29,7 @@ from .rowops import (
     ELEMENTWISE_FUNCTIONS,
     ELEMENTWISE_METHODS,
     NotRowWise,
+    group_norm_rows,
     is_elementwise_module,
     segment_mean,
     to_row_operand,
@@ -99,6 +100,9 @@ class StageProgram:
             if shape_ok:
                 return self._rowwise(node, lambda x, *_: F.layer_norm(x.data, module.normalized_shape, module.weight,
                                                                      module.bias, module.eps), channels_last=last)
+        if isinstance(module, nn.GroupNorm):
+            return self._rowwise(node, lambda x, *_: group_norm_rows(x, module.num_groups, module.weight, module.bias,
+                                                                     module.eps), channels_last=False)
         if avg_pool_supported(module):
             return self._on_rows(node, lambda x, grids: avg_pool_rows(module, x, grids), channels_last=False)
         if max_pool_supported(module):
@@ -158,6 +162,10 @@ class StageProgram:
             return self._plan_functional_bn(node)
         if target is F.avg_pool2d or target is F.max_pool2d:
             return self._plan_functional_pool(node)
+        if target is F.conv2d or target is torch.conv2d:
+            return self._plan_functional_conv(node)
+        if target is F.group_norm:  # timm's GroupNorm / GroupNorm1, traced
+            return self._rowwise(node, lambda x, *rest, **kw: group_norm_rows(x, *rest, **kw), channels_last=False)
         if target is getattr:
             generic = self._generic(node)
             # shape, ndim, dtype, device of a map in rows, read without making the map (traced norms assert on them)
@@ -252,6 +260,30 @@ class StageProgram:
             module = make(**{**dict(zip(names, args[1:], strict=False)), **kwargs})
             return on_rows(module, x, grids) if supported(module) else generic(args, kwargs, grids)
         return pool
+
+    def _plan_functional_conv(self, node: fx.Node) -> Handler:
+        """``F.conv2d`` (a gated module that is a convolution by itself, traced: vgg's ``features.16``): as the module
+        on rows, prepared once when its weight is a constant of the graph (a ``get_attr``), else at each call."""
+        generic = self._generic(node)
+        names = ("weight", "bias", "stride", "padding", "dilation", "groups")
+        weight = node.args[1] if len(node.args) > 1 else node.kwargs.get("weight")
+        constant = isinstance(weight, fx.Node) and weight.op == "get_attr"
+        prepared: list[RowConv] = []
+
+        def conv(args, kwargs, grids):
+            x = args[0]
+            if not isinstance(x, Rows) or x.channels_last:
+                return generic(args, kwargs, grids)
+            if not prepared or not constant:
+                a = {"bias": None, "stride": 1, "padding": 0, "dilation": 1, "groups": 1,
+                     **dict(zip(names, args[1:], strict=False)), **kwargs}
+                made = RowConv.from_tensors(a["weight"], a["bias"], a["stride"], a["padding"], a["dilation"],
+                                            a["groups"])
+                if made is None:
+                    return generic(args, kwargs, grids)
+                prepared[:] = [made]
+            return prepared[0](x, grids)
+        return conv
 
     def _plan_split(self, node: fx.Node) -> Handler:
         """``split`` / ``chunk`` of a map along its channels (cspnet's halves): a tuple of rows."""

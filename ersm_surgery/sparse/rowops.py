@@ -16,7 +16,7 @@ from torch import nn
 from .grid import Rows
 
 __all__ = ["ELEMENTWISE_FUNCTIONS", "ELEMENTWISE_METHODS", "is_elementwise_module", "to_row_operand",
-           "segment_mean", "NotRowWise"]
+           "segment_mean", "group_norm_rows", "NotRowWise"]
 
 
 class NotRowWise(Exception):
@@ -26,13 +26,15 @@ class NotRowWise(Exception):
 ELEMENTWISE_FUNCTIONS = {
     operator.add, operator.mul, operator.sub, operator.truediv, operator.neg, operator.iadd, operator.imul,
     torch.add, torch.mul, torch.sub, torch.div, torch.sigmoid, torch.tanh, torch.relu, torch.clamp,
-    torch.neg, torch.exp, torch.abs, torch.minimum, torch.maximum, torch.where,
+    torch.neg, torch.exp, torch.abs, torch.minimum, torch.maximum, torch.where, operator.pow, torch.pow,
+    torch.square, torch.sqrt, torch.rsqrt, torch.erf, torch.log, torch.reciprocal,
     F.relu, F.relu6, F.gelu, F.silu, F.hardswish, F.hardsigmoid, F.sigmoid, F.tanh, F.leaky_relu, F.elu,
     F.mish, F.hardtanh, F.softplus, F.prelu,
 }
 ELEMENTWISE_METHODS = {
     "add", "mul", "sub", "div", "sigmoid", "tanh", "relu", "clamp", "neg", "exp", "abs", "contiguous",
     "add_", "mul_", "sub_", "div_", "sigmoid_", "relu_", "clamp_", "clamp_min", "clamp_max", "float", "to",
+    "pow", "square", "sqrt", "rsqrt", "erf", "log", "reciprocal",  # metaformer's StarReLU squares
 }
 _ELEMENTWISE_MODULES = (
     nn.ReLU, nn.ReLU6, nn.SiLU, nn.GELU, nn.Sigmoid, nn.Tanh, nn.Hardswish, nn.Hardsigmoid, nn.LeakyReLU,
@@ -90,3 +92,24 @@ def segment_mean(rows: Rows, keepdim: bool) -> torch.Tensor:
     if not keepdim:
         return mean
     return mean[:, None, None, :] if rows.channels_last else mean[:, :, None, None]
+
+
+def group_norm_rows(rows: Rows, num_groups: int, weight: torch.Tensor | None = None, bias: torch.Tensor | None = None,
+                    eps: float = 1e-5) -> torch.Tensor:
+    """``F.group_norm`` of the dense (B, C, h, w) map, at its kept tokens: each image's group statistics over
+    every token, the switched-off ones counted as the zeros they are (two passes, as torch's, for the variance)."""
+    grid, x = rows.grid, rows.data
+    n, c = x.shape
+    per, tokens = c // num_groups, grid.height * grid.width
+    count = float(per * tokens)
+    by_group = x.view(n, num_groups, per)
+    mean = x.new_zeros(grid.batch, num_groups).index_add_(0, grid.image, by_group.sum(2)) / count
+    centred = by_group - mean.index_select(0, grid.image).unsqueeze(2)
+    squares = x.new_zeros(grid.batch, num_groups).index_add_(0, grid.image, centred.square().sum(2))
+    switched_off = tokens - torch.bincount(grid.image, minlength=grid.batch).to(x.dtype)
+    squares += (switched_off * per).unsqueeze(1) * mean.square()  # each switched-off value is 0: (0 - mean)^2
+    rstd = torch.rsqrt(squares / count + eps)
+    out = (centred * rstd.index_select(0, grid.image).unsqueeze(2)).view(n, c)
+    if weight is not None:
+        out = out * weight
+    return out + bias if bias is not None else out
