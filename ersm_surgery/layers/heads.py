@@ -125,17 +125,31 @@ def _standardise(value: torch.Tensor, mean: torch.Tensor, std: torch.Tensor) -> 
     return ((value - mean) / (std + 1e-3)).clamp(-PRIOR_CLAMP, PRIOR_CLAMP)
 
 
-def _per_image(ln: torch.Tensor) -> torch.Tensor:
-    return _standardise(ln, ln.mean(dim=(2, 3), keepdim=True), ln.std(dim=(2, 3), keepdim=True, correction=0))
+def _carried_stats(ln: torch.Tensor, carries: torch.Tensor, dims) -> tuple[torch.Tensor, torch.Tensor]:
+    """Mean and (biased) variance of ``ln`` over ``dims``, counting only the tokens that carry a value."""
+    w = carries.to(ln.dtype)
+    count = w.sum(dims, keepdim=True).clamp_min(1.0)
+    mean = (ln * w).sum(dims, keepdim=True) / count
+    return mean, ((ln - mean).square() * w).sum(dims, keepdim=True) / count
+
+
+def _per_image(ln: torch.Tensor, carries: torch.Tensor | None = None) -> torch.Tensor:
+    if carries is None:
+        return _standardise(ln, ln.mean(dim=(2, 3), keepdim=True), ln.std(dim=(2, 3), keepdim=True, correction=0))
+    mean, var = _carried_stats(ln, carries, (2, 3))
+    return _standardise(ln, mean, var.sqrt())
 
 
 def relative_log_norm(x: torch.Tensor, squared_norm: torch.Tensor | None = None) -> torch.Tensor:
     """(B, 1, H, W): each token's log feature norm, standardised over its image's tokens, clamped to +-3.
 
     Scale-free (multiplying the features changes nothing) and per image: it ranks a token against the others
-    of the same picture, so a mask led by it keeps about the same share of every picture.
+    of the same picture, so a mask led by it keeps about the same share of every picture. A token that is
+    exactly zero (a gated stage's output where it computed nothing) sits at the floor and is left out of the
+    statistics.
     """
-    return _per_image(log_norm(x, squared_norm))
+    n2 = x.float().pow(2).sum(dim=1, keepdim=True) if squared_norm is None else squared_norm
+    return _per_image(log_norm(x, n2), n2 > 0)
 
 
 class RunningLogNorm(nn.Module):
@@ -161,9 +175,12 @@ class RunningLogNorm(nn.Module):
         self.tracked = False
         self.register_load_state_dict_post_hook(_sync_tracked)
 
-    def forward(self, ln: torch.Tensor) -> torch.Tensor:
+    def forward(self, ln: torch.Tensor, carries: torch.Tensor | None = None) -> torch.Tensor:
         if self.training:
-            mean, var = ln.mean(), ln.var(correction=0)
+            if carries is None:
+                mean, var = ln.mean(), ln.var(correction=0)
+            else:
+                mean, var = (t.squeeze() for t in _carried_stats(ln, carries, (0, 1, 2, 3)))
             with torch.no_grad():
                 if self.tracked:
                     self.running_mean.lerp_(mean.detach().to(self.running_mean.dtype), self.momentum)
@@ -176,7 +193,7 @@ class RunningLogNorm(nn.Module):
         elif self.tracked:
             mean, var = self.running_mean.float(), self.running_var.float()
         else:
-            return _per_image(ln)
+            return _per_image(ln, carries)
         # clamped below so that a batch of identical tokens has a finite gradient
         return _standardise(ln, mean, var.clamp_min(1e-12).sqrt())
 
@@ -224,9 +241,12 @@ class ConvUnaryHead(nn.Module):
             # the LayerNorm's mean square gives each token's squared norm at no cost in float32 (the prior's
             # strided sum over the channels was a fifth of a mask's time at batch 1); in lower precision the
             # prior sums its own in float32
-            shared = mean_sq.view(b, 1, h, w) * x.shape[1] if x.dtype == torch.float32 else None
-            prior = (relative_log_norm(x, shared) if self.prior_stats is None
-                     else self.prior_stats(log_norm(x, shared)))
+            n2 = (mean_sq.view(b, 1, h, w) * x.shape[1] if x.dtype == torch.float32
+                  else x.float().pow(2).sum(dim=1, keepdim=True))
+            # a token that is exactly zero (a gated stage's output where it computed nothing) carries no value: it
+            # sits at the floor, but counting it in the statistics would squeeze the others' standardised norms
+            prior = (relative_log_norm(x, n2) if self.prior_stats is None
+                     else self.prior_stats(log_norm(x, n2), n2 > 0))
             s = s + self.norm_weight.to(s.dtype) * prior.to(s.dtype)
         return s
 
