@@ -44,7 +44,10 @@ __all__ = ["Recipe", "RECIPE_VERSION", "RECIPE_ATTR", "load_recipe", "apply_over
 # means "sample", the only rule of that time; a version-4 gated recipe always writes it.
 # 5: mask.norm_prior_stats (layers.heads.RunningLogNorm). A recipe of version 1 to 4 has no such key and means
 # "image", the only rule of that time; the key is left out when "image" in any version.
-RECIPE_VERSION = 5
+# 6: mask.norm_prior_zeros (layers.heads). A gated recipe (mask.gate "stage") with a prior (mask.norm_prior not 0)
+# of version 1 to 5 has no such key and means "count": its prior's statistics counted the tokens a gated stage
+# leaves at exactly zero. Only such tokens differ between the two rules; the key is left out when "skip".
+RECIPE_VERSION = 6
 
 # the recipe travels with the model as a plain attribute (not in the state dict)
 RECIPE_ATTR = "ersm_recipe"
@@ -202,7 +205,7 @@ class Recipe:
 
 def _versioned_mask(data: dict[str, Any]) -> Any:
     """The recipe's mask settings as that recipe's version meant them (before version 3, price "absolute";
-    before version 4, a gated stage pooled its mask by "sample")."""
+    before version 4, a gated stage pooled its mask by "sample"; before version 6, a gated prior counted zeros)."""
     mask = data.get("mask") or {}
     version = data.get("version", 1)
     if not isinstance(mask, dict) or not isinstance(version, int):
@@ -211,6 +214,8 @@ def _versioned_mask(data: dict[str, Any]) -> Any:
         mask = {**mask, "price": "absolute"}
     if "gate_pool" not in mask and mask.get("gate") == "stage" and version < 4:
         mask = {**mask, "gate_pool": "sample"}
+    if "norm_prior_zeros" not in mask and mask.get("gate") == "stage" and mask.get("norm_prior") and version < 6:
+        mask = {**mask, "norm_prior_zeros": "count"}
     return mask
 
 

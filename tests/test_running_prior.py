@@ -140,3 +140,57 @@ def test_a_mask_closed_in_evaluation_but_not_in_training_gets_the_advice_for_its
                      (MaskWatch(open_after=0, alphas={"a": 0.3}, running_prior={"a"}), closed_in_training)):
         (line,) = watch.check(r, update=2)
         assert "is closing" in line and "lower the price" in line
+
+
+def _with_switched_off_tokens(seed: int = 0) -> torch.Tensor:
+    """Features of a gated stage's output: exactly zero at the tokens it did not compute."""
+    gen = torch.Generator().manual_seed(seed)
+    x = torch.randn(3, 8, 6, 6, generator=gen) * torch.rand(3, 1, 6, 6, generator=gen) * 5
+    x[:, :, :3] = 0.0
+    x[2] = 0.0  # a picture the mask before emptied
+    return x
+
+
+def test_the_prior_leaves_tokens_that_are_exactly_zero_out_of_its_statistics():
+    # a gated stage's zeros sat at the log-norm floor inside the mean and variance: they widened the variance and
+    # squeezed the computed tokens' standardised norms together (a gated last mask kept 0.66 instead of 0.42)
+    x = _with_switched_off_tokens()
+    ln, carries = log_norm(x), x.abs().sum(1, keepdim=True) > 0
+    kept = ln[0][carries[0]]
+    expected = ((ln[0] - kept.mean()) / (kept.std(correction=0) + 1e-3)).clamp(-3, 3)
+    assert torch.allclose(relative_log_norm(x)[0], expected, atol=1e-5)
+    assert (relative_log_norm(x)[0][~carries[0]] == -3).all()  # the zeros at the floor
+    assert (relative_log_norm(x)[2] == -3).all()  # a picture with no computed token: every token at the floor
+    stats = RunningLogNorm().train()
+    stats(ln, carries)
+    assert stats.running_mean == pytest.approx(ln[carries].mean().item(), abs=1e-5)
+    assert stats.running_var == pytest.approx(ln[carries].var(correction=0).item(), rel=1e-4)
+
+
+@pytest.mark.parametrize("rule", ["image", "running"])
+def test_skipping_or_counting_zeros_differs_only_where_a_token_is_zero(rule):
+    torch.manual_seed(0)
+    skip, count = (EnergyMask(8, MaskConfig(norm_prior=1.0, init_logit=1.0, norm_prior_stats=rule,
+                                            norm_prior_zeros=zeros), hidden=4) for zeros in ("skip", "count"))
+    count.load_state_dict(skip.state_dict())
+    dense, gated = torch.randn(4, 8, 6, 6), _with_switched_off_tokens()
+    if rule == "running":
+        skip.train()(dense)
+        count.train()(dense)
+    skip.eval(), count.eval()
+    with torch.no_grad():
+        assert torch.allclose(skip.head(dense), count.head(dense), atol=1e-5)  # no zero token: the same prior
+        if rule == "image":  # per picture: counting the zeros changes the computed tokens' scores
+            assert not torch.allclose(skip.head(gated), count.head(gated), atol=1e-3)
+
+
+def test_gated_recipes_with_a_prior_written_before_version_6_count_the_zeros():
+    gated = {"gate": "stage", "norm_prior": 2.0}
+    assert Recipe.from_dict({"model": "test_resnet", "version": 5, "mask": gated}).mask.norm_prior_zeros == "count"
+    assert Recipe.from_dict({"model": "test_resnet", "version": 6, "mask": gated}).mask.norm_prior_zeros == "skip"
+    plain = Recipe.from_dict({"model": "test_resnet", "version": 5, "mask": {"norm_prior": 2.0}})
+    assert plain.mask.norm_prior_zeros == "skip"  # no gate, no zero token: the key stays out of its file
+    assert "norm_prior_zeros" not in plain.mask.to_dict()
+    assert MaskConfig(norm_prior_zeros="count").to_dict()["norm_prior_zeros"] == "count"
+    with pytest.raises(ValueError, match="norm_prior_zeros"):
+        MaskConfig(norm_prior_zeros="ignore")

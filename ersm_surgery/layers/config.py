@@ -6,7 +6,7 @@ from dataclasses import asdict, dataclass, field, fields
 from typing import Any
 
 __all__ = ["MaskConfig", "MAX_STEPS", "TRAIN_MODES", "EVAL_MODES", "BORDERS", "GATES", "GATE_POOLS", "PRICES",
-           "NORM_PRIOR_STATS"]
+           "NORM_PRIOR_STATS", "NORM_PRIOR_ZEROS"]
 
 TRAIN_MODES = ("straight_through", "soft")
 EVAL_MODES = ("hard", "soft")
@@ -16,6 +16,7 @@ GATES = ("features", "stage")
 GATE_POOLS = ("sample", "any")  # how a gating mask is taken to the coarser grids of its stage (layers.gate)
 PRICES = ("relative", "absolute")  # what alpha is measured in (layers.price)
 NORM_PRIOR_STATS = ("image", "running")  # what the magnitude prior standardises a token's log norm by (layers.heads)
+NORM_PRIOR_ZEROS = ("skip", "count")  # whether the prior's statistics count tokens that are exactly zero
 # Mean-field converges in a handful of steps (default 3); each step is one 3x3 convolution per mask and
 # forward, kept in memory for the backward. 100 is ~30x what any setting needs and still finishes, while
 # an unbounded value (steps: 1e20) would hang injection's function-preservation check.
@@ -76,6 +77,11 @@ class MaskConfig:
             batch's statistics in training, running averages in evaluation, as BatchNorm; a picture with more
             strong tokens than usual keeps more; ``heads.RunningLogNorm``, three buffers a mask). Left out of
             a recipe when "image".
+        norm_prior_zeros: whether the prior's statistics count the tokens that are exactly zero, which only a
+            gated stage's output has (``gate="stage"``: zero where it computed nothing): "skip" (the default since
+            recipe version 6: they sit at the prior's floor and are left out of the mean and variance, which
+            they would widen, squeezing the computed tokens' standardised norms together) or "count" (what a
+            gated recipe with a prior meant before version 6). Left out of a recipe when "skip".
         price: "absolute" (alpha is in units of the loss; the only price before recipe version 3, so a
             recipe of version 1 or 2 reads as "absolute") or "relative" (alpha is a fraction of the task
             gradient's scale).
@@ -100,6 +106,7 @@ class MaskConfig:
     price: str = "absolute"
     norm_prior: float = 0.0
     norm_prior_stats: str = "image"
+    norm_prior_zeros: str = "skip"
 
     def __post_init__(self) -> None:
         if self.pairwise_args is None:  # "pairwise_args: null" in a recipe
@@ -134,7 +141,7 @@ class MaskConfig:
         need(_is_int(self.neighbourhood) and self.neighbourhood in (4, 8), "neighbourhood", "must be 4 or 8")
         for key, choices in (("border", BORDERS), ("train_mode", TRAIN_MODES), ("eval_mode", EVAL_MODES),
                              ("gate", GATES), ("gate_pool", GATE_POOLS), ("price", PRICES),
-                             ("norm_prior_stats", NORM_PRIOR_STATS)):
+                             ("norm_prior_stats", NORM_PRIOR_STATS), ("norm_prior_zeros", NORM_PRIOR_ZEROS)):
             need(getattr(self, key) in choices, key, f"must be one of {', '.join(choices)}")
         need(self.hidden is None or (_is_int(self.hidden) and self.hidden >= 1), "hidden",
              "must be a positive integer or null")
@@ -152,6 +159,8 @@ class MaskConfig:
             del d["norm_prior"]
         if self.norm_prior_stats == "image":
             del d["norm_prior_stats"]
+        if self.norm_prior_zeros == "skip":
+            del d["norm_prior_zeros"]
         return d
 
     @classmethod

@@ -224,6 +224,7 @@ class ConvUnaryHead(nn.Module):
         # only with a prior: a model without one keeps the state dict it always had
         self.norm_weight = nn.Parameter(torch.tensor(float(config.norm_prior))) if config.norm_prior else None
         self.prior_stats = RunningLogNorm() if config.norm_prior and config.norm_prior_stats == "running" else None
+        self.prior_skips_zeros = config.norm_prior_zeros == "skip"
         nn.init.normal_(self.score.weight, std=1e-3)
         nn.init.constant_(self.score.bias, config.alpha + config.init_logit * config.tau)
         if self.context is not None:
@@ -245,8 +246,9 @@ class ConvUnaryHead(nn.Module):
                   else x.float().pow(2).sum(dim=1, keepdim=True))
             # a token that is exactly zero (a gated stage's output where it computed nothing) carries no value: it
             # sits at the floor, but counting it in the statistics would squeeze the others' standardised norms
-            prior = (relative_log_norm(x, n2) if self.prior_stats is None
-                     else self.prior_stats(log_norm(x, n2), n2 > 0))
+            carries = n2 > 0 if self.prior_skips_zeros else None
+            ln = log_norm(x, n2)
+            prior = _per_image(ln, carries) if self.prior_stats is None else self.prior_stats(ln, carries)
             s = s + self.norm_weight.to(s.dtype) * prior.to(s.dtype)
         return s
 
