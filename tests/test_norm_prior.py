@@ -103,3 +103,16 @@ def test_a_recipe_without_the_key_has_no_prior_and_a_saved_prior_comes_back(tmp_
     assert loaded.ersm_recipe.mask.norm_prior == 1.5
     x = torch.randn(2, 3, 32, 32)
     assert torch.equal(loaded(x), model.eval()(x))
+
+
+def test_run_under_the_gate_pools_any_and_ranks_the_prior_per_picture_unless_told_otherwise():
+    from ersm_surgery.pipeline.run import _mask_config
+    from ersm_surgery.pipeline.settings import RUN_BASE_IMAGES, RUN_EPOCHS, build_settings, protocol_defaults
+
+    defaults = protocol_defaults(None, RUN_EPOCHS, RUN_BASE_IMAGES, "out")
+    gated = _mask_config(build_settings("test_resnet", "2,3", defaults, overrides=["mask.gate=stage"]))
+    assert (gated.gate, gated.gate_pool, gated.norm_prior_stats) == ("stage", "any", "image")
+    assert gated.norm_prior == 2.0 and gated.norm_prior_zeros == "skip"
+    told = _mask_config(build_settings("test_resnet", "2,3", defaults, overrides=[
+        "mask.gate=stage", "mask.gate_pool=sample", "mask.norm_prior_stats=running"]))
+    assert (told.gate_pool, told.norm_prior_stats) == ("sample", "running")
