@@ -188,6 +188,17 @@ def check_family(name: str, result: dict, on_step=lambda step: None) -> None:
             traceback.print_exc()
 
 
+def chosen_families(spec: str | None) -> tuple[dict[str, list[str]], list[str]]:
+    """Every timm model module with its models, and the ones ``spec`` (comma-separated; None: all) names; exits
+    with one line naming any unknown module."""
+    fams = families()
+    chosen = spec.split(",") if spec else list(fams)
+    unknown = [f for f in chosen if f not in fams]
+    if unknown:
+        sys.exit(f"unknown timm model modules: {', '.join(unknown)}")
+    return fams, chosen
+
+
 def _progress_file(pid: int) -> Path:
     return Path(tempfile.gettempdir()) / f"ersm-coverage-{pid}.step"
 
@@ -245,11 +256,7 @@ def main() -> None:
     from ersm_surgery import plugins
 
     infos = plugins.load_plugins()
-    fams = families()
-    chosen = args.families.split(",") if args.families else list(fams)
-    unknown = [f for f in chosen if f not in fams]
-    if unknown:
-        sys.exit(f"unknown timm model modules: {', '.join(unknown)}")
+    fams, chosen = chosen_families(args.families)
     print(f"timm {timm.__version__}, torch {torch.__version__}, {platform.machine()}, plugins: "
           f"{', '.join(sorted(i.owner for i in infos if i.status == 'ok')) or 'none'}", flush=True)
     records = []

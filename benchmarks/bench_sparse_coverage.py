@@ -24,7 +24,7 @@ import sys
 import traceback
 from pathlib import Path
 
-from bench_coverage import _reason, _stages, families, run_one, smallest
+from bench_coverage import _reason, _stages, chosen_families, run_one, smallest
 
 ROOT = Path(__file__).resolve().parents[1]
 SIZE = 128
@@ -144,11 +144,7 @@ def main() -> None:
     import timm
     import torch
 
-    fams = families()
-    chosen = args.families.split(",") if args.families else list(fams)
-    unknown = [f for f in chosen if f not in fams]
-    if unknown:
-        sys.exit(f"unknown timm model modules: {', '.join(unknown)}")
+    fams, chosen = chosen_families(args.families)
     print(f"timm {timm.__version__}, torch {torch.__version__}, {platform.machine()}", flush=True)
     records = []
     for fam in chosen:
