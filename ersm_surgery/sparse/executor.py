@@ -100,7 +100,7 @@ class StageProgram:
             if shape_ok:
                 return self._rowwise(node, lambda x, *_: F.layer_norm(x.data, module.normalized_shape, module.weight,
                                                                      module.bias, module.eps), channels_last=last)
-        if isinstance(module, nn.GroupNorm):
+        if isinstance(module, nn.GroupNorm) and type(module).forward is nn.GroupNorm.forward:  # not GroupNormAct
             return self._rowwise(node, lambda x, *_: group_norm_rows(x, module.num_groups, module.weight, module.bias,
                                                                      module.eps), channels_last=False)
         if avg_pool_supported(module):
