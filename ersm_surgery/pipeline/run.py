@@ -148,7 +148,8 @@ PIPELINE_MASK = {"alpha": 0.42, "init_logit": 1.0, "norm_prior": 2.0, "norm_prio
 # statistics a gated mask emptied whole pictures of efficientnet_b0 (-18 points on one cell). On the price
 # matrix's late cells under the gate (one seed, 2026-12-05): 6/8 cells against 4/8 (running) and 0/8 (running,
 # the prior counting the stage's zeros, before recipe version 6), the mask that gates the last stage at 0.40-0.56
-# (-0.24 [-0.26, -0.22] paired by cell against 0.67-0.80), accuracy -0.45 [-2.40, +1.50] points (inconclusive).
+# (-0.24 [-0.26, -0.22] paired by cell against 0.67-0.80), accuracy -0.45 [-2.40, +1.50] points (inconclusive);
+# over two seeds on 2000 pictures 5/8 (efficientnet_b0 -3.1 and -3.7 points).
 # A user's own --set mask.gate_pool / mask.norm_prior_stats wins.
 PIPELINE_GATED_MASK = {"gate_pool": "any", "norm_prior_stats": "image"}
 # The fine-tuning run and reproduce give the masks: they learn to the end, pulled towards the values they were
