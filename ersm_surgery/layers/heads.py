@@ -109,6 +109,11 @@ def auto_hidden(channels: int, param_budget: int | None = None) -> int:
 PRIOR_CLAMP = 3.0
 
 
+def _squared_norm(x: torch.Tensor) -> torch.Tensor:
+    """(B, 1, H, W): each token's squared feature norm, summed in float32."""
+    return x.float().pow(2).sum(dim=1, keepdim=True)
+
+
 def log_norm(x: torch.Tensor, squared_norm: torch.Tensor | None = None) -> torch.Tensor:
     """(B, 1, H, W): each token's log feature norm in float32.
 
@@ -116,7 +121,7 @@ def log_norm(x: torch.Tensor, squared_norm: torch.Tensor | None = None) -> torch
     millionth of its image's mean squared norm. ``squared_norm``: each token's squared norm (B, 1, H, W) in
     float32 when the caller has it already (the head's LayerNorm statistics).
     """
-    n2 = x.float().pow(2).sum(dim=1, keepdim=True) if squared_norm is None else squared_norm
+    n2 = _squared_norm(x) if squared_norm is None else squared_norm
     floor = 1e-6 * n2.mean(dim=(2, 3), keepdim=True) + torch.finfo(torch.float32).tiny
     return 0.5 * torch.log(n2 + floor)
 
@@ -148,7 +153,7 @@ def relative_log_norm(x: torch.Tensor, squared_norm: torch.Tensor | None = None)
     exactly zero (a gated stage's output where it computed nothing) sits at the floor and is left out of the
     statistics.
     """
-    n2 = x.float().pow(2).sum(dim=1, keepdim=True) if squared_norm is None else squared_norm
+    n2 = _squared_norm(x) if squared_norm is None else squared_norm
     return _per_image(log_norm(x, n2), n2 > 0)
 
 
@@ -242,8 +247,7 @@ class ConvUnaryHead(nn.Module):
             # the LayerNorm's mean square gives each token's squared norm at no cost in float32 (the prior's
             # strided sum over the channels was a fifth of a mask's time at batch 1); in lower precision the
             # prior sums its own in float32
-            n2 = (mean_sq.view(b, 1, h, w) * x.shape[1] if x.dtype == torch.float32
-                  else x.float().pow(2).sum(dim=1, keepdim=True))
+            n2 = mean_sq.view(b, 1, h, w) * x.shape[1] if x.dtype == torch.float32 else _squared_norm(x)
             # a token that is exactly zero (a gated stage's output where it computed nothing) carries no value: it
             # sits at the floor, but counting it in the statistics would squeeze the others' standardised norms
             carries = n2 > 0 if self.prior_skips_zeros else None
