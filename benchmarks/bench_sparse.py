@@ -23,8 +23,9 @@ that the gated blocks compute something and the exactness figure is not triviall
    the one of the 16 images whose gated stages each compute closest to the target (until 2026-12-04 the
    first image, whose own densities ranged from 0.14 to 0.63 by model); its densities are printed.
 4. Time at 224 px, batch 1 and 16 (fp32, ``torch.set_num_threads(--threads)``): the original timm model
-   without masks (same weights), the same with its BatchNorms folded (``fold_model``: what sparse does to
-   the dense parts, so the last ratio is what the masks buy) and ``ersm_surgery.sparse(model)``,
+   without masks (same weights), the same with the dense rewrites sparse makes to the parts no mask gates
+   (``rewrite_dense``: BatchNorms folded, max pools channels-last; since 2026-12-05 the max pools too, so
+   the last ratio is what the masks buy) and ``ersm_surgery.sparse(model)``,
    interleaved, median of ``--repeat`` after 2 warm-ups, whole-model speed-ups also as the median of the
    per-repetition ratios with a 95% bootstrap interval; the gated stages alone likewise on the inputs they
    see; max |logit difference| of the sparse model against the same masked model computed densely.
@@ -193,7 +194,7 @@ def fmt(r: dict) -> str:
     return (f"  batch {r['batch']:>2}: density {dens} | dense {r['dense']['wall_s'] * 1e3:8.1f} ms (cpu "
             f"{r['dense']['cpu_s'] * 1e3:7.1f}) sparse {r['sparse']['wall_s'] * 1e3:8.1f} ms (cpu "
             f"{r['sparse']['cpu_s'] * 1e3:7.1f}) -> whole {r['speedup']:.2f}x (paired {_iv(r['speedup_interval'])}; "
-            f"over timm with folded norms {_iv(r['speedup_over_folded_interval'])}) | gated stages "
+            f"over timm with the same dense rewrites {_iv(r['speedup_over_folded_interval'])}) | gated stages "
             f"{r['stages']['dense']['wall_s'] * 1e3:7.1f} -> {r['stages']['sparse']['wall_s'] * 1e3:7.1f} ms "
             f"{r['stages']['speedup']:.2f}x (paired {_iv(r['stages']['speedup_interval'])}) | max|dlogit| "
             f"{r['max_abs_logit_diff']:.2e} (dense fp32 error "
@@ -222,7 +223,7 @@ def curve(model: torch.nn.Module, x_price: torch.Tensor, x: torch.Tensor, repeat
         r["stages"]["vs_dense_gated"] = dense_gated["wall_s"] / r["stages"]["sparse"]["wall_s"]
         r["target"] = target
         rows.append(r)
-        print(f"  target {target:.1f}: whole {r['speedup']:.2f}x (vs timm with folded norms "
+        print(f"  target {target:.1f}: whole {r['speedup']:.2f}x (vs timm with the same dense rewrites "
               f"{r['speedup_over_folded']:.2f}x)  gated stages vs timm {r['stages']['speedup']:.2f}x"
               f"  vs dense gated {r['stages']['vs_dense_gated']:.2f}x  density "
               f"{statistics_mean(r['density'].values()):.3f} computed "
@@ -254,7 +255,7 @@ def plot(rows: list[dict], path: Path, title: str) -> float | None:
             break
     fig, ax = plt.subplots(figsize=(6.4, 4.2))
     ax.plot(dens, whole, "o-", label="whole model vs timm")
-    ax.plot(dens, whole_folded, "o:", label="whole model vs timm, norms folded")
+    ax.plot(dens, whole_folded, "o:", label="whole model vs timm with the same dense rewrites")
     ax.plot(dens, stages, "s-", label="gated stages vs timm")
     ax.plot(dens, vs_gated, "^--", label="gated stages vs dense gated")
     ax.axhline(1.0, color="grey", lw=0.8)

@@ -41,8 +41,8 @@ def bench(ctx: click.Context, source: str, batch_sizes: list[int], img_size, dat
     """Time the original timm model against ersm_surgery.sparse(MODEL_OR_DIR) (a mask.gate=stage model).
 
     Reports per batch size: per-mask density, dense and sparse latency (median wall and CPU time,
-    interleaved), the speed-up of the whole model (over timm, and over timm with its BatchNorms folded
-    as the sparse model's are) and of the gated stages, max |logit difference|
+    interleaved), the speed-up of the whole model (over timm, and over timm with the sparse model's dense
+    rewrites: BatchNorms folded, max pools channels-last) and of the gated stages, max |logit difference|
     against the dense gated model, the ops that ran densely and the share of the gated stages' FLOPs
     that ran sparse. Without --data-dir/--dataset the inputs are random (masks of random inputs).
     With --isolate each model is also timed alone in fresh processes: at larger batches a model's time
@@ -135,8 +135,8 @@ def _render(out, report: dict) -> None:
                   f"{r['stages']['speedup']:.2f}x", f"{r['max_abs_logit_diff']:.1e}",
                   f"{r['dense_float32_error']:.1e}", share)
     out.print(t)
-    out.print("speed-up: over the timm model; vs folded: over the same timm model with its BatchNorms folded into its "
-              "convolutions (sparse folds them too: this column is what the masks buy)")
+    out.print("speed-up: over the timm model; vs folded: over the same timm model with the dense rewrites sparse makes "
+              "too (BatchNorms folded into convolutions, max pools channels-last): this column is what the masks buy")
     for r in report["results"]:
         # a gated stage computes the tokens its input carries: the overlap of every mask before it
         # and on its output grid, where a strided first block does most of the work (more under gate_pool=any)

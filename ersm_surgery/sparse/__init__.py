@@ -5,7 +5,8 @@
 
 One concept per module: :mod:`.grid` (kept tokens as rows, gather/scatter, neighbourhood index),
 :mod:`.conv` (convolutions and average pooling on rows), :mod:`.fold` (BatchNorm folding, on rows and
-in the dense modules), :mod:`.rowops` (element-wise ops, norms, per-image pooling), :mod:`.executor` (a
+in the dense modules), :mod:`.max_pool` (max pools of the dense parts in channels-last layout),
+:mod:`.rowops` (element-wise ops, norms, per-image pooling), :mod:`.executor` (a
 gated graph run node by node with a dense fallback per unknown op), :mod:`.model` (the wrapper and the
 break-even rule).
 See docs/sparse.md.
@@ -13,9 +14,9 @@ See docs/sparse.md.
 import sys
 import types
 
-from .model import DEFAULT_BREAK_EVEN, SparseRegion, fold_model, sparse, sparse_regions
+from .model import DEFAULT_BREAK_EVEN, SparseRegion, fold_model, rewrite_dense, sparse, sparse_regions
 
-__all__ = ["sparse", "sparse_regions", "SparseRegion", "fold_model", "DEFAULT_BREAK_EVEN"]
+__all__ = ["sparse", "sparse_regions", "SparseRegion", "fold_model", "rewrite_dense", "DEFAULT_BREAK_EVEN"]
 
 
 class _CallablePackage(types.ModuleType):

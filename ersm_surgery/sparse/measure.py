@@ -1,14 +1,13 @@
 """Dense against sparse, measured side by side: what ``ersm-surgery bench`` and benchmarks/bench_sparse.py report.
 
 The dense reference is the original timm model without masks (the model a user would deploy
-otherwise), with the masked model's weights; beside it the same timm model with its BatchNorms folded
-(:func:`~.model.fold_model`, what ``sparse`` also does to the dense parts), so the share of the speed-up
-that the mask buys is shown apart from the share that folding alone would give; exactness is measured
-against the masked model computed densely, beside that dense model's own float32 error (its logits against
-the same model in float64): a difference is only small or large relative to the rounding the dense
-computation already has. Timings
-interleave dense and sparse calls on the same input after a warm-up and report the median wall time
-and the median process CPU time of each.
+otherwise), with the masked model's weights; beside it the same timm model with the rewrites ``sparse`` also
+makes to the dense parts (:func:`~.model.rewrite_dense`: BatchNorms folded, max pools channels-last), so the
+share of the speed-up that the mask buys is shown apart from the share those rewrites alone would give;
+exactness is measured against the masked model computed densely, beside that dense model's own float32
+error (its logits against the same model in float64): a difference is only small or large relative to the
+rounding the dense computation already has. Timings interleave dense and sparse calls on the same input
+after a warm-up and report the median wall time and the median process CPU time of each.
 """
 from __future__ import annotations
 
@@ -26,7 +25,7 @@ from torch.utils.flop_counter import FlopCounterMode
 from ..layers.gate import kept_tokens, pool_mask
 from ..mask_set import masks
 from ..surgery.placement import is_mask_key
-from .model import DEFAULT_BREAK_EVEN, SparseRegion, fold_model, sparse, sparse_regions
+from .model import DEFAULT_BREAK_EVEN, SparseRegion, rewrite_dense, sparse, sparse_regions
 
 __all__ = ["plain_model", "interleaved", "interleaved_samples", "paired_ratio", "region_io", "region_inputs",
            "kept_fractions", "measure_batch"]
@@ -142,7 +141,8 @@ def measure_batch(model: nn.Module, x: torch.Tensor, repeat: int = 10, warmup: i
         ``{"batch", "density": {mask: mean kept fraction}, "computed_density": {gated region: kept fraction
         of its input, what it computes}, "computed_output_density": {gated region: kept fraction of its output
         grid under the gate's rule}, "dense"/"dense_folded"/"sparse": {"wall_s", "cpu_s"},
-        "speedup" (over timm), "speedup_over_folded" (over timm with its BatchNorms folded), each also as
+        "speedup" (over timm), "speedup_over_folded" (over timm with the same dense rewrites: BatchNorms folded,
+        max pools channels-last), each also as
         "..._interval": [median paired ratio, 95% low, 95% high],
         "stages": {"dense"/"sparse", "speedup", "speedup_interval"}, "max_abs_logit_diff",
         "dense_float32_error", "ran_sparse": {region: bool}, "dense_ops", "sparse_flop_share"}``.
@@ -150,7 +150,7 @@ def measure_batch(model: nn.Module, x: torch.Tensor, repeat: int = 10, warmup: i
     model = model.eval()
     base = base if base is not None else plain_model(model)
     folded = copy.deepcopy(base)
-    fold_model(folded)
+    rewrite_dense(folded)
     fast = sparse(model, break_even=break_even)
     regions = sparse_regions(fast)
     with torch.no_grad():

@@ -24,8 +24,9 @@ from .executor import StageProgram
 from .fold import fold_batchnorms
 from .grid import GridSet, Rows
 from .inplace import adds_in_place
+from .max_pool import channels_last_max_pools
 
-__all__ = ["sparse", "SparseRegion", "sparse_regions", "fold_model", "DEFAULT_BREAK_EVEN"]
+__all__ = ["sparse", "SparseRegion", "sparse_regions", "fold_model", "rewrite_dense", "DEFAULT_BREAK_EVEN"]
 
 # above this kept fraction a gated stage runs densely. benchmarks/bench_break_even.py (resnet50 batch 4,
 # convnext_atto batch 16, 224 px, 2 threads): every gated stage's sparse path is faster than the same stage
@@ -172,10 +173,10 @@ def sparse(model: nn.Module, break_even: float = DEFAULT_BREAK_EVEN, fold: bool 
     Args:
         model: a model from ``inject(..., config={"gate": "stage"})``, ``build_model`` or ``load``.
         break_even: kept fraction of a batch above which a gated stage runs densely (1.0: never).
-        fold: fold every BatchNorm that follows a convolution into it in the dense parts of the model too
-            (the stages before the masks, the graph a region runs when every token is kept); the gated
-            stages' row programs always fold. :func:`fold_model` does the same to any model, e.g. the timm
-            model you compare against.
+        fold: rewrite the dense parts of the model too (:func:`rewrite_dense`: every BatchNorm that follows a
+            convolution folded into it, also in the graph a region runs when every token is kept, and max pools
+            computed channels-last on the CPU); the gated stages' row programs always fold. ``rewrite_dense``
+            does the same to any model, e.g. the timm model you compare against.
 
     Raises:
         SparseError: the model has no masks, its masks do not gate (``mask.gate=features``) or are soft.
@@ -191,7 +192,7 @@ def sparse(model: nn.Module, break_even: float = DEFAULT_BREAK_EVEN, fold: bool 
     for path, module in gated:
         set_submodule(out, path, SparseRegion(module, path, break_even, fold=fold))
     if fold:
-        fold_model(out)
+        rewrite_dense(out)
     for module in _graph_modules_outside_regions(out):  # the copy's own eval graphs: the user's model keeps its own
         if adds_in_place(module, module.eval_graph) and module.graph is module.eval_graph:
             module.recompile()
@@ -218,6 +219,16 @@ def fold_model(model: nn.Module) -> int:
     for module in _graph_modules_outside_regions(model):
         folded += fold_batchnorms(module, [module.eval_graph, module.train_graph])
     return folded
+
+
+def rewrite_dense(model: nn.Module) -> int:
+    """The exact rewrites ``sparse`` makes, in place, to the parts of a model outside its sparse regions: every
+    BatchNorm that is the only user of a convolution's output folded into it (:func:`fold_model`) and every
+    ``nn.MaxPool2d`` computed in channels-last layout on the CPU (:mod:`.max_pool`; torch's kernel for
+    channels-first maps is ~10x slower). Neither is what the masks buy: ``bench`` applies it to the timm model
+    it compares against too ("vs folded"). Returns the number of modules rewritten."""
+    inside = {id(m) for region in sparse_regions(model).values() for m in region.modules()}
+    return fold_model(model) + channels_last_max_pools(model, skip=inside)
 
 
 def sparse_regions(model: nn.Module) -> dict[str, SparseRegion]:
