@@ -428,7 +428,34 @@ def test_identities_take_no_step_and_a_dropout_that_drops_keeps_its_own():
     program = next(iter(sparse_regions(fast)["layer3"]._programs.values()))
     identities = [n.target for n in program.graph.nodes if n.op == "call_module"
                   and isinstance(program.module.get_submodule(n.target), nn.Identity)]
-    # every node but the output and the identities has a slot of its own: the dropout of p 0.5 too
+    # a folded norm with nothing after its affine map, and a ReLU computed by the convolution, take none either
+    folded_plain = [n for n in program._folded if n not in program._fused
+                    and type(program.module.get_submodule(n.target)) is nn.BatchNorm2d]
+    # every other node but the output has a slot of its own: the dropout of p 0.5 too
     assert identities and "0.drop_block" not in identities
     assert len(program._program) + len(program._constants) + len(program._inputs) \
-        == len(list(program.graph.nodes)) - 1 - len(identities)
+        == len(list(program.graph.nodes)) - 1 - len(identities) - len(folded_plain) - len(program._fused)
+
+
+def test_a_relu_after_a_folded_norm_runs_in_the_convolution_on_rows_and_densely():
+    model = ersm_surgery.inject("resnet26d", stages=[1, 2], config={"gate": "stage"}, input_size=SIZE).eval()
+    randomise_norms(model)
+    fix_masks(model)
+    fast = ersm_surgery.sparse(model, break_even=1.0)
+    x = torch.randn(2, *SIZE)
+    with torch.no_grad():
+        torch.testing.assert_close(fast(x), model(x), atol=1e-4, rtol=1e-4)
+    program = next(iter(sparse_regions(fast)["layer2"]._programs.values()))
+    fused = {n.target for n in program._fused}
+    assert {"0.act1", "0.act2", "1.act1", "1.act2"} <= fused  # conv -> bn -> (drop_block) -> act
+    assert not any(t.endswith("act3") for t in fused)  # after the residual add: a step of its own
+    step_targets = {n.target for n, handler in program.steps if any(h is handler for _, h, _, _ in program._program)}
+    assert not fused & step_targets
+    # a convolution that gets a dense map (its operand not rows) computes the norm and the ReLU densely too
+    conv_node = next(n for n in program.graph.nodes if n.target == "1.conv1")
+    handler = dict(program.steps)[conv_node]
+    block = model.layer2.get_submodule("1")
+    dense_in = torch.randn(2, block.conv1.in_channels, 4, 4)
+    with torch.no_grad():
+        expected = block.act1(block.bn1(block.conv1(dense_in)))
+        torch.testing.assert_close(handler([dense_in], {}, None), expected, atol=1e-5, rtol=1e-5)

@@ -68,6 +68,7 @@ class RowConv:
     padding: tuple[int, int]
     dilation: tuple[int, int]
     groups: int
+    relu: bool = False  # a ReLU after it (fused by the row program: see executor.StageProgram._fusable_relu)
 
     def __post_init__(self) -> None:
         c_out, c_in_g, kh, kw = self.weight.shape
@@ -112,21 +113,18 @@ class RowConv:
     def __call__(self, rows: Rows, grids: GridSet) -> Rows:
         x = rows.data
         if self.pointwise:
-            out = x @ self.matrix if self.bias is None else torch.addmm(self.bias, x, self.matrix)
-            return Rows(out, rows.grid)
+            return Rows(self._matmul(x), rows.grid)
         grid = self.out_grid(rows.grid, grids)
         if self.depthwise and self._dense_is_cheaper(grid, rows.grid):
-            return Rows(self._depthwise_dense(rows, grid), grid)
+            out = self._depthwise_dense(rows, grid)
+            return Rows(torch.relu_(out) if self.relu else out, grid)
         taps = grid.taps(rows.grid, self.kernel, self.stride, self.padding, self.dilation)
         table = torch.cat([x, x.new_zeros(1, x.shape[1])])
         n = grid.count
         if self.groups == 1:
-            gathered = table.index_select(0, taps.reshape(-1)).reshape(n, self.matrix.shape[0])
-            out = gathered @ self.matrix if self.bias is None else torch.addmm(self.bias, gathered, self.matrix)
-        elif self.depthwise:
+            return Rows(self._matmul(table.index_select(0, taps.reshape(-1)).reshape(n, self.matrix.shape[0])), grid)
+        if self.depthwise:
             out = _depthwise(table, taps, self.matrix)
-            if self.bias is not None:
-                out = out + self.bias
         else:
             g = self.groups
             # sizes spelled out: a grid with no kept token (n = 0) leaves -1 undetermined
@@ -134,9 +132,14 @@ class RowConv:
             gathered = table.index_select(0, taps.reshape(-1)).reshape(n, taps.shape[1], g, per_group)
             out = torch.bmm(gathered.permute(2, 0, 1, 3).reshape(g, n, taps.shape[1] * per_group), self.matrix)
             out = out.permute(1, 0, 2).reshape(n, g * self.matrix.shape[2])
-            if self.bias is not None:
-                out = out + self.bias
-        return Rows(out, grid)
+        if self.bias is not None:
+            out = out + self.bias
+        return Rows(torch.relu_(out) if self.relu else out, grid)
+
+    def _matmul(self, x: torch.Tensor) -> torch.Tensor:
+        """``x @ matrix + bias`` (then the ReLU, in place) for a convolution without groups."""
+        out = x @ self.matrix if self.bias is None else torch.addmm(self.bias, x, self.matrix)
+        return torch.relu_(out) if self.relu else out
 
     def _dense_is_cheaper(self, out: Grid, src: Grid) -> bool:
         positions = src.batch * src.height * src.width

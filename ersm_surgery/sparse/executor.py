@@ -10,6 +10,7 @@ again -- and is listed in :attr:`StageProgram.ran_dense`.
 """
 from __future__ import annotations
 
+import dataclasses
 import operator
 from collections.abc import Callable
 from typing import Any
@@ -60,6 +61,7 @@ class StageProgram:
         self.ran_dense: set[str] = set()  # ops that had a spatial operand and ran densely
         self.kinds = node_kinds(self.graph, module)
         self._folded: set[fx.Node] = set()
+        self._fused: set[fx.Node] = set()  # ReLUs computed by the convolution before them
         self.steps: list[tuple[fx.Node, Handler]] = [(n, self._plan(n)) for n in self.graph.nodes]
         self._compile()
 
@@ -69,6 +71,8 @@ class StageProgram:
         return f"{self.path}.{target}" if node.op == "call_module" else f"{self.path}:{node.name} ({target})"
 
     def _plan(self, node: fx.Node) -> Handler:
+        if node in self._fused and node not in self._folded:
+            return self._plan_fused(node)
         if node in self._folded:
             return self._plan_folded(node)
         if node.op == "call_module":
@@ -91,7 +95,9 @@ class StageProgram:
             after = AfterFold(module).forward
             return self._rowwise(node, lambda x, *_: after(torch.addcmul(shift, x.data, scale)), channels_last=False)
         if is_elementwise_module(module):
-            return self._rowwise(node, lambda x, *_: x.data if isinstance(module, nn.Identity) else module(x.data))
+            # the module's forward itself: a row program calls no hooks (its convolutions are not modules either)
+            forward = module.forward
+            return self._rowwise(node, lambda x, *_: x.data if isinstance(module, nn.Identity) else forward(x.data))
         if isinstance(module, nn.Linear):
             return self._rowwise(node, lambda x, *_: F.linear(x.data, module.weight, module.bias), channels_last=True)
         if isinstance(module, nn.LayerNorm) or type(module).__name__ == "LayerNorm2d":
@@ -120,15 +126,44 @@ class StageProgram:
         if bn is not None and is_batchnorm(bn):
             row_conv = fold_bn(row_conv, bn)
             self._folded.add(bn_node)
-            # if the conv ever runs densely, the norm (folded here, skipped at its own node) runs with it
+            relu = self._fusable_relu(bn_node)
+            if relu is not None:
+                row_conv = dataclasses.replace(row_conv, relu=True)
+                self._fused.add(relu)
+            # if the conv ever runs densely, the norm (folded here, skipped at its own node) runs with it, and the
+            # ReLU fused into it
             scale, shift = (t.reshape(1, -1, 1, 1) for t in bn_affine(bn))
             dense = self._generic(node)
-            fallback = lambda args, kwargs, grids: torch.addcmul(shift, dense(args, kwargs, grids), scale)  # noqa: E731
+
+            def fallback(args, kwargs, grids):
+                out = torch.addcmul(shift, dense(args, kwargs, grids), scale)
+                return torch.relu_(out) if relu is not None else out
         else:
             fallback = None
         return self._on_rows(node, lambda x, grids: row_conv(x, grids), channels_last=False, fallback=fallback)
 
+    def _fusable_relu(self, bn_node: fx.Node) -> fx.Node | None:
+        """The ReLU a folded norm's value goes to alone (through identities; the norm's own activation when it is
+        timm's BatchNormAct2d), computed inside the convolution's GEMM: one pass over the rows fewer."""
+        after = AfterFold(self.module.get_submodule(bn_node.target))
+        if after.drop is not None or after.act is not None:
+            return bn_node if after.drop is None and type(after.act) is nn.ReLU else None
+        node = _sole_user(bn_node)
+        while node is not None and node.op == "call_module" and len(node.args) == 1 and not node.kwargs \
+                and _is_identity(self.module.get_submodule(node.target)):
+            node = _sole_user(node)
+        if node is None or node.op != "call_module" or len(node.args) != 1 or node.kwargs:
+            return None
+        return node if type(self.module.get_submodule(node.target)) is nn.ReLU else None
+
+    def _plan_fused(self, node: fx.Node) -> Handler:
+        """A ReLU fused into the convolution before it: rows pass; a dense value (the convolution ran densely,
+        see ``_plan_conv``'s fallback) has had it applied too."""
+        return lambda args, kwargs, grids: args[0]
+
     def _plan_folded(self, node: fx.Node) -> Handler:
+        if node in self._fused:  # its BatchNormAct2d's ReLU runs in the convolution
+            return lambda args, kwargs, grids: args[0]
         after = AfterFold(self.module.get_submodule(node.target)).forward
 
         def activation(args, kwargs, grids):
@@ -375,7 +410,7 @@ class StageProgram:
             if node.op == "output":
                 self._output = _reader(node.args[0], slot)
                 break
-            if node.op == "call_module" and _is_identity(self.module.get_submodule(node.target)) and node.args \
+            if node.op == "call_module" and self._passes_through(node) and node.args \
                     and isinstance(node.args[0], fx.Node) and len(node.args) == 1 and not node.kwargs:
                 slot[node] = slot[node.args[0]]
                 continue
@@ -386,10 +421,20 @@ class StageProgram:
             elif node.op == "get_attr":
                 self._constants.append((slot[node], handler([], {}, None)))
             else:
-                self._program.append((slot[node], handler, _reader(node.args, slot), _reader(node.kwargs, slot)))
+                self._program.append((slot[node], handler, _args_reader(node.args, slot),
+                                      _kwargs_reader(node.kwargs, slot)))
         if self._output is None:
             raise RuntimeError("the graph has no output node")
         self._size = size
+
+    def _passes_through(self, node: fx.Node) -> bool:
+        module = self.module.get_submodule(node.target)
+        if node in self._fused:
+            return True
+        if node in self._folded:
+            after = AfterFold(module)
+            return after.drop is None and after.act is None
+        return _is_identity(module)
 
     def run(self, value, grids: GridSet):
         """Run the graph on ``value`` (rows, or the dense input map); returns rows or a dense tensor."""
@@ -401,7 +446,7 @@ class StageProgram:
         for at, constant in self._constants:
             vals[at] = constant
         for at, handler, args, kwargs in self._program:
-            vals[at] = handler(list(args(vals)), dict(kwargs(vals)), grids)
+            vals[at] = handler(args(vals), kwargs(vals), grids)
         return self._output(vals)
 
 
@@ -419,6 +464,24 @@ def _is_identity(module: nn.Module) -> bool:
 def _reader(template, slot: dict[fx.Node, int]) -> Callable[[list], Any]:
     """A function of the slots that builds ``template`` (a node's args or kwargs) with every node's value."""
     return lambda vals: fx.node.map_arg(template, lambda node: vals[slot[node]])
+
+
+def _args_reader(args: tuple, slot: dict[fx.Node, int]) -> Callable[[list], list]:
+    """:func:`_reader` of a node's positional arguments as a new list; without ``map_arg``'s walk where every
+    argument is a node or a plain constant (most nodes: at batch 1 the per-node cost is felt)."""
+    if any(isinstance(a, (tuple, list, dict, slice)) for a in args):
+        read = _reader(args, slot)
+        return lambda vals: list(read(vals))
+    items = [(True, slot[a]) if isinstance(a, fx.Node) else (False, a) for a in args]
+    return lambda vals: [vals[v] if is_node else v for is_node, v in items]
+
+
+def _kwargs_reader(kwargs: dict, slot: dict[fx.Node, int]) -> Callable[[list], dict]:
+    """:func:`_reader` of a node's keyword arguments as a new dict."""
+    if not kwargs:
+        return lambda vals: {}
+    read = _reader(kwargs, slot)
+    return lambda vals: dict(read(vals))
 
 
 _DENSE_ATTRIBUTES = ("shape", "ndim", "dtype", "device", "is_cuda")
