@@ -63,7 +63,7 @@ def test_same_padding_of_an_even_kernel_runs_densely():
 @pytest.mark.parametrize("path", ["taps", "dense"])
 @pytest.mark.parametrize("kernel,stride,padding,dilation", [(3, 1, 1, 1), (7, 1, 3, 1), (5, 2, 2, 1), (3, 1, 2, 2)])
 def test_depthwise_conv_on_rows_either_path_equals_dense_conv(kernel, stride, padding, dilation, path, monkeypatch):
-    monkeypatch.setattr(sparse_conv, "DEPTHWISE_DENSE_ABOVE", 0.0 if path == "dense" else float("inf"))
+    monkeypatch.setattr(sparse_conv, "DEPTHWISE_PATH", path)
     x, mask, grids, rows = _rows(batch=3, channels=6, height=10, width=7, seed=1)
     conv = nn.Conv2d(6, 6, kernel, stride, padding, dilation, groups=6)
     out = RowConv.from_module(conv)(rows, grids)
@@ -459,3 +459,29 @@ def test_a_relu_after_a_folded_norm_runs_in_the_convolution_on_rows_and_densely(
     with torch.no_grad():
         expected = block.act1(block.bn1(block.conv1(dense_in)))
         torch.testing.assert_close(handler([dense_in], {}, None), expected, atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("path", ["taps", "dense"])
+@pytest.mark.parametrize("name,stages", [("test_efficientnet", (2, 3)), ("test_convnext", (1, 2))])
+def test_whole_models_equal_the_dense_gated_model_on_either_depthwise_path(name, stages, path, monkeypatch):
+    # the cost rule sends a tiny test model's depthwise convolutions dense: the taps get their whole-model check here
+    monkeypatch.setattr(sparse_conv, "DEPTHWISE_PATH", path)
+    _sparse_against_dense(name, stages, SIZE)
+
+
+def test_the_depthwise_cost_rule_weighs_the_per_tap_cost_against_the_dense_kernel():
+    def picks_dense(batch, channels, side, kernel, stride, density):
+        mask = torch.zeros(batch * side * side)
+        mask[torch.randperm(mask.numel(), generator=torch.Generator().manual_seed(0))[:int(density * mask.numel())]] = 1
+        grids = GridSet(mask.reshape(batch, 1, side, side))
+        conv = RowConv.from_module(nn.Conv2d(channels, channels, kernel, stride, kernel // 2, groups=channels))
+        src = grids.at(side, side)
+        return conv._dense_is_cheaper(conv.out_grid(src, grids), src)
+
+    # batch 1, efficientnet_b0's 5x5 on 7 x 7: 25 taps of a few rows cost more than the dense kernel
+    assert picks_dense(1, 672, 7, 5, 1, 0.4)
+    # a 3x3 on a large map of which a fifth is kept: the taps read far less than the dense kernel
+    assert not picks_dense(1, 144, 56, 3, 2, 0.2)
+    # batch 16: a strided 5x5 at 0.2 on taps, a 7x7 at 0.4 dense (at scale the gathered work decides)
+    assert not picks_dense(16, 672, 14, 5, 2, 0.2)
+    assert picks_dense(16, 320, 14, 7, 1, 0.4)

@@ -16,14 +16,17 @@ from torch import nn
 from .grid import Grid, GridSet, Rows
 
 __all__ = ["RowConv", "conv_supported", "conv_padding", "out_size", "avg_pool_rows", "avg_pool_supported",
-           "max_pool_rows", "max_pool_supported", "DEPTHWISE_DENSE_ABOVE"]
+           "max_pool_rows", "max_pool_supported", "DEPTHWISE_COST_NS", "DEPTHWISE_PATH"]
 
-# Gathered taps (kept outputs x kernel taps) per position of the input map above which a depthwise
-# convolution runs densely on the scattered map. benchmarks/bench_sparse_depthwise.py, 2-core x86 CPU: a
-# gathered tap costs 0.2-0.5 ns per channel, the scatter + dense kernel + gather 1-4 ns per channel and
-# input position (more on maps that leave the cache), so the two cross between about 3 and 10: 7x7 kernels
-# go dense from density ~0.12, 5x5 from ~0.25, 3x3 stay on taps until ~0.7.
-DEPTHWISE_DENSE_ABOVE = 6.0
+# What a depthwise convolution on rows costs either way, in ns, fitted on benchmarks/bench_sparse_depthwise.py's
+# per-op table (2-core Xeon VM, torch 2.14.1, 2026-12-05): gathered taps cost "tap" per kernel tap (a tap is three
+# ops whatever their size, which is what decides batch 1) plus "tap_row" per kept output token, tap and channel;
+# the dense path (the rows scattered into the zero map, the dense kernel, the kept outputs gathered) costs "dense"
+# plus ("position" + "position_tap" * taps) per input position and channel. The rule before it (dense above 6
+# gathered taps per input position, from an AMD EPYC VM) left no room for the per-tap cost: at batch 1 it kept
+# efficientnet's 3x3 and 5x5 kernels on taps where the dense path took half the time.
+DEPTHWISE_COST_NS = {"tap": 18_000.0, "tap_row": 0.4, "dense": 150_000.0, "position": 0.5, "position_tap": 0.017}
+DEPTHWISE_PATH: str | None = None  # "taps" or "dense" forces that path (tests, benchmarks); None: the cheaper one
 
 
 def _pair(v) -> tuple[int, int]:
@@ -142,8 +145,13 @@ class RowConv:
         return torch.relu_(out) if self.relu else out
 
     def _dense_is_cheaper(self, out: Grid, src: Grid) -> bool:
+        if DEPTHWISE_PATH is not None:
+            return DEPTHWISE_PATH == "dense"
+        cost, taps, channels = DEPTHWISE_COST_NS, self.kernel[0] * self.kernel[1], self.weight.shape[0]
+        on_taps = taps * (cost["tap"] + cost["tap_row"] * out.count * channels)
         positions = src.batch * src.height * src.width
-        return out.count * self.kernel[0] * self.kernel[1] > DEPTHWISE_DENSE_ABOVE * positions
+        dense = cost["dense"] + positions * channels * (cost["position"] + cost["position_tap"] * taps)
+        return dense < on_taps
 
     def _depthwise_dense(self, rows: Rows, grid: Grid) -> torch.Tensor:
         dense = rows.grid.scatter(rows.data)  # NCHW view of a channels-last zero map
