@@ -21,7 +21,9 @@ that the gated blocks compute something and the exactness figure is not triviall
    gated stage computed far fewer tokens than the printed density (resnet50 1.4%, convnext_atto none).
    Where even an open second mask cannot reach the target, it stays at the most it can keep. Batch 1 times
    the one of the 16 images whose gated stages each compute closest to the target (until 2026-12-04 the
-   first image, whose own densities ranged from 0.14 to 0.63 by model); its densities are printed.
+   first image, whose own densities ranged from 0.14 to 0.63 by model), with the price then bisected on
+   that image alone (since 2026-12-05 night; before, it ran at what it computed under the 16 images' price,
+   0.42-0.51 by model); its densities are printed.
 4. Time at 224 px, batch 1 and 16 (fp32, ``torch.set_num_threads(--threads)``): the original timm model
    without masks (same weights), the same with the dense rewrites sparse makes to the parts no mask gates
    (``rewrite_dense``: BatchNorms folded, max pools channels-last; since 2026-12-05 the max pools too, so
@@ -158,9 +160,23 @@ def closest_image(model: torch.nn.Module, x: torch.Tensor, target: float) -> int
 
 
 def batches(model: torch.nn.Module, x: torch.Tensor, target: float) -> list[torch.Tensor]:
-    """Batch 1 (the image closest to ``target``) and the whole batch of 16."""
+    """Batch 1 (the image closest to ``target``) and the whole batch of 16 (bench_sparse_isolated.py's batches)."""
     i = closest_image(model, x, target)
     return [x[i:i + 1], x]
+
+
+def at_target(model: torch.nn.Module, x: torch.Tensor, target: float, repeat: int,
+              base: torch.nn.Module | None = None) -> list[dict]:
+    """measure_batch at batch 1 and at batch 16, each with its gated stages computing ``target`` of their tokens.
+
+    Batch 1 times the image whose gated stages each compute closest to ``target`` under the 16 images' price,
+    with the price then bisected on that image alone (since 2026-12-05 night: before, it ran at whatever that
+    image computed, 0.42-0.51 by model); batch 16 times the 16 with the price bisected on them."""
+    i = closest_image(model, x, target)
+    shift_price(model, x[i:i + 1], target)
+    one = measure_batch(model, x[i:i + 1], repeat=repeat, base=base)
+    shift_price(model, x, target)
+    return [one, measure_batch(model, x, repeat=repeat, base=base)]
 
 
 def not_identity(model: torch.nn.Module) -> None:
@@ -198,7 +214,7 @@ def fmt(r: dict) -> str:
             f"{r['stages']['dense']['wall_s'] * 1e3:7.1f} -> {r['stages']['sparse']['wall_s'] * 1e3:7.1f} ms "
             f"{r['stages']['speedup']:.2f}x (paired {_iv(r['stages']['speedup_interval'])}) | max|dlogit| "
             f"{r['max_abs_logit_diff']:.2e} (dense fp32 error "
-            f"{r['dense_float32_error']:.1e}) | sparse FLOP share "
+            f"{r['dense_float32_error']:.1e}, max |logit| {r['max_abs_logit']:.3g}) | sparse FLOP share "
             f"{r['sparse_flop_share']:.3f} | ran sparse {all(r['ran_sparse'].values())} | dense ops {r['dense_ops']}"
             f" | computed {' '.join(f'{k}={v:.3f}' for k, v in r['computed_density'].items())}")
 
@@ -280,6 +296,8 @@ def main() -> int:
     ap.add_argument("--repeat", type=int, default=9)
     ap.add_argument("--model", default="resnet50", help="the main model (a small one for a smoke run)")
     ap.add_argument("--skip-others", action="store_true", help="the main model only")
+    ap.add_argument("--others", default="resnet18,convnext_atto,efficientnet_b0",
+                    help="the other models at density 0.4 (the issue allows convnext_tiny for convnext_atto)")
     ap.add_argument("--skip-curve", action="store_true")
     ap.add_argument("--exactness-only", action="store_true",
                     help="max |logit diff| of the main model at density 0.4 on 4 images, no timing (seconds)")
@@ -311,23 +329,21 @@ def main() -> int:
     r50 = prepared(main_name, args.steps, args.gate_pool)
     shift_price(r50, x_price, 0.4)
     base = plain_model(r50)
-    result[f"{main_name}@0.4"] = [measure_batch(r50, xb, repeat=args.repeat, base=base)
-                                  for xb in batches(r50, x16, 0.4)]
+    result[f"{main_name}@0.4"] = at_target(r50, x16, 0.4, args.repeat, base)
     for r in result[f"{main_name}@0.4"]:
         print(fmt(r), flush=True)
     print(f"{main_name} at density 1.0 (price shifted until every token is kept):", flush=True)
     shift_price(r50, x_price, 1.0)
-    result[f"{main_name}@1.0"] = [measure_batch(r50, xb, repeat=args.repeat, base=base)
-                                  for xb in batches(r50, x16, 1.0)]
+    result[f"{main_name}@1.0"] = at_target(r50, x16, 1.0, args.repeat, base)
     for r in result[f"{main_name}@1.0"]:
         print(fmt(r), flush=True)
 
     if not args.skip_others:
-        for name in ("resnet18", "convnext_atto", "efficientnet_b0"):
+        for name in [m for m in args.others.split(",") if m]:
             print(f"\n{name}: heads trained {args.steps} steps at 64 px, density 0.4 at 224 px", flush=True)
             model = prepared(name, args.steps, args.gate_pool)
             shift_price(model, x_price, 0.4)
-            result[f"{name}@0.4"] = [measure_batch(model, xb, repeat=args.repeat) for xb in batches(model, x16, 0.4)]
+            result[f"{name}@0.4"] = at_target(model, x16, 0.4, args.repeat)
             for r in result[f"{name}@0.4"]:
                 print(fmt(r), flush=True)
 

@@ -144,7 +144,7 @@ def measure_batch(model: nn.Module, x: torch.Tensor, repeat: int = 10, warmup: i
         "speedup" (over timm), "speedup_over_folded" (over timm with the same dense rewrites: BatchNorms folded,
         max pools channels-last), each also as
         "..._interval": [median paired ratio, 95% low, 95% high],
-        "stages": {"dense"/"sparse", "speedup", "speedup_interval"}, "max_abs_logit_diff",
+        "stages": {"dense"/"sparse", "speedup", "speedup_interval"}, "max_abs_logit_diff", "max_abs_logit",
         "dense_float32_error", "ran_sparse": {region: bool}, "dense_ops", "sparse_flop_share"}``.
     """
     model = model.eval()
@@ -192,6 +192,7 @@ def measure_batch(model: nn.Module, x: torch.Tensor, repeat: int = 10, warmup: i
                    "speedup_interval": list(paired_ratio(stage_samples["dense"]["wall_s"],
                                                          stage_samples["sparse"]["wall_s"]))},
         "max_abs_logit_diff": float((out - reference).abs().max()),
+        "max_abs_logit": float(reference.abs().max()),  # the scale the difference and the rounding are relative to
         "dense_float32_error": float32_error(model, x, reference),
         "ran_sparse": {path: r.stats.ran_sparse for path, r in regions.items()},
         "dense_ops": sorted({op for r in regions.values() for op in r.dense_ops()}),
