@@ -438,14 +438,8 @@ def test_identities_take_no_step_and_a_dropout_that_drops_keeps_its_own():
 
 
 def test_a_relu_after_a_folded_norm_runs_in_the_convolution_on_rows_and_densely():
-    model = ersm_surgery.inject("resnet26d", stages=[1, 2], config={"gate": "stage"}, input_size=SIZE).eval()
-    randomise_norms(model)
-    fix_masks(model)
-    fast = ersm_surgery.sparse(model, break_even=1.0)
-    x = torch.randn(2, *SIZE)
-    with torch.no_grad():
-        torch.testing.assert_close(fast(x), model(x), atol=1e-4, rtol=1e-4)
-    program = next(iter(sparse_regions(fast)["layer2"]._programs.values()))
+    region = _sparse_against_dense("resnet26d", (1, 2), SIZE)["layer2"]
+    program = next(iter(region._programs.values()))
     fused = {n.target for n in program._fused}
     assert {"0.act1", "0.act2", "1.act1", "1.act2"} <= fused  # conv -> bn -> (drop_block) -> act
     assert not any(t.endswith("act3") for t in fused)  # after the residual add: a step of its own
@@ -454,7 +448,7 @@ def test_a_relu_after_a_folded_norm_runs_in_the_convolution_on_rows_and_densely(
     # a convolution that gets a dense map (its operand not rows) computes the norm and the ReLU densely too
     conv_node = next(n for n in program.graph.nodes if n.target == "1.conv1")
     handler = dict(program.steps)[conv_node]
-    block = model.layer2.get_submodule("1")
+    block = region.gated.get_submodule("1")
     dense_in = torch.randn(2, block.conv1.in_channels, 4, 4)
     with torch.no_grad():
         expected = block.act1(block.bn1(block.conv1(dense_in)))
