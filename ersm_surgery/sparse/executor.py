@@ -144,7 +144,7 @@ class StageProgram:
 
     def _fusable_relu(self, bn_node: fx.Node) -> fx.Node | None:
         """The ReLU a folded norm's value goes to alone (through identities; the norm's own activation when it is
-        timm's BatchNormAct2d), computed inside the convolution's GEMM: one pass over the rows fewer."""
+        timm's BatchNormAct2d), applied in place by the convolution's step: one step of the program fewer."""
         after = AfterFold(self.module.get_submodule(bn_node.target))
         if after.drop is not None or after.act is not None:
             return bn_node if after.drop is None and type(after.act) is nn.ReLU else None

@@ -225,8 +225,8 @@ def rewrite_dense(model: nn.Module) -> int:
     """The exact rewrites ``sparse`` makes, in place, to the parts of a model outside its sparse regions: every
     BatchNorm that is the only user of a convolution's output folded into it (:func:`fold_model`) and every
     ``nn.MaxPool2d`` computed in channels-last layout on the CPU (:mod:`.max_pool`; torch's kernel for
-    channels-first maps is ~10x slower). Neither is what the masks buy: ``bench`` applies it to the timm model
-    it compares against too ("vs folded"). Returns the number of modules rewritten."""
+    channels-first maps is several times slower). Neither is what the masks buy: ``bench`` applies it to the timm
+    model it compares against too ("vs folded"). Returns the number of modules rewritten."""
     inside = {id(m) for region in sparse_regions(model).values() for m in region.modules()}
     return fold_model(model) + channels_last_max_pools(model, skip=inside)
 
