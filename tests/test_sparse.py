@@ -437,7 +437,7 @@ def test_identities_take_no_step_and_a_dropout_that_drops_keeps_its_own():
         == len(list(program.graph.nodes)) - 1 - len(identities) - len(folded_plain) - len(program._fused)
 
 
-def test_a_relu_after_a_folded_norm_runs_in_the_convolution_on_rows_and_densely():
+def test_an_activation_after_a_folded_norm_runs_in_the_convolution_on_rows_and_densely():
     region = _sparse_against_dense("resnet26d", (1, 2), SIZE)["layer2"]
     program = next(iter(region._programs.values()))
     fused = {n.target for n in program._fused}
@@ -453,6 +453,17 @@ def test_a_relu_after_a_folded_norm_runs_in_the_convolution_on_rows_and_densely(
     with torch.no_grad():
         expected = block.act1(block.bn1(block.conv1(dense_in)))
         torch.testing.assert_close(handler([dense_in], {}, None), expected, atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("name,stages,act", [("test_efficientnet", (2, 3), nn.SiLU),
+                                             ("mobilenetv3_small_050", (2, 3), nn.Hardswish)])
+def test_silu_and_hard_swish_of_a_batchnorm_act_run_in_the_convolution(name, stages, act):
+    from ersm_surgery.sparse.fold import AfterFold
+
+    regions = _sparse_against_dense(name, stages, SIZE)  # the whole model still equals the dense gated one
+    fused = [AfterFold(p.module.get_submodule(n.target)).act for r in regions.values() for p in r._programs.values()
+             for n in p._fused if n in p._folded]
+    assert fused and any(type(a) is act for a in fused)
 
 
 @pytest.mark.parametrize("path", ["taps", "dense"])

@@ -29,6 +29,15 @@ DEPTHWISE_COST_NS = {"tap": 18_000.0, "tap_row": 0.4, "dense": 150_000.0, "posit
 DEPTHWISE_PATH: str | None = None  # "taps" or "dense" forces that path (tests, benchmarks); None: the cheaper one
 
 
+# activations a convolution's step applies to its fresh output, in place: the same values as the module
+IN_PLACE_ACTIVATIONS = {
+    "relu": torch.relu_,
+    "relu6": lambda x: F.hardtanh(x, 0.0, 6.0, inplace=True),
+    "silu": lambda x: F.silu(x, inplace=True),
+    "hardswish": lambda x: F.hardswish(x, inplace=True),
+}
+
+
 def _pair(v) -> tuple[int, int]:
     return (int(v[0]), int(v[1])) if isinstance(v, (tuple, list)) else (int(v), int(v))
 
@@ -71,7 +80,9 @@ class RowConv:
     padding: tuple[int, int]
     dilation: tuple[int, int]
     groups: int
-    relu: bool = False  # a ReLU after it (fused by the row program: see executor.StageProgram._fusable_relu)
+    # the activation after it, applied in place by this step (the row program fuses it: see
+    # executor.StageProgram._fusable_activation)
+    activation: str | None = None
 
     def __post_init__(self) -> None:
         c_out, c_in_g, kh, kw = self.weight.shape
@@ -120,7 +131,7 @@ class RowConv:
         grid = self.out_grid(rows.grid, grids)
         if self.depthwise and self._dense_is_cheaper(grid, rows.grid):
             out = self._depthwise_dense(rows, grid)
-            return Rows(torch.relu_(out) if self.relu else out, grid)
+            return Rows(self._activate(out), grid)
         taps = grid.taps(rows.grid, self.kernel, self.stride, self.padding, self.dilation)
         table = torch.cat([x, x.new_zeros(1, x.shape[1])])
         n = grid.count
@@ -137,12 +148,14 @@ class RowConv:
             out = out.permute(1, 0, 2).reshape(n, g * self.matrix.shape[2])
         if self.bias is not None:
             out = out + self.bias
-        return Rows(torch.relu_(out) if self.relu else out, grid)
+        return Rows(self._activate(out), grid)
 
     def _matmul(self, x: torch.Tensor) -> torch.Tensor:
-        """``x @ matrix + bias`` (then the ReLU, in place) for a convolution without groups."""
-        out = x @ self.matrix if self.bias is None else torch.addmm(self.bias, x, self.matrix)
-        return torch.relu_(out) if self.relu else out
+        """``x @ matrix + bias`` (then the activation, in place) for a convolution without groups."""
+        return self._activate(x @ self.matrix if self.bias is None else torch.addmm(self.bias, x, self.matrix))
+
+    def _activate(self, out: torch.Tensor) -> torch.Tensor:
+        return out if self.activation is None else IN_PLACE_ACTIVATIONS[self.activation](out)
 
     def _dense_is_cheaper(self, out: Grid, src: Grid) -> bool:
         if DEPTHWISE_PATH is not None:

@@ -61,7 +61,7 @@ class StageProgram:
         self.ran_dense: set[str] = set()  # ops that had a spatial operand and ran densely
         self.kinds = node_kinds(self.graph, module)
         self._folded: set[fx.Node] = set()
-        self._fused: set[fx.Node] = set()  # ReLUs computed by the convolution before them
+        self._fused: set[fx.Node] = set()  # activations computed by the convolution before them
         self.steps: list[tuple[fx.Node, Handler]] = [(n, self._plan(n)) for n in self.graph.nodes]
         self._compile()
 
@@ -126,43 +126,46 @@ class StageProgram:
         if bn is not None and is_batchnorm(bn):
             row_conv = fold_bn(row_conv, bn)
             self._folded.add(bn_node)
-            relu = self._fusable_relu(bn_node)
-            if relu is not None:
-                row_conv = dataclasses.replace(row_conv, relu=True)
-                self._fused.add(relu)
+            fused = self._fusable_activation(bn_node)
+            if fused is not None:
+                act_node, activation = fused
+                row_conv = dataclasses.replace(row_conv, activation=activation)
+                self._fused.add(act_node)
             # if the conv ever runs densely, the norm (folded here, skipped at its own node) runs with it, and the
-            # ReLU fused into it
+            # activation fused into it
             scale, shift = (t.reshape(1, -1, 1, 1) for t in bn_affine(bn))
             dense = self._generic(node)
 
             def fallback(args, kwargs, grids):
-                out = torch.addcmul(shift, dense(args, kwargs, grids), scale)
-                return torch.relu_(out) if relu is not None else out
+                return row_conv._activate(torch.addcmul(shift, dense(args, kwargs, grids), scale))
         else:
             fallback = None
         return self._on_rows(node, lambda x, grids: row_conv(x, grids), channels_last=False, fallback=fallback)
 
-    def _fusable_relu(self, bn_node: fx.Node) -> fx.Node | None:
-        """The ReLU a folded norm's value goes to alone (through identities; the norm's own activation when it is
-        timm's BatchNormAct2d), applied in place by the convolution's step: one step of the program fewer."""
+    def _fusable_activation(self, bn_node: fx.Node) -> tuple[fx.Node, str] | None:
+        """(node, name) of the activation a folded norm's value goes to alone (through identities; the norm's own
+        when it is timm's BatchNormAct2d) if it has an in-place form (``conv.IN_PLACE_ACTIVATIONS``): the
+        convolution's step applies it, one step of the program fewer."""
         after = AfterFold(self.module.get_submodule(bn_node.target))
         if after.drop is not None or after.act is not None:
-            return bn_node if after.drop is None and type(after.act) is nn.ReLU else None
+            name = _in_place_name(after.act) if after.drop is None else None
+            return (bn_node, name) if name is not None else None
         node = _sole_user(bn_node)
         while node is not None and node.op == "call_module" and len(node.args) == 1 and not node.kwargs \
                 and _is_identity(self.module.get_submodule(node.target)):
             node = _sole_user(node)
         if node is None or node.op != "call_module" or len(node.args) != 1 or node.kwargs:
             return None
-        return node if type(self.module.get_submodule(node.target)) is nn.ReLU else None
+        name = _in_place_name(self.module.get_submodule(node.target))
+        return (node, name) if name is not None else None
 
     def _plan_fused(self, node: fx.Node) -> Handler:
-        """A ReLU fused into the convolution before it: rows pass; a dense value (the convolution ran densely,
-        see ``_plan_conv``'s fallback) has had it applied too."""
+        """An activation fused into the convolution before it: rows pass; a dense value (the convolution ran
+        densely, see ``_plan_conv``'s fallback) has had it applied too."""
         return lambda args, kwargs, grids: args[0]
 
     def _plan_folded(self, node: fx.Node) -> Handler:
-        if node in self._fused:  # its BatchNormAct2d's ReLU runs in the convolution
+        if node in self._fused:  # its BatchNormAct2d's activation runs in the convolution
             return lambda args, kwargs, grids: args[0]
         after = AfterFold(self.module.get_submodule(node.target)).forward
 
@@ -448,6 +451,13 @@ class StageProgram:
         for at, handler, args, kwargs in self._program:
             vals[at] = handler(args(vals), kwargs(vals), grids)
         return self._output(vals)
+
+
+def _in_place_name(module: nn.Module | None) -> str | None:
+    """The key in ``conv.IN_PLACE_ACTIVATIONS`` of a torch activation module (exactly its type: a subclass may
+    compute something else), or None."""
+    names = {nn.ReLU: "relu", nn.ReLU6: "relu6", nn.SiLU: "silu", nn.Hardswish: "hardswish"}
+    return names.get(type(module))
 
 
 def _is_identity(module: nn.Module) -> bool:
