@@ -490,3 +490,12 @@ def test_the_depthwise_cost_rule_weighs_the_per_tap_cost_against_the_dense_kerne
     # batch 16: a strided 5x5 at 0.2 on taps, a 7x7 at 0.4 dense (at scale the gathered work decides)
     assert not picks_dense(16, 672, 14, 5, 2, 0.2)
     assert picks_dense(16, 320, 14, 7, 1, 0.4)
+
+
+def test_interleaved_timings_reverse_the_order_every_other_repetition():
+    from ersm_surgery.sparse.measure import interleaved_samples
+
+    seen: list[str] = []
+    samples = interleaved_samples({k: (lambda k=k: seen.append(k)) for k in "abc"}, repeat=4, warmup=1)
+    assert seen == list("abc" + "abc" + "cba" + "abc" + "cba")  # the warm-up, then the four repetitions
+    assert all(len(s["wall_s"]) == 4 for s in samples.values())

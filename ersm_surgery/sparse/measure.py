@@ -45,13 +45,15 @@ def plain_model(model: nn.Module) -> nn.Module:
 def interleaved_samples(calls: dict[str, Callable[[], Any]], repeat: int,
                         warmup: int = 2) -> dict[str, dict[str, list[float]]]:
     """Wall and CPU seconds of every repetition of each call, the calls alternating within every repetition
-    (the i-th samples of two calls share the machine's state: pair them for ratios)."""
+    (the i-th samples of two calls share the machine's state: pair them for ratios), in reverse order every other
+    repetition: a call's time depends on what ran just before it (two sparse models of efficientnet_b0 timed
+    always in one order differed by 5% either way, by which came second; 2026-12-05)."""
     for _ in range(warmup):
         for fn in calls.values():
             fn()
     samples: dict[str, dict[str, list[float]]] = {k: {"wall_s": [], "cpu_s": []} for k in calls}
-    for _ in range(repeat):
-        for name, fn in calls.items():
+    for rep in range(repeat):
+        for name, fn in (calls.items() if rep % 2 == 0 else reversed(calls.items())):
             c0, t0 = time.process_time(), time.perf_counter()
             fn()
             samples[name]["wall_s"].append(time.perf_counter() - t0)
