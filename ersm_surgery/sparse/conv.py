@@ -16,7 +16,8 @@ from torch import nn
 from .grid import Grid, GridSet, Rows
 
 __all__ = ["RowConv", "conv_supported", "conv_padding", "out_size", "avg_pool_rows", "avg_pool_supported",
-           "max_pool_rows", "max_pool_supported", "DEPTHWISE_COST_NS", "DEPTHWISE_PATH"]
+           "max_pool_rows", "max_pool_supported", "DEPTHWISE_COST_NS", "DEPTHWISE_PATH", "IN_PLACE_ACTIVATIONS",
+           "in_place_activation"]
 
 # What a depthwise convolution on rows costs either way, in ns, fitted on benchmarks/bench_sparse_depthwise.py's
 # per-op table (2-core Xeon VM, torch 2.14.1, 2026-12-05): gathered taps cost "tap" per kernel tap (a tap is three
@@ -36,6 +37,13 @@ IN_PLACE_ACTIVATIONS = {
     "silu": lambda x: F.silu(x, inplace=True),
     "hardswish": lambda x: F.hardswish(x, inplace=True),
 }
+_ACTIVATION_NAMES = {nn.ReLU: "relu", nn.ReLU6: "relu6", nn.SiLU: "silu", nn.Hardswish: "hardswish"}
+
+
+def in_place_activation(module: nn.Module | None) -> str | None:
+    """The key in :data:`IN_PLACE_ACTIVATIONS` of a torch activation module (exactly its type: a subclass may
+    compute something else), or None."""
+    return _ACTIVATION_NAMES.get(type(module))
 
 
 def _pair(v) -> tuple[int, int]:
@@ -131,7 +139,7 @@ class RowConv:
         grid = self.out_grid(rows.grid, grids)
         if self.depthwise and self._dense_is_cheaper(grid, rows.grid):
             out = self._depthwise_dense(rows, grid)
-            return Rows(self._activate(out), grid)
+            return Rows(self.activate(out), grid)
         taps = grid.taps(rows.grid, self.kernel, self.stride, self.padding, self.dilation)
         table = torch.cat([x, x.new_zeros(1, x.shape[1])])
         n = grid.count
@@ -148,13 +156,14 @@ class RowConv:
             out = out.permute(1, 0, 2).reshape(n, g * self.matrix.shape[2])
         if self.bias is not None:
             out = out + self.bias
-        return Rows(self._activate(out), grid)
+        return Rows(self.activate(out), grid)
 
     def _matmul(self, x: torch.Tensor) -> torch.Tensor:
         """``x @ matrix + bias`` (then the activation, in place) for a convolution without groups."""
-        return self._activate(x @ self.matrix if self.bias is None else torch.addmm(self.bias, x, self.matrix))
+        return self.activate(x @ self.matrix if self.bias is None else torch.addmm(self.bias, x, self.matrix))
 
-    def _activate(self, out: torch.Tensor) -> torch.Tensor:
+    def activate(self, out: torch.Tensor) -> torch.Tensor:
+        """``out`` (a fresh tensor) with this convolution's fused activation applied in place."""
         return out if self.activation is None else IN_PLACE_ACTIVATIONS[self.activation](out)
 
     def _dense_is_cheaper(self, out: Grid, src: Grid) -> bool:

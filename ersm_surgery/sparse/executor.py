@@ -22,7 +22,15 @@ from torch import fx, nn
 from ..layers import AdaptedMask, EnergyMask
 from ..layers.gate import kept_tokens
 from ..surgery.gating import GATE_ATTR, NCHW, NHWC, node_kinds
-from .conv import RowConv, avg_pool_rows, avg_pool_supported, conv_supported, max_pool_rows, max_pool_supported
+from .conv import (
+    RowConv,
+    avg_pool_rows,
+    avg_pool_supported,
+    conv_supported,
+    in_place_activation,
+    max_pool_rows,
+    max_pool_supported,
+)
 from .fold import AfterFold, bn_affine, fold_bn, is_batchnorm, norm_affine
 from .grid import GridSet, Rows
 from .inplace import is_timm_drop_path
@@ -71,7 +79,7 @@ class StageProgram:
         return f"{self.path}.{target}" if node.op == "call_module" else f"{self.path}:{node.name} ({target})"
 
     def _plan(self, node: fx.Node) -> Handler:
-        if node in self._fused and node not in self._folded:
+        if node in self._fused:
             return self._plan_fused(node)
         if node in self._folded:
             return self._plan_folded(node)
@@ -137,7 +145,7 @@ class StageProgram:
             dense = self._generic(node)
 
             def fallback(args, kwargs, grids):
-                return row_conv._activate(torch.addcmul(shift, dense(args, kwargs, grids), scale))
+                return row_conv.activate(torch.addcmul(shift, dense(args, kwargs, grids), scale))
         else:
             fallback = None
         return self._on_rows(node, lambda x, grids: row_conv(x, grids), channels_last=False, fallback=fallback)
@@ -148,7 +156,7 @@ class StageProgram:
         convolution's step applies it, one step of the program fewer."""
         after = AfterFold(self.module.get_submodule(bn_node.target))
         if after.drop is not None or after.act is not None:
-            name = _in_place_name(after.act) if after.drop is None else None
+            name = in_place_activation(after.act) if after.drop is None else None
             return (bn_node, name) if name is not None else None
         node = _sole_user(bn_node)
         while node is not None and node.op == "call_module" and len(node.args) == 1 and not node.kwargs \
@@ -156,17 +164,15 @@ class StageProgram:
             node = _sole_user(node)
         if node is None or node.op != "call_module" or len(node.args) != 1 or node.kwargs:
             return None
-        name = _in_place_name(self.module.get_submodule(node.target))
+        name = in_place_activation(self.module.get_submodule(node.target))
         return (node, name) if name is not None else None
 
     def _plan_fused(self, node: fx.Node) -> Handler:
-        """An activation fused into the convolution before it: rows pass; a dense value (the convolution ran
-        densely, see ``_plan_conv``'s fallback) has had it applied too."""
+        """An activation fused into the convolution before it (its own node, or a folded BatchNormAct2d's): rows
+        pass; a dense value (the convolution ran densely, see ``_plan_conv``'s fallback) has had it applied too."""
         return lambda args, kwargs, grids: args[0]
 
     def _plan_folded(self, node: fx.Node) -> Handler:
-        if node in self._fused:  # its BatchNormAct2d's activation runs in the convolution
-            return lambda args, kwargs, grids: args[0]
         after = AfterFold(self.module.get_submodule(node.target)).forward
 
         def activation(args, kwargs, grids):
@@ -451,13 +457,6 @@ class StageProgram:
         for at, handler, args, kwargs in self._program:
             vals[at] = handler(args(vals), kwargs(vals), grids)
         return self._output(vals)
-
-
-def _in_place_name(module: nn.Module | None) -> str | None:
-    """The key in ``conv.IN_PLACE_ACTIVATIONS`` of a torch activation module (exactly its type: a subclass may
-    compute something else), or None."""
-    names = {nn.ReLU: "relu", nn.ReLU6: "relu6", nn.SiLU: "silu", nn.Hardswish: "hardswish"}
-    return names.get(type(module))
 
 
 def _is_identity(module: nn.Module) -> bool:
