@@ -1,4 +1,6 @@
 """The sparse runtime: each row op against its dense counterpart, whole models against the dense gated model."""
+import dataclasses
+
 import pytest
 import torch
 from torch import nn
@@ -69,6 +71,46 @@ def test_depthwise_conv_on_rows_either_path_equals_dense_conv(kernel, stride, pa
     out = RowConv.from_module(conv)(rows, grids)
     dense = conv(x)
     torch.testing.assert_close(out.dense(), dense * pool_mask(mask, dense.shape[-2:]), atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("prepacked", [True, False])
+@pytest.mark.parametrize("batch,stride,dilation", [(1, 1, 1), (3, 2, 1), (2, 1, 2)])
+def test_the_dense_depthwise_kernel_equals_torch_either_way(batch, stride, dilation, prepacked, monkeypatch):
+    from ersm_surgery.sparse import onednn
+
+    monkeypatch.setattr(onednn, "ENABLED", prepacked)
+    conv = nn.Conv2d(8, 8, 5, stride, 2 * dilation, dilation, groups=8)
+    kernel = onednn.DepthwiseKernel(conv.weight.detach(), conv.bias.detach(), conv.stride, conv.padding,
+                                    conv.dilation, conv.groups)
+    with torch.no_grad():
+        for b in (batch, batch + 2):  # a weight laid out for one batch size serves another
+            for x in (torch.randn(b, 8, 11, 9), torch.randn(b, 8, 11, 9).contiguous(memory_format=torch.channels_last)):
+                torch.testing.assert_close(kernel(x), conv(x), atol=1e-5, rtol=1e-5)
+
+
+def test_the_dense_depthwise_kernel_falls_back_to_torch_where_onednn_refuses(monkeypatch):
+    from ersm_surgery.sparse import onednn
+
+    def refuse(*args, **kwargs):  # a torch built without the operator, or one that rejects the arguments
+        raise NotImplementedError("no oneDNN here")
+
+    monkeypatch.setattr(torch._C._nn, "mkldnn_reorder_conv2d_weight", refuse)
+    conv = nn.Conv2d(6, 6, 3, 1, 1, groups=6)
+    kernel = onednn.DepthwiseKernel(conv.weight.detach(), None, (1, 1), (1, 1), (1, 1), 6)
+    x = torch.randn(2, 6, 7, 7)
+    with torch.no_grad():
+        torch.testing.assert_close(kernel(x), nn.functional.conv2d(x, conv.weight, None, 1, 1, 1, 6))
+    assert kernel._failed  # and it does not try again at every call
+
+
+def test_a_pointwise_convolution_of_per_image_vectors_is_one_gemm_with_its_norm_and_activation():
+    conv, bn = nn.Conv2d(6, 8, 1, bias=False), nn.BatchNorm2d(8).eval()
+    randomise_norms(bn)
+    folded = dataclasses.replace(fold_bn(RowConv.from_module(conv), bn), activation="silu")
+    v = torch.randn(3, 6, 1, 1)  # squeeze-excite's pooled vectors
+    assert folded.takes_vectors(v) and not folded.takes_vectors(torch.randn(3, 6, 2, 1))
+    with torch.no_grad():
+        torch.testing.assert_close(folded.on_vectors(v), nn.functional.silu(bn(conv(v))), atol=1e-5, rtol=1e-5)
 
 
 def test_folded_batchnorm_equals_conv_then_bn():
@@ -198,10 +240,12 @@ def test_group_norm_on_rows_equals_dense_group_norm(groups):
     torch.testing.assert_close(Rows(out, rows.grid).dense(), norm(x) * mask, atol=1e-5, rtol=1e-5)
 
 
-def test_segment_mean_and_per_image_operands():
-    x, mask, grids, rows = _rows()
+@pytest.mark.parametrize("batch", [5, 1])
+def test_segment_mean_and_per_image_operands(batch):
+    x, mask, grids, rows = _rows(batch=batch)
     torch.testing.assert_close(segment_mean(rows, keepdim=True), x.mean((2, 3), keepdim=True))
-    scale = torch.randn(5, 6, 1, 1)  # squeeze-excite's per-image vector
+    torch.testing.assert_close(segment_mean(rows, keepdim=False), x.mean((2, 3)))
+    scale = torch.randn(batch, 6, 1, 1)  # squeeze-excite's per-image vector
     got = rows.like(rows.data * to_row_operand(scale, rows)).dense()
     torch.testing.assert_close(got, x * scale)
     gamma = torch.randn(6).reshape(1, -1, 1, 1)  # layer scale

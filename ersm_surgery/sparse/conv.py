@@ -14,6 +14,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .grid import Grid, GridSet, Rows
+from .onednn import DepthwiseKernel
 
 __all__ = ["RowConv", "conv_supported", "conv_padding", "out_size", "avg_pool_rows", "avg_pool_supported",
            "max_pool_rows", "max_pool_supported", "DEPTHWISE_COST_NS", "DEPTHWISE_PATH", "IN_PLACE_ACTIVATIONS",
@@ -101,6 +102,8 @@ class RowConv:
             self.matrix = self.weight.permute(2, 3, 1, 0).reshape(taps * c_in_g, c_out).contiguous()
         elif self.depthwise:  # (taps, C)
             self.matrix = self.weight.reshape(c_out, taps).t().contiguous()
+            self.dense_kernel = DepthwiseKernel(self.weight, self.bias, self.stride, self.padding, self.dilation,
+                                                self.groups)
         else:  # (groups, taps * C_in_g, C_out_g)
             g = self.groups
             self.matrix = (self.weight.reshape(g, c_out // g, c_in_g, taps).permute(0, 3, 2, 1)
@@ -158,6 +161,17 @@ class RowConv:
             out = out + self.bias
         return Rows(self.activate(out), grid)
 
+    def takes_vectors(self, x) -> bool:
+        """``x`` is a dense (B, C, 1, 1) map this pointwise convolution can take as (B, C) vectors."""
+        return (self.pointwise and isinstance(x, torch.Tensor) and x.dim() == 4 and x.shape[2] == 1
+                and x.shape[3] == 1 and x.dtype == self.matrix.dtype and x.device == self.matrix.device)
+
+    def on_vectors(self, x: torch.Tensor) -> torch.Tensor:
+        """A pointwise convolution of a (B, C, 1, 1) map as one GEMM on its (B, C) vectors (squeeze-excite: torch's
+        convolution of a 1x1 map takes its slow path, several times the GEMM's time at batch 1)."""
+        b = x.shape[0]
+        return self._matmul(x.reshape(b, x.shape[1])).reshape(b, self.matrix.shape[1], 1, 1)
+
     def _matmul(self, x: torch.Tensor) -> torch.Tensor:
         """``x @ matrix + bias`` (then the activation, in place) for a convolution without groups."""
         return self.activate(x @ self.matrix if self.bias is None else torch.addmm(self.bias, x, self.matrix))
@@ -177,7 +191,7 @@ class RowConv:
 
     def _depthwise_dense(self, rows: Rows, grid: Grid) -> torch.Tensor:
         dense = rows.grid.scatter(rows.data)  # NCHW view of a channels-last zero map
-        out = F.conv2d(dense, self.weight, self.bias, self.stride, self.padding, self.dilation, self.groups)
+        out = self.dense_kernel(dense)
         return grid.gather(out.permute(0, 2, 3, 1), channels_last=True)
 
 

@@ -148,7 +148,17 @@ class StageProgram:
                 return row_conv.activate(torch.addcmul(shift, dense(args, kwargs, grids), scale))
         else:
             fallback = None
-        return self._on_rows(node, lambda x, grids: row_conv(x, grids), channels_last=False, fallback=fallback)
+        on_rows = self._on_rows(node, lambda x, grids: row_conv(x, grids), channels_last=False, fallback=fallback)
+        if not row_conv.pointwise:
+            return on_rows
+
+        def pointwise(args, kwargs, grids):
+            x = args[0]
+            # a per-image vector (squeeze-excite's (B, C, 1, 1)): one GEMM, not a convolution call per image map
+            if len(args) == 1 and not kwargs and row_conv.takes_vectors(x):
+                return row_conv.on_vectors(x)
+            return on_rows(args, kwargs, grids)
+        return pointwise
 
     def _fusable_activation(self, bn_node: fx.Node) -> tuple[fx.Node, str] | None:
         """(node, name) of the activation a folded norm's value goes to alone (through identities; the norm's own

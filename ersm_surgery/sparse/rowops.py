@@ -87,7 +87,10 @@ def to_row_operand(value, like: Rows):
 def segment_mean(rows: Rows, keepdim: bool) -> torch.Tensor:
     """The spatial mean of the dense map (zeros at switched-off tokens): per-image sums over h * w."""
     grid = rows.grid
-    sums = rows.data.new_zeros(grid.batch, rows.data.shape[1]).index_add_(0, grid.image, rows.data)
+    if grid.batch == 1:  # one image: a plain sum (index_add_ walks the rows one at a time)
+        sums = rows.data.sum(0, keepdim=True)
+    else:
+        sums = rows.data.new_zeros(grid.batch, rows.data.shape[1]).index_add_(0, grid.image, rows.data)
     mean = sums / float(grid.height * grid.width)
     if not keepdim:
         return mean
