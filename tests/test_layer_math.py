@@ -119,6 +119,24 @@ def test_head_matches_layernorm_then_convolutions():
     assert torch.allclose(head(x), ref, atol=1e-3, rtol=1e-4)
 
 
+@pytest.mark.parametrize("prior", [0.0, 0.5])
+@pytest.mark.parametrize("channels_last", [False, True])
+def test_head_scores_without_autograd_equal_the_differentiable_path(prior, channels_last):
+    # without autograd the head runs layer_norm and two linears on a channels-last copy: fewer ops, the same scores
+    layer = EnergyMask(48, MaskConfig(norm_prior=prior), hidden=8)
+    for p in layer.head.parameters():
+        torch.nn.init.normal_(p)
+    x = torch.randn(3, 48, 7, 9) * 5 + 1
+    x[0, :, 2, 3] = 0.0  # a switched-off token: the prior leaves it out of its statistics either way
+    if channels_last:
+        x = x.contiguous(memory_format=torch.channels_last)
+    reference = layer.head(x)
+    assert reference.requires_grad
+    with torch.no_grad():
+        fast = layer.head(x)
+    torch.testing.assert_close(fast, reference.detach(), atol=1e-4, rtol=1e-4)
+
+
 def test_open_at_initialisation_is_identity_in_eval_and_straight_through_train():
     layer = EnergyMask(32, MaskConfig(), hidden=8)
     x = torch.randn(4, 32, 9, 9) * 100  # any feature scale
@@ -208,10 +226,17 @@ def test_border_is_a_validated_mask_setting():
 @pytest.mark.parametrize("border", ["zero", "normalise"])
 @pytest.mark.parametrize("neighbourhood", [4, 8])
 @pytest.mark.parametrize("weighted", [False, True])
-def test_mean_field_without_autograd_matches_the_differentiable_steps(border, neighbourhood, weighted):
-    # inference takes a shorter route (a padded buffer, the pull's linear part folded); it must be the same map
+@pytest.mark.parametrize("matrix_up_to", [400, 0])
+def test_mean_field_without_autograd_matches_the_differentiable_steps(border, neighbourhood, weighted, matrix_up_to,
+                                                                      monkeypatch):
+    # inference takes a shorter route (a padded buffer or, on a small grid, one product with the neighbour matrix
+    # a step; the pull's linear part folded); it must be the same map
+    from ersm_surgery.layers import energy
+
+    monkeypatch.setattr(energy, "NEIGHBOUR_MATRIX_MAX_TOKENS", matrix_up_to)
     torch.manual_seed(neighbourhood + 2 * weighted)
-    for shape, steps in [((1, 1, 1, 1), 3), ((3, 1, 2, 7), 0), ((2, 1, 9, 5), 1), ((2, 1, 6, 6), 4)]:
+    for shape, steps in [((1, 1, 1, 1), 3), ((3, 1, 2, 7), 0), ((2, 1, 9, 5), 1), ((2, 1, 6, 6), 4),
+                         ((1, 1, 21, 20), 2)]:
         unary = 2 * torch.randn(shape)
         weights = torch.rand(shape[0], neighbourhood, *shape[2:]) if weighted else None
         with torch.no_grad():

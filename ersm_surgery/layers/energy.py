@@ -14,6 +14,8 @@ token i is switched on, so lower means more important and ``e_i < 0`` means "kee
 """
 from __future__ import annotations
 
+import functools
+
 import torch
 import torch.nn.functional as F
 
@@ -231,6 +233,8 @@ def _mean_field_inference(
     mean-field steps were 76 small operations (42 now, 3 steps), a third of its time (docs/sparse.md).
     """
     b, _, h, w = unary.shape
+    if pairwise_weights is None and h * w <= NEIGHBOUR_MATRIX_MAX_TOKENS:
+        return _mean_field_by_matrix(unary, beta, tau, steps, neighbourhood, border)
     k = neighbourhood if pairwise_weights is None else pairwise_weights.shape[1]
     padded = unary.new_zeros(b, 1, h + 2, w + 2)
     inside = padded[..., 1 : h + 1, 1 : w + 1]
@@ -267,3 +271,48 @@ def _mean_field_inference(
     for _ in range(steps):
         torch.sigmoid(energy_of_buffer() / -tau, out=inside)
     return inside.contiguous(), energy_of_buffer()
+
+
+# grids of at most this many tokens sum the neighbours by one product with an (H*W, H*W) matrix (400: 640 KB in
+# float32); the larger ones by shifted views of a padded buffer, whose cost does not grow with the square of the grid
+NEIGHBOUR_MATRIX_MAX_TOKENS = 400
+
+
+@functools.lru_cache(maxsize=64)
+def _neighbour_matrix(height: int, width: int, neighbourhood: int, border: str, device: torch.device,
+                      dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
+    """(M, count): ``(q @ M)_i`` is token i's pull ``sum_j q_j`` over its neighbours inside the grid, scaled as
+    ``border`` says; ``count`` (H*W,) is that pull for q = 1 (the neighbours inside the grid, scaled alike)."""
+    n = height * width
+    matrix = torch.zeros(n, n, dtype=torch.float64)
+    rows = torch.arange(height).repeat_interleave(width)
+    cols = torch.arange(width).repeat(height)
+    for dy, dx in neighbour_offsets(neighbourhood):
+        y, x = rows + dy, cols + dx
+        inside = (y >= 0) & (y < height) & (x >= 0) & (x < width)
+        matrix[(y * width + x)[inside], torch.arange(n)[inside]] = 1.0  # column i sums i's neighbours
+    count = matrix.sum(0)
+    if border == "normalise":
+        scale = neighbourhood / count.clamp(min=1.0)
+        matrix, count = matrix * scale, count * scale
+    return matrix.to(device=device, dtype=dtype), count.to(device=device, dtype=dtype)
+
+
+def _mean_field_by_matrix(unary: torch.Tensor, beta: float, tau: float, steps: int, neighbourhood: int,
+                          border: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """:func:`_mean_field_inference` of the plain Potts term on a small grid: each step is one matrix product
+    (``addmm``: the neighbour sums and the affine map in one op) and one sigmoid, where the buffer's shifted views
+    take six ops. At batch 1 a mask's time is its count of small ops (docs/sparse.md)."""
+    b, _, h, w = unary.shape
+    matrix, count = _neighbour_matrix(h, w, neighbourhood, border, unary.device, unary.dtype)
+    u = unary.reshape(b, h * w)
+    base = u + beta * count  # energy = base - 2 beta (q @ M)
+    # sigmoid(-energy / tau) = sigmoid(-base / tau + (2 beta / tau) (q @ M))
+    q = torch.sigmoid(u / -tau)
+    if steps:
+        pull = matrix * (2.0 * beta / tau)
+        start = base / -tau
+        for _ in range(steps):
+            q = torch.addmm(start, q, pull).sigmoid_()
+    energy = torch.addmm(base, q, matrix, alpha=-2.0 * beta)
+    return q.view(b, 1, h, w), energy.view(b, 1, h, w)

@@ -8,6 +8,7 @@ from __future__ import annotations
 from collections.abc import Callable
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from .config import MaskConfig
@@ -237,10 +238,13 @@ class ConvUnaryHead(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         b, _, h, w = x.shape
-        z, mean_sq = self._reduce_normalised(x.flatten(2))
-        hidden = self.act(z)  # (B, hidden, H*W)
-        s = torch.matmul(self.score.weight.flatten(1).to(x.dtype), hidden) + self.score.bias.to(x.dtype)[:, None]
-        s = s.view(b, 1, h, w)
+        if self._inference(x):
+            s, mean_sq = self._scores_channels_last(x)
+        else:
+            z, mean_sq = self._reduce_normalised(x.flatten(2))
+            hidden = self.act(z)  # (B, hidden, H*W)
+            s = torch.matmul(self.score.weight.flatten(1).to(x.dtype), hidden) + self.score.bias.to(x.dtype)[:, None]
+            s = s.view(b, 1, h, w)
         if self.context is not None:
             s = s + self.context(self.norm(x.mean(dim=(2, 3))))[:, :, None, None]
         if self.norm_weight is not None:
@@ -255,6 +259,29 @@ class ConvUnaryHead(nn.Module):
             prior = _per_image(ln, carries) if self.prior_stats is None else self.prior_stats(ln, carries)
             s = s + self.norm_weight.to(s.dtype) * prior.to(s.dtype)
         return s
+
+    def _inference(self, x: torch.Tensor) -> bool:
+        """No gradient wanted and no exporter recording: the scores may take the path with the fewest ops."""
+        from .energy import _tracing
+
+        if _tracing():  # exporters keep the matrix-product path, whose ops every exporter reads
+            return False
+        return not torch.is_grad_enabled() or not (x.requires_grad or self.reduce.weight.requires_grad)
+
+    def _scores_channels_last(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(scores (B, 1, H, W), each token's mean square over the channels (B, 1, H*W)) without autograd: the map
+        in channels-last layout (a copy for an NCHW map, none for a channels-last one), then ``F.layer_norm`` and
+        two ``F.linear`` over its last dimension. At batch 1 a mask's cost is its count of small ops, not its
+        arithmetic: this is 5-6 ops where :meth:`_reduce_normalised` and the scoring are ~20 (docs/sparse.md)."""
+        b, c, h, w = x.shape
+        tokens = x.permute(0, 2, 3, 1).contiguous()  # (B, H, W, C)
+        norm, reduce, score = self.norm, self.reduce, self.score
+        z = F.linear(F.layer_norm(tokens, (c,), norm.weight.to(x.dtype), norm.bias.to(x.dtype), norm.eps),
+                     reduce.weight.flatten(1).to(x.dtype), reduce.bias.to(x.dtype))
+        s = F.linear(self.act(z), score.weight.flatten(1).to(x.dtype), score.bias.to(x.dtype))  # (B, H, W, 1)
+        # the prior's squared norms in float32 (only a model with the prior reads them)
+        mean_sq = tokens.float().square().mean(-1).view(b, 1, h * w) if self.norm_weight is not None else None
+        return s.view(b, 1, h, w), mean_sq
 
     def _reduce_normalised(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """``reduce(LayerNorm_C(x))`` on tokens (B, C, N), without materialising the normalised map, and each
