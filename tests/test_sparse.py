@@ -354,6 +354,52 @@ def test_unknown_op_runs_dense_is_listed_and_changes_nothing():
     assert sparse_regions(fast)["layer3"].dense_ops() == ["layer3.0.act1"]
 
 
+class _SqueezeExcite(nn.Module):
+    """A ReLU, then a squeeze-excite branch written one of the ways timm's models write it."""
+
+    def __init__(self, channels: int, variant: str) -> None:
+        super().__init__()
+        self.variant = variant
+        self.pool = nn.AdaptiveAvgPool2d(1)
+        self.reduce, self.expand = nn.Conv2d(channels, 8, 1), nn.Conv2d(8, channels, 1)
+        self.norm = nn.BatchNorm2d(8).eval()
+        randomise_norms(self.norm)
+
+    def forward(self, x):
+        x = torch.relu(x)
+        if self.variant == "mean":  # efficientnet, mobilenetv3: x * gate(expand(act(reduce(mean))))
+            return x * torch.sigmoid(self.expand(nn.functional.silu(self.reduce(x.mean((2, 3), keepdim=True)))))
+        if self.variant == "pool":  # the gate first, a method for the activation
+            return self.expand(self.reduce(self.pool(x)).relu()).sigmoid() * x
+        if self.variant == "functional":
+            return x * nn.functional.hardsigmoid(self.expand(self.reduce(nn.functional.adaptive_avg_pool2d(x, 1))))
+        # a norm inside the branch: not a chain the fused step takes; it runs node by node
+        return x * torch.sigmoid(self.expand(self.norm(self.reduce(x.mean((2, 3), keepdim=True)))))
+
+
+@pytest.mark.parametrize("variant,fused", [("mean", True), ("pool", True), ("functional", True), ("norm", False)])
+def test_squeeze_excite_runs_as_one_step_on_rows(variant, fused):
+    fast = _layer3_swapped_and_checked("act1", _SqueezeExcite(48, variant))
+    region = sparse_regions(fast)["layer3"]
+    program = next(iter(region._programs.values()))
+    assert bool(program._squeeze_excites) == fused
+    assert region.dense_ops() == []
+    if fused:  # the branch's own nodes take no step
+        se = next(iter(program._squeeze_excites.values()))
+        assert len(program._program) < len(program.steps) - len(se.nodes) + 1
+
+
+def test_a_squeeze_excite_step_on_a_dense_map_runs_its_own_nodes():
+    fast = _layer3_swapped_and_checked("act1", _SqueezeExcite(48, "mean"))
+    program = next(iter(sparse_regions(fast)["layer3"]._programs.values()))
+    node, se = next(iter(program._squeeze_excites.items()))
+    handler = dict(program.steps)[node]
+    x = torch.relu(torch.randn(2, 48, 5, 5))
+    with torch.no_grad():
+        expected = fast.layer3.gated.get_submodule("0.act1")(x)  # the module itself: relu (idempotent) then the branch
+        torch.testing.assert_close(handler([x], {}, None), expected)
+
+
 class _FunctionalConv(nn.Conv2d):
     """A convolution fx traces through: ``F.conv2d`` on the module's own weight (a ``get_attr`` in the graph), as
     vgg's gated ``features.16`` becomes when it is a gated module by itself."""

@@ -43,6 +43,7 @@ from .rowops import (
     segment_mean,
     to_row_operand,
 )
+from .squeeze_excite import find_squeeze_excites
 
 __all__ = ["StageProgram"]
 
@@ -70,6 +71,9 @@ class StageProgram:
         self.kinds = node_kinds(self.graph, module)
         self._folded: set[fx.Node] = set()
         self._fused: set[fx.Node] = set()  # activations computed by the convolution before them
+        # squeeze-excite branches, one step each at their multiply; the branch's other nodes take no step
+        self._squeeze_excites = find_squeeze_excites(self.graph, module, self.kinds)
+        self._absorbed = {n for se in self._squeeze_excites.values() for n in se.nodes}
         self.steps: list[tuple[fx.Node, Handler]] = [(n, self._plan(n)) for n in self.graph.nodes]
         self._compile()
 
@@ -79,6 +83,10 @@ class StageProgram:
         return f"{self.path}.{target}" if node.op == "call_module" else f"{self.path}:{node.name} ({target})"
 
     def _plan(self, node: fx.Node) -> Handler:
+        if node in self._absorbed:
+            return _never
+        if node in self._squeeze_excites:
+            return self._plan_squeeze_excite(node)
         if node in self._fused:
             return self._plan_fused(node)
         if node in self._folded:
@@ -176,6 +184,21 @@ class StageProgram:
             return None
         name = in_place_activation(self.module.get_submodule(node.target))
         return (node, name) if name is not None else None
+
+    def _plan_squeeze_excite(self, node: fx.Node) -> Handler:
+        """A squeeze-excite branch (:mod:`.squeeze_excite`), read off its map alone (the program passes it only)."""
+        se = self._squeeze_excites[node]
+        name = self._name(node)
+
+        def squeeze_excite(args, kwargs, grids):
+            x = args[0]
+            if isinstance(x, Rows) and not x.channels_last:
+                return se.on_rows(x)
+            if not isinstance(x, Rows):
+                return se.dense_value(x)
+            self.ran_dense.add(name)
+            return _to_rows(se.dense_value(x.dense()), grids, x.channels_last)
+        return squeeze_excite
 
     def _plan_fused(self, node: fx.Node) -> Handler:
         """An activation fused into the convolution before it (its own node, or a folded BatchNormAct2d's): rows
@@ -429,6 +452,8 @@ class StageProgram:
             if node.op == "output":
                 self._output = _reader(node.args[0], slot)
                 break
+            if node in self._absorbed:  # computed inside its squeeze-excite's step: no slot, no step
+                continue
             if node.op == "call_module" and self._passes_through(node) and node.args \
                     and isinstance(node.args[0], fx.Node) and len(node.args) == 1 and not node.kwargs:
                 slot[node] = slot[node.args[0]]
@@ -439,6 +464,9 @@ class StageProgram:
                 self._inputs.append((slot[node], node.args[0] if node.args else None))
             elif node.op == "get_attr":
                 self._constants.append((slot[node], handler([], {}, None)))
+            elif node in self._squeeze_excites:
+                self._program.append((slot[node], handler, _args_reader((self._squeeze_excites[node].source,), slot),
+                                      _kwargs_reader({}, slot)))
             else:
                 self._program.append((slot[node], handler, _args_reader(node.args, slot),
                                       _kwargs_reader(node.kwargs, slot)))
@@ -467,6 +495,10 @@ class StageProgram:
         for at, handler, args, kwargs in self._program:
             vals[at] = handler(args(vals), kwargs(vals), grids)
         return self._output(vals)
+
+
+def _never(args, kwargs, grids):
+    raise RuntimeError("a node computed inside another step was run on its own")
 
 
 def _is_identity(module: nn.Module) -> bool:
