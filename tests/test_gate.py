@@ -95,6 +95,16 @@ def test_pool_mask_samples_the_token_a_strided_conv_centres_on():
     assert pool_mask(torch.ones(2, 1, 28, 28), (14, 14)).shape == (2, 1, 14, 14)
 
 
+@pytest.mark.parametrize("size,target", [(7, 4), (28, 14), (14, 7), (11, 7), (9, 4), (5, 5), (6, 2), (3, 2)])
+def test_pool_mask_sample_reads_token_min_s_i_of_the_fine_grid(size, target):
+    # the rule as written in pool_mask's docstring; a strided view where no sampled row or column is clamped
+    mask = (torch.rand(2, 1, size, size + 1, generator=torch.Generator().manual_seed(size)) > 0.5).float()
+    step_h, step_w = round(size / target), round((size + 1) / (target + 1))
+    rows = [min(step_h * i, size - 1) for i in range(target)]
+    cols = [min(step_w * j, size) for j in range(target + 1)]
+    assert torch.equal(pool_mask(mask, (target, target + 1)), mask[:, :, rows][:, :, :, cols])
+
+
 def test_pool_mask_any_keeps_a_coarse_token_when_any_token_of_its_block_is_kept():
     mask = torch.zeros(1, 1, 7, 7)
     mask[0, 0, 3, 5] = 1  # an odd position: "sample" loses it, "any" keeps block (1, 2)

@@ -191,8 +191,7 @@ class RowConv:
 
     def _depthwise_dense(self, rows: Rows, grid: Grid) -> torch.Tensor:
         dense = rows.grid.scatter(rows.data)  # NCHW view of a channels-last zero map
-        out = self.dense_kernel(dense)
-        return grid.gather(out.permute(0, 2, 3, 1), channels_last=True)
+        return grid.gather_channels_last(self.dense_kernel(dense))
 
 
 def _depthwise(table: torch.Tensor, taps: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:

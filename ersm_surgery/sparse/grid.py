@@ -25,7 +25,8 @@ class Grid:
     Attributes:
         batch, height, width: the grid's shape.
         index: (N,) flat positions ``(b * h + i) * w + j`` of the kept tokens, ascending.
-        image: (N,) the image each kept token belongs to.
+        image: (N,) the image each kept token belongs to (made on first use, as ``row_of`` and ``within``: at
+            batch 1 a grid's setup is its count of small ops, and many grids never need them).
         row_of: (B * h * w,) the row of each position, N where the token is switched off.
     """
 
@@ -33,27 +34,36 @@ class Grid:
     height: int
     width: int
     index: torch.Tensor
-    image: torch.Tensor
-    row_of: torch.Tensor
     _taps: dict = field(default_factory=dict)
 
     @classmethod
     def from_mask(cls, keep: torch.Tensor) -> Grid:
         """``keep``: a (B, 1, h, w) 0/1 mask."""
         b, _, h, w = keep.shape
-        flat = keep.reshape(-1) > 0
-        index = flat.nonzero().squeeze(1)
-        row_of = torch.full((b * h * w,), index.numel(), dtype=torch.long, device=keep.device)
-        row_of[index] = torch.arange(index.numel(), device=keep.device)
-        return cls(b, h, w, index, torch.div(index, h * w, rounding_mode="floor"), row_of)
+        return cls(b, h, w, keep.reshape(-1).nonzero().squeeze(1))
 
     @property
     def count(self) -> int:
         return int(self.index.numel())
 
     @functools.cached_property
+    def image(self) -> torch.Tensor:
+        if self.batch == 1:
+            return torch.zeros_like(self.index)
+        return torch.div(self.index, self.height * self.width, rounding_mode="floor")
+
+    @functools.cached_property
+    def row_of(self) -> torch.Tensor:
+        row_of = torch.full((self.batch * self.height * self.width,), self.count, dtype=torch.long,
+                            device=self.index.device)
+        row_of[self.index] = torch.arange(self.count, device=self.index.device)
+        return row_of
+
+    @functools.cached_property
     def within(self) -> torch.Tensor:
         """(N,) each kept token's position within its image, ``i * w + j``."""
+        if self.batch == 1:
+            return self.index
         return self.index - self.image * (self.height * self.width)
 
     def gather(self, dense: torch.Tensor, channels_last: bool = False) -> torch.Tensor:
@@ -65,10 +75,20 @@ class Grid:
 
     def scatter(self, rows: torch.Tensor, channels_last: bool = False) -> torch.Tensor:
         """(N, C) rows -> a dense map with zeros at the switched-off tokens."""
-        out = rows.new_zeros(self.batch * self.height * self.width, rows.shape[1])
+        b, h, w, c = self.batch, self.height, self.width, rows.shape[1]
+        out = rows.new_zeros(b * h * w, c)
         out.index_copy_(0, self.index, rows)
-        out = out.view(self.batch, self.height, self.width, rows.shape[1])
-        return out if channels_last else out.permute(0, 3, 1, 2)
+        if channels_last:
+            return out.view(b, h, w, c)
+        return out.as_strided((b, c, h, w), (h * w * c, 1, w * c, c))  # NCHW view of the channels-last map
+
+    def gather_channels_last(self, dense: torch.Tensor) -> torch.Tensor:
+        """(N, C) rows of a (B, C, h, w) map held in channels-last memory (what :meth:`scatter` makes, and the
+        kernels it feeds return)."""
+        b, c, h, w = dense.shape
+        if dense.stride() != (h * w * c, 1, w * c, c):
+            return self.gather(dense.permute(0, 2, 3, 1), channels_last=True)
+        return dense.as_strided((b * h * w, c), (c, 1), dense.storage_offset()).index_select(0, self.index)
 
     def taps(self, source: Grid, kernel: tuple[int, int], stride: tuple[int, int], padding: tuple[int, int],
              dilation: tuple[int, int], outside_row: int | None = None) -> torch.Tensor:
@@ -134,10 +154,12 @@ class GridSet:
     the ones the dense gated graph keeps.
     """
 
-    def __init__(self, mask: torch.Tensor, pool: str = "sample") -> None:
+    def __init__(self, mask: torch.Tensor, pool: str = "sample", top: Grid | None = None) -> None:
         self.mask = mask
         self.pool = pool
         self._grids: dict[tuple[int, int], Grid] = {}
+        if top is not None:  # the mask's own grid, made already (``SparseRegion`` counts its tokens with it)
+            self._grids[(top.height, top.width)] = top
 
     def at(self, height: int, width: int) -> Grid:
         key = (int(height), int(width))

@@ -22,7 +22,7 @@ from ..surgery.gating import GATE_ATTR
 from ..surgery.graph_module import DualGraphModule
 from .executor import StageProgram
 from .fold import fold_batchnorms
-from .grid import GridSet, Rows
+from .grid import Grid, GridSet, Rows
 from .inplace import adds_in_place
 from .max_pool import channels_last_max_pools
 
@@ -112,12 +112,15 @@ class SparseRegion(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         self.stats.calls += 1
         usable = not self.training and x.dim() == 4
-        mask = kept_tokens(x) if usable else None
-        density = float(mask.mean()) if usable else None
-        self.stats.density = density
         if not usable:
+            self.stats.density = None
             self.stats.ran_sparse = False
             return self.gated(x)
+        mask = kept_tokens(x)
+        # the kept tokens' grid, made at once: counting its tokens is the density (no second pass over the mask)
+        top = Grid.from_mask(mask)
+        density = top.count / mask.numel()
+        self.stats.density = density
         if density > self.break_even:
             self.stats.ran_sparse = False
             # every token kept: each gate would multiply by one, so the graph without gates gives the same
@@ -125,7 +128,7 @@ class SparseRegion(nn.Module):
             return (self._ungated() if full else self._dense())(x)
         self.stats.ran_sparse = True
         self.stats.sparse_calls += 1
-        value = self.program(x).run(x, GridSet(mask, self.pool))
+        value = self.program(x).run(x, GridSet(mask, self.pool, top=top))
         return value.dense().contiguous() if isinstance(value, Rows) else value
 
 
