@@ -16,7 +16,6 @@ from __future__ import annotations
 import argparse
 import copy
 import platform
-import time
 
 import timm
 import torch
@@ -24,19 +23,13 @@ from _timing import ratio_interval
 from torch import nn
 
 from ersm_surgery.sparse.max_pool import ChannelsLastMaxPool2d, channels_last_max_pools
+from ersm_surgery.sparse.measure import interleaved_samples
 
 
 def interleaved(calls: dict, repeat: int) -> dict[str, list[float]]:
-    for _ in range(3):
-        for fn in calls.values():
-            fn()
-    out: dict[str, list[float]] = {k: [] for k in calls}
-    for _ in range(repeat):
-        for name, fn in calls.items():
-            start = time.perf_counter()
-            fn()
-            out[name].append(time.perf_counter() - start)
-    return out
+    """Wall seconds of each call per repetition (``interleaved_samples``: 3 warm-ups, the order reversed every other
+    repetition)."""
+    return {name: s["wall_s"] for name, s in interleaved_samples(calls, repeat, 3).items()}
 
 
 def main() -> None:

@@ -310,9 +310,8 @@ def _mean_field_by_matrix(unary: torch.Tensor, beta: float, tau: float, steps: i
     # sigmoid(-energy / tau) = sigmoid(-base / tau + (2 beta / tau) (q @ M))
     q = torch.sigmoid(u / -tau)
     if steps:
-        pull = matrix * (2.0 * beta / tau)
         start = base / -tau
         for _ in range(steps):
-            q = torch.addmm(start, q, pull).sigmoid_()
+            q = torch.addmm(start, q, matrix, alpha=2.0 * beta / tau).sigmoid_()
     energy = torch.addmm(base, q, matrix, alpha=-2.0 * beta)
     return q.view(b, 1, h, w), energy.view(b, 1, h, w)

@@ -12,6 +12,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .config import MaskConfig
+from .energy import _tracing
 
 __all__ = [
     "ConvUnaryHead",
@@ -262,8 +263,6 @@ class ConvUnaryHead(nn.Module):
 
     def _inference(self, x: torch.Tensor) -> bool:
         """No gradient wanted and no exporter recording: the scores may take the path with the fewest ops."""
-        from .energy import _tracing
-
         if _tracing():  # exporters keep the matrix-product path, whose ops every exporter reads
             return False
         return not torch.is_grad_enabled() or not (x.requires_grad or self.reduce.weight.requires_grad)

@@ -138,7 +138,7 @@ class RowConv:
     def __call__(self, rows: Rows, grids: GridSet) -> Rows:
         x = rows.data
         if self.pointwise:
-            return Rows(self._matmul(x), rows.grid)
+            return Rows(self.matmul(x), rows.grid)
         grid = self.out_grid(rows.grid, grids)
         if self.depthwise and self._dense_is_cheaper(grid, rows.grid):
             out = self._depthwise_dense(rows, grid)
@@ -147,7 +147,7 @@ class RowConv:
         table = torch.cat([x, x.new_zeros(1, x.shape[1])])
         n = grid.count
         if self.groups == 1:
-            return Rows(self._matmul(table.index_select(0, taps.reshape(-1)).reshape(n, self.matrix.shape[0])), grid)
+            return Rows(self.matmul(table.index_select(0, taps.reshape(-1)).reshape(n, self.matrix.shape[0])), grid)
         if self.depthwise:
             out = _depthwise(table, taps, self.matrix)
         else:
@@ -170,9 +170,9 @@ class RowConv:
         """A pointwise convolution of a (B, C, 1, 1) map as one GEMM on its (B, C) vectors (squeeze-excite: torch's
         convolution of a 1x1 map takes its slow path, several times the GEMM's time at batch 1)."""
         b = x.shape[0]
-        return self._matmul(x.reshape(b, x.shape[1])).reshape(b, self.matrix.shape[1], 1, 1)
+        return self.matmul(x.reshape(b, x.shape[1])).reshape(b, self.matrix.shape[1], 1, 1)
 
-    def _matmul(self, x: torch.Tensor) -> torch.Tensor:
+    def matmul(self, x: torch.Tensor) -> torch.Tensor:
         """``x @ matrix + bias`` (then the activation, in place) for a convolution without groups."""
         return self.activate(x @ self.matrix if self.bias is None else torch.addmm(self.bias, x, self.matrix))
 

@@ -43,16 +43,12 @@ from .rowops import (
     segment_mean,
     to_row_operand,
 )
-from .squeeze_excite import find_squeeze_excites
+from .squeeze_excite import find_squeeze_excites, sole_user
 
 __all__ = ["StageProgram"]
 
 Handler = Callable[[list, dict, GridSet], Any]
 
-
-def _sole_user(node: fx.Node) -> fx.Node | None:
-    users = list(node.users)
-    return users[0] if len(users) == 1 else None
 
 
 class StageProgram:
@@ -135,9 +131,9 @@ class StageProgram:
 
     def _plan_conv(self, node: fx.Node, conv: nn.Conv2d) -> Handler:
         row_conv = RowConv.from_module(conv)
-        bn_node = _sole_user(node)
+        bn_node = sole_user(node)
         if bn_node is not None and bn_node.op == "call_module" and bn_node.target == GATE_ATTR:
-            bn_node = _sole_user(bn_node)
+            bn_node = sole_user(bn_node)
         bn = self.module.get_submodule(bn_node.target) if bn_node is not None and bn_node.op == "call_module" else None
         if bn is not None and is_batchnorm(bn):
             row_conv = fold_bn(row_conv, bn)
@@ -176,10 +172,10 @@ class StageProgram:
         if after.drop is not None or after.act is not None:
             name = in_place_activation(after.act) if after.drop is None else None
             return (bn_node, name) if name is not None else None
-        node = _sole_user(bn_node)
+        node = sole_user(bn_node)
         while node is not None and node.op == "call_module" and len(node.args) == 1 and not node.kwargs \
                 and _is_identity(self.module.get_submodule(node.target)):
-            node = _sole_user(node)
+            node = sole_user(node)
         if node is None or node.op != "call_module" or len(node.args) != 1 or node.kwargs:
             return None
         name = in_place_activation(self.module.get_submodule(node.target))
@@ -188,17 +184,8 @@ class StageProgram:
     def _plan_squeeze_excite(self, node: fx.Node) -> Handler:
         """A squeeze-excite branch (:mod:`.squeeze_excite`), read off its map alone (the program passes it only)."""
         se = self._squeeze_excites[node]
-        name = self._name(node)
-
-        def squeeze_excite(args, kwargs, grids):
-            x = args[0]
-            if isinstance(x, Rows) and not x.channels_last:
-                return se.on_rows(x)
-            if not isinstance(x, Rows):
-                return se.dense_value(x)
-            self.ran_dense.add(name)
-            return _to_rows(se.dense_value(x.dense()), grids, x.channels_last)
-        return squeeze_excite
+        # its map is channels-first by the node kinds it was found with, so rows here are never channels-last
+        return lambda args, kwargs, grids: se.on_rows(args[0]) if isinstance(args[0], Rows) else se.dense_value(args[0])
 
     def _plan_fused(self, node: fx.Node) -> Handler:
         """An activation fused into the convolution before it (its own node, or a folded BatchNormAct2d's): rows

@@ -22,7 +22,7 @@ from .conv import RowConv, conv_supported
 from .grid import Rows
 from .rowops import ELEMENTWISE_FUNCTIONS, ELEMENTWISE_METHODS, is_elementwise_module, segment_mean
 
-__all__ = ["SqueezeExcite", "find_squeeze_excites"]
+__all__ = ["SqueezeExcite", "find_squeeze_excites", "sole_user"]
 
 _MULTIPLY = (operator.mul, torch.mul)
 
@@ -57,7 +57,8 @@ class SqueezeExcite:
         return x.like(x.data * gate)
 
 
-def _sole_user(node: fx.Node) -> fx.Node | None:
+def sole_user(node: fx.Node) -> fx.Node | None:
+    """The one node that reads ``node``, or None."""
     users = list(node.users)
     return users[0] if len(users) == 1 else None
 
@@ -95,7 +96,7 @@ def _vector_op(node: fx.Node, owner: nn.Module) -> Callable | None:
         module = owner.get_submodule(node.target)
         if conv_supported(module):
             conv = RowConv.from_module(module)
-            return conv._matmul if conv.pointwise else None
+            return conv.matmul if conv.pointwise else None
         if is_elementwise_module(module):
             return module.forward
         return None
@@ -147,14 +148,14 @@ def find_squeeze_excites(graph: fx.Graph, owner: nn.Module, kinds: dict[fx.Node,
         if kinds.get(source) != NCHW:
             continue
         nodes, vector_ops = [mean], []
-        node = _sole_user(mean)
+        node = sole_user(mean)
         while node is not None and _only_value_operand(node, nodes[-1]):
             op = _vector_op(node, owner)
             if op is None:
                 break
             nodes.append(node)
             vector_ops.append(op)
-            node = _sole_user(node)
+            node = sole_user(node)
         if node is None or not vector_ops:
             continue
         multiply = _multiply_of(node, source, nodes[-1])
